@@ -1,0 +1,87 @@
+"""Domain errors shared by every layer.
+
+Each error carries its own fields (``type``, ``message``, ``param``); the HTTP layer decides the
+status code in one place (``exemplar.app.errors``). This module imports nothing from the project so
+that ``retrieval`` and ``encoders`` can both raise the same errors without knowing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "Conflict",
+    "EmptyPool",
+    "EncoderUnavailable",
+    "ExemplarError",
+    "InvalidImage",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "UnsupportedQuery",
+    "choices",
+]
+
+
+def choices(values: Iterable[str], limit: int = 20) -> str:
+    """Format valid choices for an error message, truncated after ``limit`` entries."""
+    values = sorted(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    if len(values) > limit:
+        shown += f", ... ({len(values) - limit} more)"
+    return shown or "(none)"
+
+
+class ExemplarError(Exception):
+    """Base class: an error whose message is safe to show to a client."""
+
+    type: str = "exemplar_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(ExemplarError):
+    type = "invalid_request"
+
+
+class InvalidImage(InvalidRequest):
+    """Image bytes that cannot be decoded, or that exceed the pixel limit."""
+
+    type = "invalid_image"
+
+    def __init__(self, message: str, *, param: str | None = None, index: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.index = index
+
+
+class UnsupportedQuery(InvalidRequest):
+    """A query kind the pool's encoder cannot embed (e.g. text on a precomputed pool)."""
+
+    type = "unsupported_query"
+
+
+class NotFound(ExemplarError):
+    type = "not_found"
+
+
+class Conflict(ExemplarError):
+    type = "conflict"
+
+
+class PayloadTooLarge(ExemplarError):
+    type = "payload_too_large"
+
+
+class EncoderUnavailable(ExemplarError):
+    """The encoder's weights cannot be had; the message says how to supply them."""
+
+    type = "encoder_unavailable"
+
+
+class EmptyPool(Conflict):
+    """Selection from a pool (or a filtered part of it) that holds no items."""
+
+    type = "empty_pool"

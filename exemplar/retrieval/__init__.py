@@ -1,0 +1,35 @@
+"""The core: pool store, FAISS index wrapper, selection strategies, builds.
+
+No HTTP and no torch here. Encoders are reached through the ``Encoder`` port (``ports.py``).
+"""
+
+from exemplar.retrieval.build import BuildProgress, BuildReport, build_pool
+from exemplar.retrieval.index import VectorIndex, gpu_available
+from exemplar.retrieval.items import NewItem
+from exemplar.retrieval.pools import PoolService, PoolStats
+from exemplar.retrieval.ports import Encoder, EncoderProvider
+from exemplar.retrieval.selection import Demonstration, Query, SelectionLimits, SelectionResult, SelectionService
+from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.strategies import ORDERS, SelectionOptions, list_strategies
+
+__all__ = [
+    "ORDERS",
+    "BuildProgress",
+    "BuildReport",
+    "Demonstration",
+    "Encoder",
+    "EncoderProvider",
+    "NewItem",
+    "PoolService",
+    "PoolStats",
+    "Query",
+    "SelectionLimits",
+    "SelectionOptions",
+    "SelectionResult",
+    "SelectionService",
+    "Snapshot",
+    "VectorIndex",
+    "build_pool",
+    "gpu_available",
+    "list_strategies",
+]

@@ -1,0 +1,314 @@
+"""The SQLite catalog: pools, items, versions. WAL mode, one connection behind a lock.
+
+Versions are immutable. An item row is one content of one item; a version lists the rows it holds
+(``uids.npy`` in its folder), so a rollback followed by a write never resurrects or loses rows.
+A version row is reserved as ``building`` before its files are written and becomes ``ready`` in the
+same transaction that records its items and, optionally, switches the pool's ``current`` pointer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from exemplar.errors import Conflict, NotFound
+
+__all__ = ["Catalog", "ItemRow", "PoolRecord", "VersionRecord"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pools (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    encoder TEXT NOT NULL,
+    embed TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    index_spec TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    current_version INTEGER,
+    next_uid INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    index_spec TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    stats TEXT NOT NULL DEFAULT '{}',
+    pid INTEGER,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (pool_id, version)
+);
+CREATE TABLE IF NOT EXISTS items (
+    pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    label TEXT,
+    text TEXT,
+    image TEXT,
+    media_root TEXT,
+    domain TEXT,
+    metadata TEXT,
+    PRIMARY KEY (pool_id, uid)
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolRecord:
+    id: int
+    name: str
+    encoder: str
+    embed: str
+    metric: str
+    index: str
+    dim: int
+    current_version: int | None
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRecord:
+    version: int
+    state: str
+    size: int
+    index: str
+    source: str
+    stats: dict[str, Any]
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemRow:
+    uid: int
+    item_id: str
+    label: str | None
+    text: str | None
+    image: str | None
+    media_root: str | None
+    domain: str | None
+    metadata: str | None  # JSON text, parsed only when a response needs it
+
+
+def _pool(row: sqlite3.Row) -> PoolRecord:
+    return PoolRecord(
+        id=row["id"],
+        name=row["name"],
+        encoder=row["encoder"],
+        embed=row["embed"],
+        metric=row["metric"],
+        index=row["index_spec"],
+        dim=row["dim"],
+        current_version=row["current_version"],
+        created_at=row["created_at"],
+    )
+
+
+def _version(row: sqlite3.Row) -> VersionRecord:
+    return VersionRecord(
+        version=row["version"],
+        state=row["state"],
+        size=row["size"],
+        index=row["index_spec"],
+        source=row["source"],
+        stats=json.loads(row["stats"] or "{}"),
+        created_at=row["created_at"],
+    )
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: writers in other processes wait instead of interleaving."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # pools ---------------------------------------------------------------------------------------
+
+    def create_pool(self, *, name: str, encoder: str, embed: str, metric: str, index: str, dim: int) -> PoolRecord:
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM pools WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"pool {name!r} already exists", param="name")
+            conn.execute(
+                "INSERT INTO pools (name, encoder, embed, metric, index_spec, dim, created_at) VALUES (?,?,?,?,?,?,?)",
+                (name, encoder, embed, metric, index, dim, time.time()),
+            )
+        return self.pool(name)
+
+    def pool(self, name: str) -> PoolRecord:
+        rows = self._query("SELECT * FROM pools WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound(f"pool {name!r} does not exist", param="pool")
+        return _pool(rows[0])
+
+    def pools(self) -> list[PoolRecord]:
+        return [_pool(r) for r in self._query("SELECT * FROM pools ORDER BY name")]
+
+    def current_version(self, name: str) -> int | None:
+        rows = self._query("SELECT current_version FROM pools WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound(f"pool {name!r} does not exist", param="pool")
+        return rows[0][0]
+
+    def delete_pool(self, name: str) -> PoolRecord:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM pools WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"pool {name!r} does not exist", param="pool")
+            conn.execute("DELETE FROM pools WHERE id = ?", (row["id"],))
+        return _pool(row)
+
+    # versions ------------------------------------------------------------------------------------
+
+    def versions(self, pool_id: int) -> list[VersionRecord]:
+        rows = self._query("SELECT * FROM versions WHERE pool_id = ? ORDER BY version", (pool_id,))
+        return [_version(r) for r in rows]
+
+    def version(self, pool_id: int, version: int) -> VersionRecord:
+        rows = self._query("SELECT * FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version))
+        if not rows:
+            raise NotFound(f"version {version} does not exist", param="version")
+        return _version(rows[0])
+
+    def reserve_version(self, pool_id: int, *, new_items: int, source: str) -> tuple[int, int]:
+        """Reserve the next version number and a range of ``new_items`` uids: ``(version, first_uid)``."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT next_uid FROM pools WHERE id = ?", (pool_id,)).fetchone()
+            if row is None:
+                raise NotFound("pool was deleted", param="pool")
+            first_uid = row[0]
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE pool_id = ?", (pool_id,)
+            ).fetchone()[0]
+            conn.execute("UPDATE pools SET next_uid = next_uid + ? WHERE id = ?", (new_items, pool_id))
+            conn.execute(
+                "INSERT INTO versions (pool_id, version, state, source, pid, created_at) VALUES (?,?,?,?,?,?)",
+                (pool_id, version, "building", source, os.getpid(), time.time()),
+            )
+        return version, first_uid
+
+    def commit_version(
+        self,
+        pool_id: int,
+        version: int,
+        *,
+        items: Iterable[ItemRow],
+        size: int,
+        index: str,
+        stats: dict[str, Any],
+        activate: bool,
+    ) -> None:
+        """Record a fully written version's new items, mark it ready and optionally make it current."""
+        with self.transaction() as conn:
+            state = conn.execute(
+                "SELECT state FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version)
+            ).fetchone()
+            if state is None:
+                raise NotFound("pool was deleted while the version was written", param="pool")
+            conn.executemany(
+                "INSERT INTO items (pool_id, uid, item_id, label, text, image, media_root, domain, metadata) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    (pool_id, r.uid, r.item_id, r.label, r.text, r.image, r.media_root, r.domain, r.metadata)
+                    for r in items
+                ),
+            )
+            conn.execute(
+                "UPDATE versions SET state = 'ready', size = ?, index_spec = ?, stats = ?, pid = NULL "
+                "WHERE pool_id = ? AND version = ?",
+                (size, index, json.dumps(stats), pool_id, version),
+            )
+            if activate:
+                conn.execute("UPDATE pools SET current_version = ? WHERE id = ?", (version, pool_id))
+
+    def fail_version(self, pool_id: int, version: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET state = 'failed', pid = NULL WHERE pool_id = ? AND version = ? AND state = 'building'",
+                (pool_id, version),
+            )
+
+    def activate(self, pool_id: int, version: int) -> None:
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT state FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"version {version} does not exist", param="version")
+            if row[0] != "ready":
+                raise Conflict(f"version {version} is {row[0]}, only a ready version can be activated", param="version")
+            conn.execute("UPDATE pools SET current_version = ? WHERE id = ?", (version, pool_id))
+
+    def abandon_dead_builds(self) -> list[tuple[int, int]]:
+        """Mark ``building`` versions whose process is gone as failed; returns ``(pool_id, version)``."""
+        dead = []
+        for row in self._query("SELECT pool_id, version, pid FROM versions WHERE state = 'building'"):
+            if row["pid"] is None or not _pid_alive(row["pid"]):
+                dead.append((row["pool_id"], row["version"]))
+        for pool_id, version in dead:
+            self.fail_version(pool_id, version)
+        return dead
+
+    # items ---------------------------------------------------------------------------------------
+
+    def item_rows(self, pool_id: int, uids: Sequence[int]) -> list[ItemRow]:
+        """The rows with these uids, in the order of ``uids`` (which must be sorted ascending)."""
+        if not len(uids):
+            return []
+        lo, hi = int(uids[0]), int(uids[-1])
+        rows = self._query(
+            "SELECT uid, item_id, label, text, image, media_root, domain, metadata FROM items "
+            "WHERE pool_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+            (pool_id, lo, hi),
+        )
+        wanted = set(int(u) for u in uids)
+        out = [ItemRow(*tuple(r)) for r in rows if r["uid"] in wanted]
+        if len(out) != len(uids):
+            raise RuntimeError(f"catalog holds {len(out)} of the {len(uids)} items of a version")
+        return out
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

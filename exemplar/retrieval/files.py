@@ -1,0 +1,51 @@
+"""Durable file writes: temporary name, fsync, rename, fsync of the directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic", "write_npy_atomic"]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either its old content or all of the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Rename a fully written staging directory to its final name (replacing a stale one)."""
+    for child in staging.iterdir():
+        if child.is_file():
+            with open(child, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    fsync_dir(final.parent)

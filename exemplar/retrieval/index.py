@@ -1,0 +1,121 @@
+"""A FAISS index over L2-normalised vectors, searched by inner product (cosine similarity)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from exemplar.errors import InvalidRequest
+from exemplar.retrieval.files import write_bytes_atomic
+
+__all__ = ["DEFAULT_INDEX", "VectorIndex", "gpu_available", "normalize"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX = "Flat"
+AUTO = "auto"
+
+# faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
+# are the common case here and are several times faster through BLAS.
+faiss.cvar.distance_compute_blas_threshold = 16
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit length (callers reject zero rows first)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def resolve_factory(spec: str, n: int) -> str:
+    """``auto`` means exact search for now; the batch-jobs work chooses ANN indexes by size."""
+    return DEFAULT_INDEX if spec == AUTO else spec
+
+
+class VectorIndex:
+    """Wraps a faiss index; ``search`` returns ``D, I`` like faiss, with an optional row filter."""
+
+    def __init__(self, index: faiss.Index, factory: str) -> None:
+        self.index = index
+        self.factory = factory
+        self.on_gpu = False
+        self._gpu_lock = threading.Lock()
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_INDEX) -> "VectorIndex":
+        n, dim = vectors.shape
+        resolved = resolve_factory(factory, n)
+        try:
+            index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InvalidRequest(f"invalid faiss index factory string {factory!r}", param="index") from exc
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not index.is_trained:
+            try:
+                index.train(data)
+            except RuntimeError as exc:
+                raise InvalidRequest(
+                    f"index {resolved!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
+                    param="index",
+                ) from exc
+        if n:
+            index.add(data)
+        return cls(index, resolved)
+
+    def save(self, path: Path) -> None:
+        index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+        write_bytes_atomic(path, faiss.serialize_index(index).tobytes())
+
+    @classmethod
+    def load(cls, path: Path, factory: str) -> "VectorIndex":
+        data = np.fromfile(path, dtype=np.uint8)
+        return cls(faiss.deserialize_index(data), factory)
+
+    def to_gpu(self, device: int = 0) -> bool:
+        """Move the index to a GPU when faiss has GPU support and one is present."""
+        if self.on_gpu or not gpu_available():
+            return self.on_gpu
+        with self._gpu_lock:
+            resources = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(resources, device, self.index)
+            self._resources = resources
+            self.on_gpu = True
+        return True
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows per query among ``allowed`` rows (a boolean mask over rows).
+
+        Missing results (fewer allowed rows than ``k``) have ``I == -1``.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, self.ntotal))
+        if self.ntotal == 0:
+            return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
+        if allowed is None:
+            return self.index.search(q, k)
+        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params = self._params(selector)
+        D, I = self.index.search(q, k, params=params)
+        return D, I
+
+    def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
+        if hnsw is not None:
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
+        return faiss.SearchParameters(sel=selector)

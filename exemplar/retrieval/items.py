@@ -1,0 +1,185 @@
+"""New items: validation and embedding with the pool's encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from exemplar.errors import ExemplarError, InvalidImage, InvalidRequest, UnsupportedQuery
+from exemplar.retrieval.ports import Encoder
+
+__all__ = [
+    "EMBED_MODES",
+    "ItemError",
+    "NewItem",
+    "check_vector",
+    "embed_items",
+    "image_extension",
+    "media_name",
+    "validate_item_fields",
+]
+
+EmbedMode = Literal["image", "text", "image+text"]
+EMBED_MODES: tuple[str, ...] = ("image", "text", "image+text")
+MAX_ID_CHARS = 512
+MAX_TEXT_CHARS = 20_000
+MAX_METADATA_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass
+class NewItem:
+    id: str
+    label: str | None = None
+    text: str | None = None
+    domain: str | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    image_bytes: bytes | None = None
+    image: str | None = None  # reference stored with the item
+    media_root: str | None = None  # None: the pool's own media folder
+    embedding: np.ndarray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemError:
+    """Why one item was rejected; ``field`` names the offending item field."""
+
+    index: int
+    item_id: str | None
+    type: str
+    message: str
+    field: str
+
+    def to_exception(self, param: str) -> ExemplarError:
+        cls = {"invalid_image": InvalidImage, "unsupported_query": UnsupportedQuery}.get(self.type, InvalidRequest)
+        return cls(f"{param} ({self.item_id!r}): {self.message}", param=f"{param}.{self.field}")
+
+
+def check_vector(values: Sequence[float] | np.ndarray, dim: int, *, param: str) -> np.ndarray:
+    """A finite, non-zero float32 vector of width ``dim``, scaled to unit length."""
+    vector = np.asarray(values, dtype=np.float64)
+    if vector.ndim != 1:
+        raise InvalidRequest("embedding must be a flat list of numbers", param=param)
+    if vector.shape[0] != dim:
+        raise InvalidRequest(f"embedding has {vector.shape[0]} dimensions, the pool expects {dim}", param=param)
+    if not np.all(np.isfinite(vector)):
+        raise InvalidRequest("embedding contains NaN or infinite values", param=param)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise InvalidRequest("embedding has zero (or overflowing) length", param=param)
+    return (vector / norm).astype(np.float32)
+
+
+def validate_item_fields(item: NewItem, *, param: str) -> None:
+    if not item.id or len(item.id) > MAX_ID_CHARS:
+        raise InvalidRequest(f"item id must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.id")
+    for name in ("label", "domain"):
+        value = getattr(item, name)
+        if value is not None and (not value or len(value) > MAX_ID_CHARS):
+            raise InvalidRequest(f"{name} must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.{name}")
+    if item.text is not None and len(item.text) > MAX_TEXT_CHARS:
+        raise InvalidRequest(f"text is longer than {MAX_TEXT_CHARS} characters", param=f"{param}.text")
+    if len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes", param=f"{param}.metadata")
+
+
+_SIGNATURES = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
+def image_extension(data: bytes) -> str:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _SIGNATURES:
+        if data.startswith(magic):
+            return ext
+    return "img"
+
+
+def media_name(data: bytes) -> str:
+    """Content-addressed name for an uploaded image, relative to the pool's media folder."""
+    digest = hashlib.sha256(data).hexdigest()
+    return f"{digest[:2]}/{digest}.{image_extension(data)}"
+
+
+def _read_image(item: NewItem) -> bytes:
+    if item.image_bytes is not None:
+        return item.image_bytes
+    if item.image is None or item.media_root is None:
+        raise InvalidRequest("item has no image", param="image")
+    return (Path(item.media_root) / item.image).read_bytes()
+
+
+def embed_items(
+    encoder: Encoder,
+    embed: str,
+    items: Sequence[NewItem],
+    *,
+    precomputed: bool,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, list[int], list[ItemError]]:
+    """Embed ``items``; returns ``(vectors, kept indices, errors)``, one error per rejected item."""
+    errors: list[ItemError] = []
+    kept: list[int] = []
+    vectors: list[np.ndarray] = []
+
+    def reject(i: int, exc: Exception, kind: str, field: str) -> None:
+        message = exc.message if isinstance(exc, ExemplarError) else f"cannot read image ({type(exc).__name__})"
+        errors.append(ItemError(i, items[i].id, kind, message, field))
+
+    for start in range(0, len(items), batch_size):
+        chunk = range(start, min(start + batch_size, len(items)))
+        if precomputed:
+            for i in chunk:
+                if items[i].embedding is None:
+                    errors.append(ItemError(i, items[i].id, "invalid_request", "precomputed pools need an 'embedding' per item", "embedding"))
+                    continue
+                try:
+                    vectors.append(check_vector(items[i].embedding, encoder.dim, param="embedding")[None, :])
+                    kept.append(i)
+                except InvalidRequest as exc:
+                    reject(i, exc, exc.type)
+            continue
+        ok: list[int] = []
+        prepared: list[object] = []
+        for i in chunk:
+            item = items[i]
+            if item.embedding is not None:
+                errors.append(ItemError(i, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding"))
+                continue
+            if "text" in embed.split("+") and not item.text:
+                errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text"))
+                continue
+            if "image" in embed.split("+"):
+                if item.image_bytes is None and item.image is None:
+                    errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image"))
+                    continue
+                try:
+                    prepared.append(encoder.preprocess_image(_read_image(item)))
+                except ExemplarError as exc:
+                    reject(i, exc, exc.type, "image")
+                    continue
+                except OSError as exc:
+                    reject(i, exc, "invalid_image", "image")
+                    continue
+            ok.append(i)
+        if not ok:
+            continue
+        parts = []
+        if "image" in embed.split("+"):
+            parts.append(encoder.encode_preprocessed(prepared))
+        if "text" in embed.split("+"):
+            parts.append(encoder.encode_texts([items[i].text or "" for i in ok]))
+        combined = parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        norms = np.linalg.norm(combined, axis=1, keepdims=True)
+        vectors.append((combined / np.maximum(norms, 1e-12)).astype(np.float32))
+        kept.extend(ok)
+    dim = encoder.dim
+    matrix = np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)
+    order = np.argsort(np.asarray(kept, dtype=np.int64), kind="stable")
+    return matrix[order], sorted(kept), errors

@@ -1,0 +1,223 @@
+"""Pools: create, list, stats, delete, add items, activate versions; the serving snapshot cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from exemplar.errors import EmptyPool, InvalidRequest, choices
+from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, VersionRecord
+from exemplar.retrieval.files import write_bytes_atomic
+from exemplar.retrieval.index import AUTO, DEFAULT_INDEX
+from exemplar.retrieval.items import EMBED_MODES, NewItem, embed_items, media_name, validate_item_fields
+from exemplar.retrieval.ports import Encoder, EncoderProvider
+from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.versions import VersionFiles, load_snapshot, write_version
+
+__all__ = ["METRICS", "POOL_NAME", "PoolService", "PoolStats", "item_row"]
+
+log = logging.getLogger(__name__)
+
+POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+METRICS: tuple[str, ...] = ("ip",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    pool: PoolRecord
+    size: int
+    labels: dict[str, int]
+    domains: dict[str, int]
+    versions: list[VersionRecord]
+
+
+class PoolService:
+    """The pool store. Writes are serialised per process; the catalog serialises processes."""
+
+    def __init__(self, data_dir: Path, encoders: EncoderProvider, *, refresh_s: float = 1.0) -> None:
+        self.data_dir = data_dir
+        self.catalog = Catalog(data_dir / "catalog.sqlite3")
+        self.files = VersionFiles(data_dir)
+        self.encoders = encoders
+        self.refresh_s = refresh_s
+        self._write_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._serving: dict[str, tuple[Snapshot, float]] = {}
+        self._cleanup()
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def _cleanup(self) -> None:
+        """Fail builds whose process died and remove version folders the catalog does not know."""
+        for pool_id, version in self.catalog.abandon_dead_builds():
+            log.warning("pool %s: version %s was left half-built by a dead process; marked failed", pool_id, version)
+        known = {p.id: {v.version for v in self.catalog.versions(p.id) if v.state != "failed"} for p in self.catalog.pools()}
+        if not self.files.root.is_dir():
+            return
+        for pool_dir in self.files.root.iterdir():
+            if not pool_dir.name.isdigit() or int(pool_dir.name) not in known:
+                shutil.rmtree(pool_dir, ignore_errors=True)
+                continue
+            versions_dir = pool_dir / "versions"
+            for child in versions_dir.iterdir() if versions_dir.is_dir() else ():
+                if not child.name.isdigit() or int(child.name) not in known[int(pool_dir.name)]:
+                    shutil.rmtree(child, ignore_errors=True)
+
+    # pools ---------------------------------------------------------------------------------------
+
+    def create(self, *, name: str, encoder: str, embed: str = "image", metric: str = "ip", index: str = AUTO) -> PoolRecord:
+        if not POOL_NAME.match(name):
+            raise InvalidRequest(
+                "pool name must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit",
+                param="name",
+            )
+        if embed not in EMBED_MODES:
+            raise InvalidRequest(f"unknown embed mode {embed!r}; valid: {choices(EMBED_MODES)}", param="embed")
+        if metric not in METRICS:
+            raise InvalidRequest(f"unknown metric {metric!r}; valid: {choices(METRICS)}", param="metric")
+        enc = self.encoders(encoder)
+        if index != AUTO:
+            try:
+                faiss.index_factory(enc.dim, index, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError:
+                raise InvalidRequest(
+                    f"invalid faiss index factory string {index!r}; e.g. 'auto', '{DEFAULT_INDEX}', 'IVF1024,Flat', 'HNSW32'",
+                    param="index",
+                ) from None
+        return self.catalog.create_pool(name=name, encoder=enc.spec, embed=embed, metric=metric, index=index, dim=enc.dim)
+
+    def get(self, name: str) -> PoolRecord:
+        return self.catalog.pool(name)
+
+    def list(self) -> list[PoolRecord]:
+        return self.catalog.pools()
+
+    def stats(self, name: str) -> PoolStats:
+        pool = self.catalog.pool(name)
+        versions = self.catalog.versions(pool.id)
+        current = next((v for v in versions if v.version == pool.current_version), None)
+        return PoolStats(
+            pool=pool,
+            size=current.size if current else 0,
+            labels=current.stats.get("labels", {}) if current else {},
+            domains=current.stats.get("domains", {}) if current else {},
+            versions=versions,
+        )
+
+    def delete(self, name: str) -> None:
+        with self._write_lock:
+            pool = self.catalog.delete_pool(name)
+            self._serving.pop(name, None)
+            shutil.rmtree(self.files.pool_dir(pool.id), ignore_errors=True)
+
+    def encoder_for(self, pool: PoolRecord) -> Encoder:
+        return self.encoders(pool.encoder)
+
+    # versions ------------------------------------------------------------------------------------
+
+    def activate(self, name: str, version: int) -> PoolRecord:
+        with self._write_lock:
+            pool = self.catalog.pool(name)
+            self.catalog.activate(pool.id, version)
+            self._serving.pop(name, None)
+        self.snapshot(name)  # load now, so the switch costs no request
+        return self.catalog.pool(name)
+
+    def add_items(self, name: str, items: Sequence[NewItem]) -> int:
+        """Add or replace ``items`` as one new version. All-or-nothing: any bad item rejects the batch."""
+        pool = self.catalog.pool(name)
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            validate_item_fields(item, param=f"items[{i}]")
+            if item.id in seen:
+                raise InvalidRequest(f"item id {item.id!r} appears twice in one request", param=f"items[{i}].id")
+            seen.add(item.id)
+        encoder = self.encoder_for(pool)
+        vectors, kept, errors = embed_items(encoder, pool.embed, items, precomputed=pool.encoder.startswith("precomputed:"))
+        if errors:
+            raise errors[0].to_exception(f"items[{errors[0].index}]")
+        media = self.files.media_dir(pool.id)
+        for item in items:
+            if item.image_bytes is not None:
+                item.image = media_name(item.image_bytes)
+                target = media / item.image
+                if not target.exists():
+                    write_bytes_atomic(target, item.image_bytes)
+        rows = [item_row(item) for item in items]
+        return self.write(pool, rows, vectors, source="api", replace_all=False)
+
+    def write(self, pool: PoolRecord, rows: Sequence[ItemRow], vectors: Any, *, source: str, replace_all: bool,
+              index_spec: str | None = None) -> int:
+        with self._write_lock:
+            pool = self.catalog.pool(pool.name)
+            base = None if replace_all else self._current(pool.name, fresh=True)
+            version = write_version(
+                self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
+                source=source, index_spec=index_spec,
+            )
+            self._serving.pop(pool.name, None)
+        return version
+
+    # serving -------------------------------------------------------------------------------------
+
+    def snapshot(self, name: str, *, allow_empty: bool = False) -> Snapshot:
+        """The current version of ``name``, loaded once and re-checked against the catalog every
+        ``refresh_s`` seconds so that builds by other processes are picked up without a restart."""
+        snap = self._current(name)
+        if snap is None:
+            raise EmptyPool(f"pool {name!r} has no items yet: add items or build it first", param="pool")
+        if snap.size == 0 and not allow_empty:
+            raise EmptyPool(f"pool {name!r} is empty", param="pool")
+        return snap
+
+    def _current(self, name: str, *, fresh: bool = False) -> Snapshot | None:
+        now = time.monotonic()
+        cached = self._serving.get(name)
+        if not fresh and cached is not None and now - cached[1] < self.refresh_s:
+            return cached[0]
+        with self._load_lock:
+            pool = self.catalog.pool(name)
+            cached = self._serving.get(name)
+            if pool.current_version is None:
+                self._serving.pop(name, None)
+                return None
+            if cached is not None and cached[0].version == pool.current_version:
+                snap = cached[0]
+            else:
+                snap = load_snapshot(self.catalog, self.files, pool, pool.current_version)
+            self._serving[name] = (snap, now)
+            return snap
+
+    def load_all(self) -> None:
+        """Load every pool's current version (start-up), so the first requests pay nothing."""
+        for pool in self.catalog.pools():
+            if pool.current_version is not None:
+                try:
+                    self.snapshot(pool.name, allow_empty=True)
+                except Exception:  # noqa: BLE001 - one broken pool must not keep the others down
+                    log.exception("pool %s: cannot load version %s", pool.name, pool.current_version)
+
+
+def item_row(item: NewItem) -> ItemRow:
+    """The catalog row for a new item (its uid is assigned when the version is written)."""
+    return ItemRow(
+        uid=-1,
+        item_id=item.id,
+        label=item.label,
+        text=item.text,
+        image=item.image,
+        media_root=item.media_root,
+        domain=item.domain,
+        metadata=json.dumps(item.metadata) if item.metadata else None,
+    )

@@ -1,0 +1,208 @@
+"""The select service: turns queries and options into demonstrations from a pool's current version."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from exemplar.errors import EmptyPool, InvalidRequest, NotFound, choices
+from exemplar.retrieval.index import normalize
+from exemplar.retrieval.items import check_vector
+from exemplar.retrieval.pools import PoolService
+from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.strategies import Pick, SelectionOptions, arrange, get_strategy
+
+__all__ = ["Demonstration", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """Exactly one of ``image`` / ``text`` / ``embedding`` / ``item_id`` (``image`` and ``text``
+    together are averaged, as for ``image+text`` pools); none at all only for ``random``."""
+
+    image: bytes | None = None
+    text: str | None = None
+    embedding: Sequence[float] | None = None
+    item_id: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.image is None and self.text is None and self.embedding is None and self.item_id is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Demonstration:
+    id: str
+    label: str | None
+    text: str | None
+    image: str | None
+    domain: str | None
+    score: float | None
+    rank: int
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionResult:
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    demonstrations: list[Demonstration]
+    timing_ms: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionLimits:
+    max_k: int = 256
+    max_offset: int = 100_000
+    max_queries: int = 256
+
+
+class SelectionService:
+    def __init__(self, pools: PoolService, limits: SelectionLimits = SelectionLimits()) -> None:
+        self.pools = pools
+        self.limits = limits
+
+    def select(self, pool: str, query: Query, strategy: str, options: SelectionOptions) -> SelectionResult:
+        return self.select_batch(pool, [query], strategy, options, param_prefix="query")[0]
+
+    def select_batch(
+        self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
+        *, param_prefix: str = "queries",
+    ) -> list[SelectionResult]:
+        started = time.perf_counter()
+        strategy = get_strategy(strategy_name)
+        self._check_options(options)
+        if not queries:
+            raise InvalidRequest("no queries given", param="queries")
+        if len(queries) > self.limits.max_queries:
+            raise InvalidRequest(f"at most {self.limits.max_queries} queries per batch", param="queries")
+        snap = self.pools.snapshot(pool)
+        allowed = self._allowed(snap, options)
+        vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
+        encoded = time.perf_counter()
+        picks = strategy.select(snap, vectors, self_rows, allowed, options)
+        searched = time.perf_counter()
+        timing = {
+            "encode": round((encoded - started) * 1000, 3),
+            "search": round((searched - encoded) * 1000, 3),
+        }
+        return [
+            SelectionResult(
+                pool=snap.pool,
+                version=snap.version,
+                encoder=snap.encoder,
+                strategy=strategy.name,
+                demonstrations=[_demonstration(snap, p) for p in arrange(query_picks, options.order, snap, options.seed)],
+                timing_ms=timing,
+            )
+            for query_picks in picks
+        ]
+
+    def _check_options(self, options: SelectionOptions) -> None:
+        limits = self.limits
+        if options.k_per_class is not None:
+            if not 1 <= options.k_per_class <= limits.max_k:
+                raise InvalidRequest(f"k_per_class must be between 1 and {limits.max_k}", param="k_per_class")
+        elif options.k is None or not 1 <= options.k <= limits.max_k:
+            raise InvalidRequest(f"k must be between 1 and {limits.max_k}", param="k")
+        if not 0 <= options.offset <= limits.max_offset:
+            raise InvalidRequest(f"offset must be between 0 and {limits.max_offset}", param="offset")
+
+    @staticmethod
+    def _allowed(snap: Snapshot, options: SelectionOptions) -> np.ndarray | None:
+        mask: np.ndarray | None = None
+        if options.labels is not None:
+            mask = _member_mask(snap.label_codes, snap.labels, options.labels, "labels")
+        if options.domains is not None:
+            domain_mask = _member_mask(snap.domain_codes, snap.domains, options.domains, "domains")
+            mask = domain_mask if mask is None else mask & domain_mask
+        excluded = [snap.row_of[i] for i in options.exclude_ids if i in snap.row_of]
+        if excluded:
+            mask = np.ones(snap.size, bool) if mask is None else mask.copy()
+            mask[excluded] = False
+        if mask is not None and not mask.any():
+            raise EmptyPool("no items of the pool match the labels, domains and exclusions given", param="labels")
+        return mask
+
+    def _embed(
+        self, snap: Snapshot, queries: Sequence[Query], needs_query: bool, prefix: str
+    ) -> tuple[np.ndarray | None, list[int | None]]:
+        def param(i: int, field: str | None = None) -> str:
+            base = prefix if prefix == "query" else f"{prefix}[{i}]"
+            return f"{base}.{field}" if field else base
+
+        if all(q.empty for q in queries) and not needs_query:
+            return None, [None] * len(queries)
+        vectors = np.zeros((len(queries), snap.dim), np.float32)
+        self_rows: list[int | None] = [None] * len(queries)
+        images: list[tuple[int, bytes]] = []
+        texts: list[tuple[int, str]] = []
+        encoder = None
+        for i, q in enumerate(queries):
+            given = sum(x is not None for x in (q.image, q.text, q.embedding, q.item_id))
+            if given == 0:
+                raise InvalidRequest("a query needs one of 'image', 'text', 'embedding' or 'item_id'", param=param(i))
+            if given > 1 and not (given == 2 and q.image is not None and q.text is not None):
+                raise InvalidRequest("give one of 'image', 'text', 'embedding' or 'item_id' (or 'image' with 'text')", param=param(i, "embedding" if q.embedding is not None else "item_id"))
+            if q.item_id is not None:
+                row = snap.row_of.get(q.item_id)
+                if row is None:
+                    raise NotFound(f"item {q.item_id!r} is not in version {snap.version} of pool {snap.pool!r}", param=param(i, "item_id"))
+                vectors[i] = snap.vectors[row]
+                self_rows[i] = row
+            elif q.embedding is not None:
+                vectors[i] = check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
+            else:
+                if encoder is None:
+                    encoder = self.pools.encoders(snap.encoder)
+                if q.image is not None:
+                    try:
+                        images.append((i, encoder.preprocess_image(q.image)))  # type: ignore[arg-type]
+                    except InvalidRequest as exc:
+                        exc.param = param(i, "image")
+                        raise
+                if q.text is not None:
+                    if not q.text.strip():
+                        raise InvalidRequest("query text is empty", param=param(i, "text"))
+                    texts.append((i, q.text))
+        if images:
+            assert encoder is not None
+            encoded = encoder.encode_preprocessed([img for _, img in images])
+            vectors[[i for i, _ in images]] += encoded
+        if texts:
+            assert encoder is not None
+            try:
+                encoded = encoder.encode_texts([t for _, t in texts])
+            except InvalidRequest as exc:
+                exc.param = param(texts[0][0], "text")
+                raise
+            vectors[[i for i, _ in texts]] += encoded
+        return normalize(vectors), self_rows
+
+
+def _member_mask(codes: np.ndarray, names: tuple[str, ...], wanted: Sequence[str], param: str) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(names)}
+    unknown = [w for w in wanted if w not in lookup]
+    if unknown:
+        raise InvalidRequest(f"unknown {param[:-1]} {unknown[0]!r}; this pool has: {choices(names)}", param=param)
+    return np.isin(codes, [lookup[w] for w in wanted])
+
+
+def _demonstration(snap: Snapshot, pick: Pick) -> Demonstration:
+    row = pick.row
+    return Demonstration(
+        id=snap.ids[row],
+        label=snap.label_of(row),
+        text=snap.texts[row],
+        image=snap.images[row],
+        domain=snap.domain_of(row),
+        score=pick.score,
+        rank=pick.rank,
+        metadata=snap.metadata_of(row),
+    )

@@ -1,0 +1,26 @@
+"""Selection strategies, each registered by name."""
+
+from exemplar.retrieval.strategies import balanced, random, topk  # noqa: F401 - registration
+from exemplar.retrieval.strategies.base import (
+    ORDERS,
+    Order,
+    Pick,
+    SelectionOptions,
+    Strategy,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+)
+from exemplar.retrieval.strategies.ordering import arrange
+
+__all__ = [
+    "ORDERS",
+    "Order",
+    "Pick",
+    "SelectionOptions",
+    "Strategy",
+    "arrange",
+    "get_strategy",
+    "list_strategies",
+    "register_strategy",
+]

@@ -1,0 +1,127 @@
+"""Writing and loading immutable pool versions (vectors, row uids and the FAISS index)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
+from exemplar.retrieval.files import publish_dir
+from exemplar.retrieval.index import VectorIndex
+from exemplar.retrieval.snapshot import Snapshot
+
+__all__ = ["VersionFiles", "load_snapshot", "write_version"]
+
+VECTORS = "vectors.npy"
+UIDS = "uids.npy"
+INDEX = "index.faiss"
+
+
+class VersionFiles:
+    """Where a pool's files live under the data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "pools"
+
+    def pool_dir(self, pool_id: int) -> Path:
+        return self.root / str(pool_id)
+
+    def media_dir(self, pool_id: int) -> Path:
+        return self.pool_dir(pool_id) / "media"
+
+    def version_dir(self, pool_id: int, version: int) -> Path:
+        return self.pool_dir(pool_id) / "versions" / str(version)
+
+    def staging_dir(self, pool_id: int, version: int) -> Path:
+        return self.pool_dir(pool_id) / "versions" / f".staging-{version}"
+
+
+def _stats(rows_labels: Sequence[str | None], rows_domains: Sequence[str | None]) -> dict[str, dict[str, int]]:
+    def hist(values: Sequence[str | None]) -> dict[str, int]:
+        counts = Counter("(none)" if v is None else v for v in values)
+        return dict(sorted(counts.items()))
+
+    return {"labels": hist(rows_labels), "domains": hist(rows_domains)}
+
+
+def write_version(
+    catalog: Catalog,
+    files: VersionFiles,
+    pool: PoolRecord,
+    *,
+    base: Snapshot | None,
+    new_rows: Sequence[ItemRow],
+    new_vectors: np.ndarray,
+    source: str,
+    index_spec: str | None = None,
+    activate: bool = True,
+) -> int:
+    """Write ``base`` (minus the items that ``new_rows`` replace) plus ``new_rows`` as a new version.
+
+    ``new_rows`` carry placeholder uids; real ones are reserved here. Nothing is visible to readers
+    until the files are durable and the catalog transaction commits; a failure leaves the serving
+    version untouched and the reserved version marked failed.
+    """
+    version, first_uid = catalog.reserve_version(pool.id, new_items=len(new_rows), source=source)
+    staging = files.staging_dir(pool.id, version)
+    final = files.version_dir(pool.id, version)
+    try:
+        rows = [
+            ItemRow(first_uid + i, r.item_id, r.label, r.text, r.image, r.media_root, r.domain, r.metadata)
+            for i, r in enumerate(new_rows)
+        ]
+        replaced = {r.item_id for r in rows}
+        if base is not None and base.size:
+            keep = np.fromiter((item_id not in replaced for item_id in base.ids), bool, base.size)
+            uids = np.concatenate([base.uids[keep], np.fromiter((r.uid for r in rows), np.int64, len(rows))])
+            vectors = np.concatenate([np.asarray(base.vectors)[keep], new_vectors]).astype(np.float32, copy=False)
+            labels = [base.label_of(i) for i in np.flatnonzero(keep)] + [r.label for r in rows]
+            domains = [base.domain_of(i) for i in np.flatnonzero(keep)] + [r.domain for r in rows]
+        else:
+            uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
+            vectors = np.ascontiguousarray(new_vectors, dtype=np.float32)
+            labels = [r.label for r in rows]
+            domains = [r.domain for r in rows]
+        spec = index_spec or pool.index
+        index = VectorIndex.build(vectors, spec)
+        staging.mkdir(parents=True, exist_ok=True)
+        np.save(staging / VECTORS, vectors, allow_pickle=False)
+        np.save(staging / UIDS, uids, allow_pickle=False)
+        index.save(staging / INDEX)
+        (staging / "version.json").write_text(
+            json.dumps({"version": version, "size": len(uids), "dim": pool.dim, "index": index.factory,
+                        "encoder": pool.encoder, "created_at": time.time()})
+        )
+        publish_dir(staging, final)
+        catalog.commit_version(
+            pool.id,
+            version,
+            items=rows,
+            size=len(uids),
+            index=index.factory,
+            stats=_stats(labels, domains),
+            activate=activate,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        catalog.fail_version(pool.id, version)
+        raise
+    return version
+
+
+def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, version: int) -> Snapshot:
+    folder = files.version_dir(pool.id, version)
+    uids = np.load(folder / UIDS, allow_pickle=False)
+    vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
+    record = catalog.version(pool.id, version)
+    index = VectorIndex.load(folder / INDEX, record.index)
+    index.to_gpu()
+    rows = catalog.item_rows(pool.id, uids.tolist())
+    return Snapshot.from_rows(pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, rows=rows)

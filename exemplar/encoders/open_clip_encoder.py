@@ -3,9 +3,10 @@ file, or seeded random weights (``exemplar-tiny`` for tests and offline demos)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,17 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EncoderUnavailable(f"device {device!r} requested but CUDA is not available")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 def _checkpoint_in_dir(path: Path) -> Path | None:
@@ -104,7 +116,8 @@ class OpenClipEncoder:
                 param="encoder",
             )
         if spec.source == "random":
-            with torch.random.fork_rng(devices=[]):
+            # Random weights are what was asked for; open_clip's warning about them is noise here.
+            with torch.random.fork_rng(devices=[]), _quiet_root_logger():
                 torch.manual_seed(RANDOM_SEED)
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, device="cpu")
             return model, preprocess, arch

@@ -1,0 +1,189 @@
+"""The ``exemplar`` command line: serve, build, select, demo.
+
+Settings (data dir, host, port, limits...) come from ``Settings`` (``EXEMPLAR_*`` variables); an
+option given on the command line overrides them. Other options also read ``EXEMPLAR_<COMMAND>_<OPTION>``
+(for example ``EXEMPLAR_SELECT_K``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import exemplar
+from exemplar.app.settings import Settings
+from exemplar.errors import ExemplarError, NotFound
+
+__all__ = ["main"]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(exc: ExemplarError) -> None:
+    param = f" [{exc.param}]" if exc.param else ""
+    raise click.ClickException(f"{exc.type}{param}: {exc.message}")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+_data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                         help="Data directory [env EXEMPLAR_DATA_DIR; default ./exemplar-data].")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EXEMPLAR"})
+@click.version_option(exemplar.__version__, prog_name="exemplar")
+def main() -> None:
+    """Exemplar: in-context demonstration retrieval for multimodal LLMs."""
+
+
+@main.command()
+@_data_dir
+@click.option("--host", default=None, help="Bind address [env EXEMPLAR_HOST; default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [env EXEMPLAR_PORT; default 8000].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="Log level [env EXEMPLAR_LOG_LEVEL].")
+def serve(data_dir: Path | None, host: str | None, port: int | None, log_level: str | None) -> None:
+    """Serve the HTTP API over the pools in the data directory."""
+    settings = _settings(data_dir=data_dir, host=host, port=port, log_level=log_level)
+    _serve(settings)
+
+
+def _serve(settings: Settings, on_ready: str | None = None) -> None:
+    import uvicorn
+
+    from exemplar.app.main import create_app
+
+    _configure_logging(settings.log_level)
+    app = create_app(settings, on_ready=(lambda: click.echo(on_ready)) if on_ready else None)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()
+
+
+@main.command()
+@click.argument("pool")
+@click.argument("source", type=click.Path(path_type=Path))
+@_data_dir
+@click.option("--encoder", default=None, help="Encoder spec, when the pool is created by this build "
+              "[env EXEMPLAR_DEFAULT_ENCODER; default open_clip:exemplar-tiny].")
+@click.option("--embed", type=click.Choice(["image", "text", "image+text"]), default="image", show_default=True)
+@click.option("--index", "index_spec", default="auto", show_default=True, help="FAISS factory string or 'auto'.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "imagefolder"]), default=None,
+              help="Source format (default: from the file name, or imagefolder for a directory).")
+@click.option("--media-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Resolve image paths under this folder (default: the manifest's folder).")
+@click.option("--mode", type=click.Choice(["replace", "upsert"]), default="replace", show_default=True,
+              help="replace: the new version holds exactly the source; upsert: adds to the current version.")
+def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str, index_spec: str,
+          fmt: str | None, media_root: Path | None, mode: str) -> None:
+    """Build a new version of POOL from SOURCE (a .jsonl or .csv manifest, or an image folder)."""
+    settings = _settings(data_dir=data_dir, default_encoder=encoder)
+    _configure_logging("warning")
+    from exemplar.app.services import build_services
+    from exemplar.retrieval import build_pool
+
+    services = build_services(settings)
+    try:
+        try:
+            services.pools.get(pool)
+        except NotFound:
+            services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed, index=index_spec)
+            click.echo(f"created pool {pool!r} with encoder {settings.default_encoder}", err=True)
+        with click.progressbar(length=0, label=f"building {pool}", file=sys.stderr,
+                               show_pos=True, show_eta=False) as bar:
+            def progress(p: Any) -> None:
+                bar.label = f"building {pool}: {p.encoded} encoded, {p.skipped} skipped, {p.rate_per_s:.0f}/s"
+                bar.render_progress()
+
+            report = build_pool(services.pools, pool, source, fmt=fmt, media_root=media_root, mode=mode,  # type: ignore[arg-type]
+                                batch_size=max(settings.encode_batch_size, 256), on_progress=progress)
+        for err in report.errors[:20]:
+            click.echo(f"skipped row {err.line} ({err.item_id}): {err.message}", err=True)
+        click.echo(json.dumps({"pool": report.pool, "version": report.version, "added": report.added,
+                               "skipped": report.skipped, "seconds": report.seconds}))
+    except ExemplarError as exc:
+        _fail(exc)
+    finally:
+        services.close()
+
+
+@main.command()
+@click.argument("pool")
+@_data_dir
+@click.option("--text", default=None, help="Query text.")
+@click.option("--image", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Query image file.")
+@click.option("--item-id", default=None, help="Query by an item of the pool (excluded from the results).")
+@click.option("--embedding", default=None, help="Query vector as a JSON list.")
+@click.option("--strategy", default="topk", show_default=True)
+@click.option("-k", "--k", "k", type=int, default=8, show_default=True)
+@click.option("--k-per-class", type=int, default=None)
+@click.option("--label", "labels", multiple=True, help="Only these labels (repeatable).")
+@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
+@click.option("--exclude", "exclude_ids", multiple=True, help="Item ids to leave out (repeatable).")
+@click.option("--order", type=click.Choice(["most_similar_first", "most_similar_last", "shuffle", "class_grouped"]),
+              default="most_similar_first", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True)
+def select(pool: str, data_dir: Path | None, text: str | None, image: Path | None, item_id: str | None,
+           embedding: str | None, strategy: str, k: int, k_per_class: int | None, labels: tuple[str, ...],
+           domains: tuple[str, ...], exclude_ids: tuple[str, ...], order: str, seed: int, offset: int) -> None:
+    """Select demonstrations from POOL (in-process, no server needed) and print them as JSON."""
+    settings = _settings(data_dir=data_dir)
+    from exemplar.app.services import build_services
+    from exemplar.retrieval import Query, SelectionOptions
+
+    services = build_services(settings)
+    try:
+        query = Query(
+            image=image.read_bytes() if image else None,
+            text=text,
+            embedding=json.loads(embedding) if embedding else None,
+            item_id=item_id,
+        )
+        options = SelectionOptions(k=k, k_per_class=k_per_class, labels=labels or None, domains=domains or None,
+                                   exclude_ids=exclude_ids, order=order, seed=seed, offset=offset)  # type: ignore[arg-type]
+        result = services.selection.select(pool, query, strategy, options)
+        click.echo(json.dumps({
+            "pool": result.pool, "version": result.version, "encoder": result.encoder, "strategy": result.strategy,
+            "demonstrations": [vars(d) for d in result.demonstrations],
+        }, indent=2))
+    except ExemplarError as exc:
+        _fail(exc)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"cannot read the query: {exc}") from None
+    finally:
+        services.close()
+
+
+@main.command()
+@_data_dir
+@click.option("--host", default=None, help="Bind address [env EXEMPLAR_HOST; default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [env EXEMPLAR_PORT; default 8000].")
+@click.option("--per-class", type=int, default=12, show_default=True, help="Images per class and domain.")
+@click.option("--fresh", is_flag=True, help="Rebuild the demo pool even if it exists.")
+@click.option("--no-serve", is_flag=True, help="Build the demo pool and print the curl, without serving.")
+def demo(data_dir: Path | None, host: str | None, port: int | None, per_class: int, fresh: bool, no_serve: bool) -> None:
+    """Generate a labelled sample pool, build it and serve it, printing a ready-to-paste curl."""
+    from exemplar.app.demo import DEMO_POOL, curl_example, prepare_demo
+
+    settings = _settings(data_dir=data_dir, host=host, port=port)
+    _configure_logging("warning")
+    try:
+        query_id = prepare_demo(settings, per_class=per_class, fresh=fresh, echo=lambda m: click.echo(m, err=True))
+    except ExemplarError as exc:
+        _fail(exc)
+    curl = curl_example(settings, DEMO_POOL, query_id)
+    if no_serve:
+        click.echo(curl)
+        return
+    _serve(settings, on_ready=f"\nExemplar is serving the demo pool at http://{settings.host}:{settings.port}\n"
+                              f"Try:\n\n{curl}\n")

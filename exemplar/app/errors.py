@@ -1,0 +1,104 @@
+"""The one error envelope, ``{"error": {"type", "message", "param"}}``, and where statuses are decided."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from exemplar.app.context import request_id
+from exemplar.errors import (
+    Conflict,
+    EncoderUnavailable,
+    ExemplarError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+
+__all__ = ["ErrorBody", "ErrorEnvelope", "STATUS", "error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first class an error is an instance of decides its status.
+STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
+    (NotFound, 404),
+    (PayloadTooLarge, 413),
+    (Conflict, 409),
+    (EncoderUnavailable, 503),
+    (InvalidRequest, 400),
+)
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def error_response(status: int, type_: str, message: str, param: str | None = None) -> JSONResponse:
+    body = ErrorEnvelope(error=ErrorBody(type=type_, message=message, param=param))
+    return JSONResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id()})
+
+
+def status_of(exc: ExemplarError) -> int:
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 400)
+
+
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+async def _exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
+    return error_response(status_of(exc), exc.type, exc.message, exc.param)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return error_response(400, "invalid_json", "request body is not valid JSON")
+    if tuple(first.get("loc", ())) == ("body",):
+        content_type = request.headers.get("content-type", "")
+        if first.get("type") != "missing" and "json" not in content_type:
+            return error_response(
+                415, "unsupported_media_type", "send the body as JSON with 'content-type: application/json'"
+            )
+        if first.get("type") == "missing":
+            return error_response(400, "invalid_json", "request body is missing")
+        return error_response(400, "invalid_json", "request body must be a JSON object")
+    message = str(first.get("msg", "invalid value"))
+    # Pydantic prefixes messages from our own validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    return error_response(400, "invalid_request", message, _param(tuple(first.get("loc", ()))))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, type_, message)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error handling %s %s (request id %s)", request.method, request.url.path, request_id())
+    return error_response(500, "internal_error", f"internal error (request id {request_id()})")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ExemplarError, _exemplar_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,59 @@
+"""The FastAPI app factory: the composition root that wires settings, services and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+import exemplar
+from exemplar.app.errors import install_error_handlers
+from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from exemplar.app.routes import health, pools, select
+from exemplar.app.services import Services, build_services
+from exemplar.app.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    services: Services | None = None,
+    *,
+    on_ready: Callable[[], None] | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+    services = services or build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(services.pools.load_all)
+        services.ready = True
+        log.info("exemplar ready: %d pools in %s", len(services.pools.list()), settings.data_dir)
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            services.ready = False
+            services.close()
+
+    app = FastAPI(
+        title="Exemplar",
+        version=exemplar.__version__,
+        summary="In-context demonstration retrieval for multimodal LLMs.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health.router)
+    app.include_router(pools.router)
+    app.include_router(select.router)
+    return app

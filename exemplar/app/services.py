@@ -1,0 +1,60 @@
+"""The services the routes use, built once at start-up and reached through typed dependencies."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from exemplar.app.settings import Settings
+from exemplar.encoders import EncoderRegistry
+from exemplar.retrieval import PoolService, SelectionLimits, SelectionService
+
+__all__ = ["PoolsDep", "SelectionDep", "Services", "ServicesDep", "SettingsDep", "build_services"]
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    encoders: EncoderRegistry
+    pools: PoolService
+    selection: SelectionService
+    ready: bool = False
+
+    def close(self) -> None:
+        self.pools.close()
+
+
+def build_services(settings: Settings) -> Services:
+    encoders = EncoderRegistry(
+        device=settings.device, batch_size=settings.encode_batch_size, max_pixels=settings.max_image_pixels
+    )
+    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s)
+    selection = SelectionService(
+        pools, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
+    )
+    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_pools(request: Request) -> PoolService:
+    return get_services(request).pools
+
+
+def get_selection(request: Request) -> SelectionService:
+    return get_services(request).selection
+
+
+def get_settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+PoolsDep = Annotated[PoolService, Depends(get_pools)]
+SelectionDep = Annotated[SelectionService, Depends(get_selection)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,35 @@
+"""Every setting in one place: ``EXEMPLAR_*`` environment variables, an optional ``.env`` file
+(``EXEMPLAR_ENV_FILE``), and command-line overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXEMPLAR_",
+        env_file=os.environ.get("EXEMPLAR_ENV_FILE"),
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(Path("exemplar-data"), description="Catalog, versions and media live here.")
+    host: str = Field("127.0.0.1", description="Address `exemplar serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    device: str = Field("auto", description="Encoder device: auto, cpu, cuda or cuda:N.")
+    encode_batch_size: int = Field(64, ge=1, le=4096, description="Images or texts per encoder forward pass.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_k: int = Field(256, ge=1, description="Largest k (or k_per_class x classes) a select may ask for.")
+    max_batch_queries: int = Field(256, ge=1, description="Most queries in one select/batch call.")
+    max_items_per_request: int = Field(1024, ge=1, description="Most items in one POST .../items call.")
+    default_encoder: str = Field("open_clip:exemplar-tiny", description="Encoder for pools created without one.")
+    refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")

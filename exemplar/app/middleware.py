@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
@@ -13,11 +14,14 @@ from exemplar.app.errors import error_response
 
 __all__ = ["BodyLimitMiddleware", "RequestIdMiddleware"]
 
+log = logging.getLogger(__name__)
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class RequestIdMiddleware:
-    """Takes a well-formed ``x-request-id`` from the client or makes one; echoes it back."""
+    """Takes a well-formed ``x-request-id`` from the client or makes one and echoes it back; turns
+    an unexpected exception into the 500 envelope while the request id is still known."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,8 +34,12 @@ class RequestIdMiddleware:
         rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(rid)
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", rid.encode()))
                 message["headers"] = headers
@@ -39,6 +47,12 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("internal error handling %s %s (request id %s)", scope.get("method"), scope.get("path"), rid)
+            if started:
+                raise
+            response = error_response(500, "internal_error", f"internal error (request id {rid})")
+            await response(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
 

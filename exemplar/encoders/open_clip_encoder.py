@@ -140,7 +140,7 @@ class OpenClipEncoder:
         if not cfg:
             tags = list(open_clip.list_pretrained_tags_by_model(arch)) + ["random"]
             raise InvalidRequest(
-                f"unknown pretrained tag {tag!r} for {arch}; valid ones: {choices(tags)}", param="encoder"
+                f"unknown pretrained tag {tag!r} for {arch}; valid ones: {choices(tags, 100)}", param="encoder"
             )
         checkpoint = resolve_tag_checkpoint(arch, tag, cfg)
         model, _, preprocess = open_clip.create_model_and_transforms(

@@ -10,7 +10,7 @@ from exemplar.errors import UnsupportedQuery
 
 __all__ = ["PrecomputedEncoder"]
 
-_MESSAGE = "pool {spec} stores precomputed vectors: give an 'embedding' (or an 'item_id') instead of {what}"
+_MESSAGE = "the pool stores precomputed vectors ({spec}): give an 'embedding' (or an 'item_id') instead of {what}"
 
 
 class PrecomputedEncoder:

@@ -115,6 +115,70 @@ def _read_image(item: NewItem) -> bytes:
     return (Path(item.media_root) / item.image).read_bytes()
 
 
+def _modalities(embed: str) -> set[str]:
+    return set(embed.split("+"))
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ExemplarError):
+        return exc.message
+    if isinstance(exc, FileNotFoundError):
+        return "image file not found"
+    return f"cannot read image file ({type(exc).__name__})"
+
+
+def _embed_precomputed(dim: int, items: Sequence[NewItem], chunk: range, errors: list[ItemError]) -> tuple[list[int], np.ndarray]:
+    kept, rows = [], []
+    for i in chunk:
+        if items[i].embedding is None:
+            errors.append(ItemError(i, items[i].id, "invalid_request", "precomputed pools need an 'embedding' per item", "embedding"))
+            continue
+        try:
+            rows.append(check_vector(items[i].embedding, dim, param="embedding"))
+        except InvalidRequest as exc:
+            errors.append(ItemError(i, items[i].id, exc.type, exc.message, "embedding"))
+            continue
+        kept.append(i)
+    return kept, np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+
+
+def _embed_encoded(
+    encoder: Encoder, embed: str, items: Sequence[NewItem], chunk: range, errors: list[ItemError]
+) -> tuple[list[int], np.ndarray]:
+    modalities = _modalities(embed)
+    kept: list[int] = []
+    prepared: list[object] = []
+    for i in chunk:
+        item = items[i]
+        if item.embedding is not None:
+            errors.append(ItemError(i, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding"))
+            continue
+        if "text" in modalities and not item.text:
+            errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text"))
+            continue
+        if "image" in modalities:
+            if item.image_bytes is None and item.image is None:
+                errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image"))
+                continue
+            try:
+                prepared.append(encoder.preprocess_image(_read_image(item)))
+            except (ExemplarError, OSError) as exc:
+                kind = exc.type if isinstance(exc, ExemplarError) else "invalid_image"
+                errors.append(ItemError(i, item.id, kind, _message(exc), "image"))
+                continue
+        kept.append(i)
+    if not kept:
+        return kept, np.empty((0, encoder.dim), np.float32)
+    combined = np.zeros((len(kept), encoder.dim), np.float32)
+    if "image" in modalities:
+        combined += encoder.encode_preprocessed(prepared)
+    if "text" in modalities:
+        combined += encoder.encode_texts([items[i].text or "" for i in kept])
+    # image+text: the mean direction of the two unit vectors.
+    norms = np.linalg.norm(combined, axis=1, keepdims=True)
+    return kept, (combined / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def embed_items(
     encoder: Encoder,
     embed: str,
@@ -123,63 +187,20 @@ def embed_items(
     precomputed: bool,
     batch_size: int = 256,
 ) -> tuple[np.ndarray, list[int], list[ItemError]]:
-    """Embed ``items``; returns ``(vectors, kept indices, errors)``, one error per rejected item."""
+    """Embed ``items``; returns ``(vectors, kept indices, errors)``, one error per rejected item.
+
+    Vectors are in the order of the kept indices, which ascend.
+    """
     errors: list[ItemError] = []
     kept: list[int] = []
-    vectors: list[np.ndarray] = []
-
-    def reject(i: int, exc: Exception, kind: str, field: str) -> None:
-        message = exc.message if isinstance(exc, ExemplarError) else f"cannot read image ({type(exc).__name__})"
-        errors.append(ItemError(i, items[i].id, kind, message, field))
-
+    parts: list[np.ndarray] = []
     for start in range(0, len(items), batch_size):
         chunk = range(start, min(start + batch_size, len(items)))
         if precomputed:
-            for i in chunk:
-                if items[i].embedding is None:
-                    errors.append(ItemError(i, items[i].id, "invalid_request", "precomputed pools need an 'embedding' per item", "embedding"))
-                    continue
-                try:
-                    vectors.append(check_vector(items[i].embedding, encoder.dim, param="embedding")[None, :])
-                    kept.append(i)
-                except InvalidRequest as exc:
-                    reject(i, exc, exc.type)
-            continue
-        ok: list[int] = []
-        prepared: list[object] = []
-        for i in chunk:
-            item = items[i]
-            if item.embedding is not None:
-                errors.append(ItemError(i, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding"))
-                continue
-            if "text" in embed.split("+") and not item.text:
-                errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text"))
-                continue
-            if "image" in embed.split("+"):
-                if item.image_bytes is None and item.image is None:
-                    errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image"))
-                    continue
-                try:
-                    prepared.append(encoder.preprocess_image(_read_image(item)))
-                except ExemplarError as exc:
-                    reject(i, exc, exc.type, "image")
-                    continue
-                except OSError as exc:
-                    reject(i, exc, "invalid_image", "image")
-                    continue
-            ok.append(i)
-        if not ok:
-            continue
-        parts = []
-        if "image" in embed.split("+"):
-            parts.append(encoder.encode_preprocessed(prepared))
-        if "text" in embed.split("+"):
-            parts.append(encoder.encode_texts([items[i].text or "" for i in ok]))
-        combined = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-        norms = np.linalg.norm(combined, axis=1, keepdims=True)
-        vectors.append((combined / np.maximum(norms, 1e-12)).astype(np.float32))
-        kept.extend(ok)
-    dim = encoder.dim
-    matrix = np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)
-    order = np.argsort(np.asarray(kept, dtype=np.int64), kind="stable")
-    return matrix[order], sorted(kept), errors
+            chunk_kept, vectors = _embed_precomputed(encoder.dim, items, chunk, errors)
+        else:
+            chunk_kept, vectors = _embed_encoded(encoder, embed, items, chunk, errors)
+        kept.extend(chunk_kept)
+        parts.append(vectors)
+    matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
+    return matrix, kept, errors

@@ -1,0 +1,3 @@
+from exemplar.app.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""Shared fixtures. Model hubs are unreachable in tests: HF_HUB_OFFLINE makes misses fail at once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from exemplar.encoders import EncoderRegistry  # noqa: E402
+from exemplar.retrieval import NewItem, PoolService, SelectionService  # noqa: E402
+from tests.helpers import clustered_vectors  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def encoders() -> EncoderRegistry:
+    """One registry for the session, so the tiny model is built once."""
+    return EncoderRegistry(device="cpu", batch_size=16)
+
+
+@pytest.fixture
+def pools(tmp_path: Path, encoders: EncoderRegistry) -> Iterator[PoolService]:
+    service = PoolService(tmp_path / "data", encoders, refresh_s=0.0)
+    yield service
+    service.close()
+
+
+@pytest.fixture
+def selection(pools: PoolService) -> SelectionService:
+    return SelectionService(pools)
+
+
+@pytest.fixture
+def vector_pool(pools: PoolService) -> tuple[str, np.ndarray, list[str], list[str]]:
+    """A precomputed pool of 600 clustered 32-d vectors, 5 labels, 3 domains: (name, V, labels, domains)."""
+    V, labels, domains = clustered_vectors(n=600, dim=32, n_labels=5, n_domains=3, seed=7)
+    pools.create(name="vec", encoder="precomputed:32")
+    items = [
+        NewItem(id=f"v{i:04d}", label=labels[i], domain=domains[i], text=f"item {i}", embedding=V[i])
+        for i in range(len(V))
+    ]
+    pools.add_items("vec", items)
+    return "vec", V, labels, domains

@@ -1,0 +1,68 @@
+"""Test helpers: seeded synthetic data and the brute-force selection oracle."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["clustered_vectors", "oracle_balanced", "oracle_topk", "png_bytes", "png_b64"]
+
+
+def clustered_vectors(*, n: int, dim: int, n_labels: int, n_domains: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
+    """Unit vectors around label and domain centres (cluster structure, as real embeddings have)."""
+    rng = np.random.default_rng(seed)
+    label_centres = rng.normal(size=(n_labels, dim))
+    domain_centres = rng.normal(size=(n_domains, dim))
+    li = rng.integers(0, n_labels, size=n)
+    di = rng.integers(0, n_domains, size=n)
+    V = label_centres[li] + 0.7 * domain_centres[di] + 0.8 * rng.normal(size=(n, dim))
+    V = (V / np.linalg.norm(V, axis=1, keepdims=True)).astype(np.float32)
+    return V, [f"class-{i}" for i in li], [f"domain-{i}" for i in di]
+
+
+def _ranked(V: np.ndarray, q: np.ndarray, rows: np.ndarray) -> list[int]:
+    scores = V[rows] @ q
+    order = np.argsort(-scores, kind="stable")
+    return [int(rows[i]) for i in order]
+
+
+def oracle_topk(V: np.ndarray, q: np.ndarray, *, k: int, offset: int = 0, allowed: np.ndarray | None = None,
+                skip: int | None = None) -> list[int]:
+    rows = np.arange(len(V)) if allowed is None else np.flatnonzero(allowed)
+    rows = rows[rows != skip] if skip is not None else rows
+    return _ranked(V, q, rows)[offset : offset + k]
+
+
+def oracle_balanced(V: np.ndarray, labels: list[str], q: np.ndarray, *, k: int | None = None,
+                    k_per_class: int | None = None, offset: int = 0, allowed: np.ndarray | None = None,
+                    skip: int | None = None) -> list[int]:
+    """Round robin over classes ordered by their best score: the definition, spelled out slowly."""
+    rows = np.arange(len(V)) if allowed is None else np.flatnonzero(allowed)
+    rows = rows[rows != skip] if skip is not None else rows
+    per_class = {}
+    for label in sorted({labels[r] for r in rows}):
+        members = np.array([r for r in rows if labels[r] == label])
+        per_class[label] = _ranked(V, q, members)
+    classes = sorted(per_class, key=lambda c: -float(V[per_class[c][0]] @ q))
+    total = k if k_per_class is None else k_per_class * len(classes)
+    sequence = []
+    depth = 0
+    while len(sequence) < offset + total and any(depth < len(per_class[c]) for c in classes):
+        for c in classes:
+            if depth < len(per_class[c]) and len(sequence) < offset + total:
+                sequence.append(per_class[c][depth])
+        depth += 1
+    return sequence[offset:]
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (24, 24), fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png_b64(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (24, 24)) -> str:
+    return base64.b64encode(png_bytes(color, size)).decode()

@@ -1,0 +1,66 @@
+"""The command line, in-process through click's runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from exemplar.app.cli import main
+from exemplar.samples import generate_shapes
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["build"], ["select"], ["demo"]])
+def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(main, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_build_then_select(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=3)
+    data = tmp_path / "data"
+    result = runner.invoke(main, ["build", "shapes", str(manifest), "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["version"] == 1 and report["added"] == 36 and report["skipped"] == 0
+    result = runner.invoke(main, ["select", "shapes", "--data-dir", str(data), "--item-id", "site-a-circle-0000",
+                                  "--strategy", "balanced", "--k-per-class", "2", "--domain", "site-b"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert len(body["demonstrations"]) == 8
+    assert {d["domain"] for d in body["demonstrations"]} == {"site-b"}
+    assert sorted({d["label"] for d in body["demonstrations"]}) == ["circle", "cross", "square", "triangle"]
+
+
+def test_data_dir_and_options_come_from_the_environment(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=2)
+    env = {"EXEMPLAR_DATA_DIR": str(tmp_path / "envdata"), "EXEMPLAR_SELECT_K": "3"}
+    assert runner.invoke(main, ["build", "p", str(manifest)], env=env).exit_code == 0
+    assert (tmp_path / "envdata" / "catalog.sqlite3").is_file()
+    result = runner.invoke(main, ["select", "p", "--text", "a circle"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["demonstrations"]) == 3
+
+
+def test_errors_are_reported_without_tracebacks(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["select", "missing", "--data-dir", str(tmp_path), "--text", "x"])
+    assert result.exit_code == 1 and "not_found [pool]: pool 'missing' does not exist" in result.output
+    result = runner.invoke(main, ["build", "p", str(tmp_path / "none.jsonl"), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_demo_builds_the_sample_pool_and_prints_a_curl(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["demo", "--no-serve", "--data-dir", str(tmp_path), "--port", "8123", "--per-class", "2"])
+    assert result.exit_code == 0, result.output
+    curl = result.stdout.strip().splitlines()[-1]
+    assert curl.startswith("curl -s -X POST http://127.0.0.1:8123/v1/pools/demo/select")
+    assert '"strategy": "balanced"' in curl
+    again = runner.invoke(main, ["demo", "--no-serve", "--data-dir", str(tmp_path), "--port", "8123"])
+    assert again.exit_code == 0 and "built pool" not in again.output, "an existing demo pool is reused"

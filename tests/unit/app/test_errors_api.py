@@ -1,0 +1,141 @@
+"""Bad input gets a clear 4xx in the one error envelope, and changes nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.helpers import png_b64
+
+
+def envelope(r, status: int, type_: str, param: str | None = "any") -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"type", "message", "param"}
+    assert body["error"]["type"] == type_, body
+    assert body["error"]["message"]
+    if param != "any":
+        assert body["error"]["param"] == param, body
+    assert r.headers["x-request-id"]
+    return body["error"]
+
+
+@pytest.fixture
+def pools(client: TestClient) -> None:
+    client.post("/v1/pools", json={"name": "vec", "encoder": "precomputed:4"})
+    client.post("/v1/pools/vec/items", json={"items": [
+        {"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}, {"id": "b", "label": "y", "embedding": [0, 1, 0, 0]}]})
+    client.post("/v1/pools", json={"name": "img", "encoder": "open_clip:exemplar-tiny"})
+    client.post("/v1/pools/img/items", json={"items": [{"id": "r", "label": "red", "image": png_b64()}]})
+    client.post("/v1/pools", json={"name": "empty", "encoder": "precomputed:4"})
+
+
+def snapshot_state(client: TestClient) -> list:
+    return [client.get(f"/v1/pools/{p}").json() for p in ("vec", "img", "empty")]
+
+
+def big_png_b64() -> str:
+    buffer = io.BytesIO()
+    Image.new("1", (1000, 1000)).save(buffer, format="PNG")  # 1 Mpx, over the 200 kpx test limit
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+CASES = [
+    # (method, path, body, status, type, param)
+    ("post", "/v1/pools/nope/select", {"query": {"text": "x"}}, 404, "not_found", "pool"),
+    ("post", "/v1/pools/nope/items", {"items": [{"id": "a"}]}, 404, "not_found", "pool"),
+    ("post", "/v1/pools/img/select", {"query": {"image": "***not base64***"}}, 400, "invalid_request", "query.image"),
+    ("post", "/v1/pools/img/select", {"query": {"image": base64.b64encode(b"plain text").decode()}}, 400, "invalid_image", "query.image"),
+    ("post", "/v1/pools/img/select", {"query": {"image": png_b64()[:60]}}, 400, "invalid_image", "query.image"),
+    ("post", "/v1/pools/img/select", {"query": {"image": big_png_b64()}}, 400, "invalid_image", "query.image"),
+    ("post", "/v1/pools/img/items", {"items": [{"id": "z", "image": base64.b64encode(b"GIF89a junk").decode()}]}, 400, "invalid_image", "items[0].image"),
+    ("post", "/v1/pools/img/items", {"items": [{"id": "z", "image": big_png_b64()}]}, 400, "invalid_image", "items[0].image"),
+    ("post", "/v1/pools/img/items", {"items": [{"id": "z", "image": "%%%"}]}, 400, "invalid_request", "items[0].image"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding": [1, 2]}}, 400, "invalid_request", "query.embedding"),
+    ("post", "/v1/pools/vec/items", {"items": [{"id": "z", "embedding": [1, 2, 3]}]}, 400, "invalid_request", "items[0].embedding"),
+    ("post", "/v1/pools/vec/items", {"items": [{"id": "z", "embedding": [0, 0, 0, 0]}]}, 400, "invalid_request", "items[0].embedding"),
+    ("post", "/v1/pools/vec/items", {"items": []}, 400, "invalid_request", "items"),
+    ("post", "/v1/pools/vec/items", {"items": [{"id": "z", "embedding": [1, 0, 0, 0], "colour": "red"}]}, 400, "invalid_request", "items[0].colour"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": 0}, 400, "invalid_request", "k"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": 100_000}, 400, "invalid_request", "k"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "offset": -1}, 400, "invalid_request", "offset"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "strategy": "nearest"}, 400, "invalid_request", "strategy"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "labels": ["z"]}, 400, "invalid_request", "labels"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "order": "sideways"}, 400, "invalid_request", "order"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "ghost"}}, 404, "not_found", "query.item_id"),
+    ("post", "/v1/pools/vec/select", {"query": {}}, 400, "invalid_request", "query"),
+    ("post", "/v1/pools/vec/select", {"query": {"text": "hi"}}, 400, "unsupported_query", "query.text"),
+    ("post", "/v1/pools/vec/select/batch", {"queries": []}, 400, "invalid_request", "queries"),
+    ("post", "/v1/pools/empty/select", {"query": {"embedding": [1, 0, 0, 0]}}, 409, "empty_pool", "pool"),
+    ("post", "/v1/pools", {"name": "vec", "encoder": "precomputed:4"}, 409, "conflict", "name"),
+    ("post", "/v1/pools", {"name": "x y", "encoder": "precomputed:4"}, 400, "invalid_request", "name"),
+    ("post", "/v1/pools", {"name": "new", "encoder": "open_clip:ViT-B-32@laion2b_s34b_b79k"}, 503, "encoder_unavailable", None),
+    ("post", "/v1/pools/vec/versions/7/activate", None, 404, "not_found", "version"),
+    ("delete", "/v1/pools/nope", None, 404, "not_found", "pool"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "type_", "param"), CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_a_clear_4xx_and_changes_nothing(client: TestClient, pools, method, path, body, status, type_, param) -> None:
+    before = snapshot_state(client)
+    r = client.request(method.upper(), path, json=body) if body is not None else client.request(method.upper(), path)
+    envelope(r, status, type_, param)
+    assert snapshot_state(client) == before
+    assert [p["name"] for p in client.get("/v1/pools").json()["pools"]] == ["empty", "img", "vec"]
+
+
+def test_nan_and_infinite_vectors(client: TestClient, pools) -> None:
+    for value in ("NaN", "Infinity", "-Infinity"):
+        raw = '{"query": {"embedding": [%s, 0, 0, 0]}}' % value
+        r = client.post("/v1/pools/vec/select", content=raw, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["error"]["type"] in ("invalid_request", "invalid_json")
+    raw = '{"items": [{"id": "n", "embedding": [NaN, 0, 0, 0]}]}'
+    before = snapshot_state(client)
+    r = client.post("/v1/pools/vec/items", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and snapshot_state(client) == before
+
+
+def test_malformed_json_and_wrong_content_type(client: TestClient, pools) -> None:
+    headers = {"content-type": "application/json"}
+    envelope(client.post("/v1/pools/vec/select", content=b"{bad", headers=headers), 400, "invalid_json", None)
+    envelope(client.post("/v1/pools/vec/select", content=b"[1, 2]", headers=headers), 400, "invalid_json", None)
+    envelope(client.post("/v1/pools/vec/select", content=b"", headers=headers), 400, "invalid_json", None)
+    envelope(client.post("/v1/pools/vec/select", content=b'{"query": {"item_id": "a"}}',
+                         headers={"content-type": "text/plain"}), 415, "unsupported_media_type", None)
+
+
+def test_oversized_body_is_refused(client: TestClient, pools) -> None:
+    before = snapshot_state(client)
+    huge = {"items": [{"id": f"i{i}", "embedding": [1.0, 0.0, 0.0, 0.0], "text": "x" * 1000} for i in range(400)]}
+    envelope(client.post("/v1/pools/vec/items", json=huge), 413, "payload_too_large", None)
+
+    def chunks():  # no content-length: the limit applies as the bytes arrive
+        data = json.dumps(huge).encode()
+        for i in range(0, len(data), 8192):
+            yield data[i : i + 8192]
+
+    r = client.post("/v1/pools/vec/items", content=chunks(), headers={"content-type": "application/json"})
+    envelope(r, 413, "payload_too_large", None)
+    assert snapshot_state(client) == before
+
+
+def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None:
+    envelope(client.get("/v2/nothing"), 404, "not_found", None)
+    envelope(client.put("/v1/pools"), 405, "method_not_allowed", None)
+
+
+def test_internal_errors_hide_details_and_carry_the_request_id(client: TestClient, pools, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret database path /srv/x")
+
+    monkeypatch.setattr(client.app.state.services.selection, "select", boom)
+    r = client.post("/v1/pools/vec/select", json={"query": {"item_id": "a"}}, headers={"x-request-id": "req-123"})
+    error = envelope(r, 500, "internal_error", None)
+    assert "secret" not in r.text and "req-123" in error["message"] and r.headers["x-request-id"] == "req-123"

@@ -1,0 +1,198 @@
+"""Pool store: versions, rollback, durability and the all-or-nothing rule for writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exemplar.errors import Conflict, EmptyPool, InvalidImage, InvalidRequest, NotFound, UnsupportedQuery
+from exemplar.retrieval import NewItem, PoolService, Query, SelectionOptions, SelectionService
+from tests.helpers import png_bytes
+
+
+def vec_items(n: int, dim: int = 8, start: int = 0, seed: int = 0, label: str = "a") -> list[NewItem]:
+    rng = np.random.default_rng(seed)
+    return [NewItem(id=f"i{start + i}", label=label, embedding=rng.normal(size=dim)) for i in range(n)]
+
+
+def test_create_list_stats_delete(pools: PoolService) -> None:
+    pools.create(name="p1", encoder="precomputed:8")
+    pools.create(name="p2", encoder="open_clip:exemplar-tiny", embed="image+text")
+    assert [p.name for p in pools.list()] == ["p1", "p2"]
+    assert pools.get("p2").dim == 64
+    with pytest.raises(Conflict):
+        pools.create(name="p1", encoder="precomputed:8")
+    pools.add_items("p1", vec_items(5) + [NewItem(id="x", label="b", domain="d1", embedding=np.ones(8))])
+    stats = pools.stats("p1")
+    assert stats.size == 6 and stats.labels == {"a": 5, "b": 1} and stats.domains == {"(none)": 5, "d1": 1}
+    assert [v.version for v in stats.versions] == [1] and stats.versions[0].state == "ready"
+    folder = pools.files.pool_dir(pools.get("p1").id)
+    assert folder.is_dir()
+    pools.delete("p1")
+    assert not folder.exists()
+    with pytest.raises(NotFound):
+        pools.stats("p1")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"name": "../etc", "encoder": "precomputed:8"}, "name"),
+        ({"name": "", "encoder": "precomputed:8"}, "name"),
+        ({"name": "ok", "encoder": "nope:1"}, "encoder"),
+        ({"name": "ok", "encoder": "precomputed:0"}, "encoder"),
+        ({"name": "ok", "encoder": "open_clip:NoSuchArch@random"}, "encoder"),
+        ({"name": "ok", "encoder": "open_clip:ViT-B-32@no-such-tag"}, "encoder"),
+        ({"name": "ok", "encoder": "precomputed:8", "embed": "audio"}, "embed"),
+        ({"name": "ok", "encoder": "precomputed:8", "metric": "l1"}, "metric"),
+        ({"name": "ok", "encoder": "precomputed:8", "index": "NotAnIndex"}, "index"),
+    ],
+)
+def test_create_refuses_bad_specs_and_changes_nothing(pools: PoolService, kwargs: dict, param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        pools.create(**kwargs)
+    assert info.value.param == param
+    assert pools.list() == []
+
+
+def test_each_write_is_a_new_version_and_replaces_by_id(pools: PoolService) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    v1 = pools.add_items("p", vec_items(3))
+    v2 = pools.add_items("p", [NewItem(id="i1", label="changed", embedding=np.ones(8))] + vec_items(2, start=10))
+    assert (v1, v2) == (1, 2)
+    snap = pools.snapshot("p")
+    assert sorted(snap.ids) == ["i0", "i1", "i10", "i11", "i2"]
+    assert snap.label_of(snap.row_of["i1"]) == "changed"
+    np.testing.assert_allclose(snap.vectors[snap.row_of["i1"]], np.ones(8) / np.sqrt(8), rtol=1e-6)
+
+
+def test_rollback_then_write_builds_on_the_active_version(pools: PoolService) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(2))  # v1: i0 i1
+    pools.add_items("p", vec_items(2, start=5))  # v2: + i5 i6
+    pools.activate("p", 1)
+    assert sorted(pools.snapshot("p").ids) == ["i0", "i1"]
+    pools.add_items("p", vec_items(1, start=9))  # v3 from v1: i0 i1 i9
+    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i9"]
+    pools.activate("p", 2)
+    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i5", "i6"]
+    with pytest.raises(NotFound):
+        pools.activate("p", 42)
+
+
+def test_bad_item_rejects_the_whole_batch(pools: PoolService) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(2))
+    bad = [
+        [NewItem(id="ok", embedding=np.ones(8)), NewItem(id="nan", embedding=np.full(8, np.nan))],
+        [NewItem(id="short", embedding=np.ones(3))],
+        [NewItem(id="none")],
+        [NewItem(id="dup", embedding=np.ones(8)), NewItem(id="dup", embedding=np.ones(8))],
+        [NewItem(id="", embedding=np.ones(8))],
+    ]
+    for items in bad:
+        with pytest.raises(InvalidRequest):
+            pools.add_items("p", items)
+    assert pools.stats("p").size == 2 and [v.version for v in pools.stats("p").versions] == [1]
+
+
+def test_image_pool_rejects_bad_images_and_stores_good_ones(pools: PoolService) -> None:
+    pools.create(name="img", encoder="open_clip:exemplar-tiny")
+    with pytest.raises(InvalidImage) as info:
+        pools.add_items("img", [NewItem(id="a", image_bytes=png_bytes()), NewItem(id="b", image_bytes=b"not an image")])
+    assert info.value.param == "items[1].image"
+    with pytest.raises(InvalidRequest, match="need an 'image'"):
+        pools.add_items("img", [NewItem(id="a", text="no image")])
+    with pytest.raises(InvalidRequest, match="only for precomputed"):
+        pools.add_items("img", [NewItem(id="a", image_bytes=png_bytes(), embedding=np.ones(64))])
+    assert pools.get("img").current_version is None
+    pools.add_items("img", [NewItem(id="a", label="red", image_bytes=png_bytes())])
+    snap = pools.snapshot("img")
+    stored = pools.files.media_dir(pools.get("img").id) / snap.images[0]
+    assert stored.read_bytes() == png_bytes()
+    assert snap.images[0].endswith(".png")
+
+
+def test_precomputed_pool_refuses_encoded_queries(pools: PoolService, vector_pool) -> None:
+    selection = SelectionService(pools)
+    with pytest.raises(UnsupportedQuery, match="precomputed"):
+        selection.select("vec", Query(text="hello"), "topk", SelectionOptions())
+
+
+def test_empty_pool_is_refused(pools: PoolService) -> None:
+    pools.create(name="empty", encoder="precomputed:8")
+    with pytest.raises(EmptyPool):
+        SelectionService(pools).select("empty", Query(embedding=[1.0] * 8), "topk", SelectionOptions())
+
+
+def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders, tmp_path: Path) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(20))
+    folder = pools.files.version_dir(pools.get("p").id, 1)
+    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "uids.npy", "vectors.npy", "version.json"]
+    assert not list(folder.parent.glob(".staging-*"))
+    reopened = PoolService(pools.data_dir, encoders)
+    try:
+        a, b = pools.snapshot("p"), reopened.snapshot("p")
+        assert a.ids == b.ids
+        np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
+    finally:
+        reopened.close()
+
+
+def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monkeypatch: pytest.MonkeyPatch) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(3))
+    from exemplar.retrieval import versions
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(versions, "publish_dir", explode)
+    with pytest.raises(OSError):
+        pools.add_items("p", vec_items(3, start=100))
+    monkeypatch.undo()
+    assert pools.get("p").current_version == 1
+    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i2"]
+    states = {v.version: v.state for v in pools.stats("p").versions}
+    assert states == {1: "ready", 2: "failed"}
+    assert not pools.files.version_dir(pools.get("p").id, 2).exists()
+    assert pools.add_items("p", vec_items(1, start=7)) == 3
+
+
+_KILLED_WRITER = """
+import os, sys, numpy as np
+from pathlib import Path
+from exemplar.encoders import EncoderRegistry
+from exemplar.retrieval import NewItem, PoolService
+from exemplar.retrieval import catalog
+pools = PoolService(Path(sys.argv[1]), EncoderRegistry())
+def die(self, *a, **k):
+    os._exit(9)  # the process dies after the files are written, before the catalog commits
+catalog.Catalog.commit_version = die
+pools.add_items("p", [NewItem(id="late", embedding=np.ones(8))])
+"""
+
+
+def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, encoders) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(3))
+    pools.close()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(pools.data_dir)], env=env, timeout=120)
+    assert proc.returncode == 9
+    pool_id = 1
+    assert (pools.data_dir / "pools" / str(pool_id) / "versions" / "2").exists(), "files written before the kill"
+    reopened = PoolService(pools.data_dir, encoders)
+    try:
+        assert reopened.get("p").current_version == 1
+        assert sorted(reopened.snapshot("p").ids) == ["i0", "i1", "i2"]
+        assert {v.version: v.state for v in reopened.stats("p").versions} == {1: "ready", 2: "failed"}
+        assert not (pools.data_dir / "pools" / str(pool_id) / "versions" / "2").exists()
+    finally:
+        reopened.close()

@@ -1,0 +1,193 @@
+"""Every strategy against the brute-force oracle over the same seeded vectors."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from exemplar.errors import EmptyPool, InvalidRequest, NotFound
+from exemplar.retrieval import Query, SelectionOptions, SelectionService, list_strategies
+from tests.helpers import oracle_balanced, oracle_topk
+
+
+def rank_order(result) -> list[str]:
+    return [d.id for d in sorted(result.demonstrations, key=lambda d: d.rank)]
+
+
+def ids(rows: list[int]) -> list[str]:
+    return [f"v{r:04d}" for r in rows]
+
+
+def test_registry_lists_the_foundation_strategies() -> None:
+    assert {"random", "topk", "balanced"} <= set(list_strategies())
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 8, 25])
+def test_topk_equals_oracle(vector_pool, selection: SelectionService, seed: int, k: int) -> None:
+    name, V, _, _ = vector_pool
+    q = np.random.default_rng(seed).normal(size=V.shape[1]).astype(np.float32)
+    q /= np.linalg.norm(q)
+    result = selection.select(name, Query(embedding=q.tolist()), "topk", SelectionOptions(k=k))
+    assert rank_order(result) == ids(oracle_topk(V, q, k=k))
+    scores = {d.id: d.score for d in result.demonstrations}
+    for d in result.demonstrations:
+        assert scores[d.id] == pytest.approx(float(V[int(d.id[1:])] @ q), abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [3, 8, 13])
+def test_balanced_total_k_equals_oracle(vector_pool, selection: SelectionService, seed: int, k: int) -> None:
+    name, V, labels, _ = vector_pool
+    q = V[seed * 11] + 0.1
+    q = q / np.linalg.norm(q)
+    result = selection.select(name, Query(embedding=q.tolist()), "balanced", SelectionOptions(k=k))
+    assert rank_order(result) == ids(oracle_balanced(V, labels, q, k=k))
+    counts = Counter(d.label for d in result.demonstrations)
+    # k spread over 5 classes: k // 5 each, and the k % 5 classes most similar to the query one more.
+    quotas = [k // 5 + (1 if i < k % 5 else 0) for i in range(5)]
+    assert sorted(counts.values(), reverse=True) == [n for n in quotas if n]
+    best_first = sorted({d.label for d in result.demonstrations}, key=lambda lab: -max(d.score for d in result.demonstrations if d.label == lab))
+    assert [counts[lab] for lab in best_first] == [n for n in quotas if n]
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_balanced_k_per_class_is_exact(vector_pool, selection: SelectionService, m: int) -> None:
+    name, V, labels, _ = vector_pool
+    result = selection.select(name, Query(item_id="v0003"), "balanced", SelectionOptions(k_per_class=m))
+    counts = Counter(d.label for d in result.demonstrations)
+    assert set(counts.values()) == {m} and len(counts) == 5
+    assert rank_order(result) == ids(oracle_balanced(V, labels, V[3], k_per_class=m, skip=3))
+    assert "v0003" not in rank_order(result)
+
+
+def test_balanced_with_label_and_domain_filters(vector_pool, selection: SelectionService) -> None:
+    name, V, labels, domains = vector_pool
+    wanted = ("class-1", "class-3")
+    result = selection.select(
+        name, Query(item_id="v0010"), "balanced",
+        SelectionOptions(k_per_class=3, labels=wanted, domains=("domain-2",)),
+    )
+    allowed = np.array([labels[i] in wanted and domains[i] == "domain-2" for i in range(len(V))])
+    assert rank_order(result) == ids(oracle_balanced(V, labels, V[10], k_per_class=3, allowed=allowed, skip=10))
+    assert {d.label for d in result.demonstrations} == set(wanted)
+    assert {d.domain for d in result.demonstrations} == {"domain-2"}
+
+
+def test_exclude_ids_and_self_are_never_returned(vector_pool, selection: SelectionService) -> None:
+    name, V, _, _ = vector_pool
+    first = rank_order(selection.select(name, Query(item_id="v0000"), "topk", SelectionOptions(k=5)))
+    assert "v0000" not in first
+    excluded = tuple(first[:3])
+    second = selection.select(name, Query(item_id="v0000"), "topk", SelectionOptions(k=5, exclude_ids=excluded))
+    allowed = np.ones(len(V), bool)
+    allowed[[int(i[1:]) for i in excluded]] = False
+    assert rank_order(second) == ids(oracle_topk(V, V[0], k=5, allowed=allowed, skip=0))
+
+
+@pytest.mark.parametrize("strategy", ["topk", "balanced", "random"])
+def test_offset_windows_are_disjoint_and_in_rank_order(vector_pool, selection: SelectionService, strategy: str) -> None:
+    name, _, _, _ = vector_pool
+    windows = [
+        selection.select(name, Query(item_id="v0042"), strategy, SelectionOptions(k=5, offset=offset, seed=3))
+        for offset in (0, 5, 10, 15)
+    ]
+    ranks = [sorted(d.rank for d in w.demonstrations) for w in windows]
+    assert ranks == [list(range(o, o + 5)) for o in (0, 5, 10, 15)]
+    seen = [d.id for w in windows for d in w.demonstrations]
+    assert len(seen) == len(set(seen)) == 20
+    # The concatenated windows are the first 20 of one ranking.
+    whole = selection.select(name, Query(item_id="v0042"), strategy, SelectionOptions(k=20, seed=3))
+    assert rank_order(whole) == [i for w in windows for i in rank_order(w)]
+
+
+def test_random_is_seeded_filtered_and_needs_no_query(vector_pool, selection: SelectionService) -> None:
+    name, V, labels, _ = vector_pool
+    a = selection.select(name, Query(), "random", SelectionOptions(k=10, seed=1, labels=("class-0",)))
+    b = selection.select(name, Query(), "random", SelectionOptions(k=10, seed=1, labels=("class-0",)))
+    c = selection.select(name, Query(), "random", SelectionOptions(k=10, seed=2, labels=("class-0",)))
+    assert rank_order(a) == rank_order(b) != rank_order(c)
+    assert {d.label for d in a.demonstrations} == {"class-0"}
+    assert all(d.score is None for d in a.demonstrations)
+    expected = np.random.default_rng(1).permutation(np.flatnonzero([lab == "class-0" for lab in labels]))[:10]
+    assert rank_order(a) == ids(expected.tolist())
+    scored = selection.select(name, Query(item_id="v0001"), "random", SelectionOptions(k=10, seed=1))
+    assert "v0001" not in rank_order(scored)
+    for d in scored.demonstrations:
+        assert d.score == pytest.approx(float(V[int(d.id[1:])] @ V[1]), abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["topk", "balanced"])
+def test_orderings(vector_pool, selection: SelectionService, strategy: str) -> None:
+    name, _, _, _ = vector_pool
+
+    def run(order: str, seed: int = 0):
+        return selection.select(name, Query(item_id="v0100"), strategy, SelectionOptions(k=10, order=order, seed=seed)).demonstrations
+
+    first = run("most_similar_first")
+    scores = [d.score for d in first]
+    assert scores == sorted(scores, reverse=True)
+    last = run("most_similar_last")
+    assert [d.id for d in last] == [d.id for d in reversed(first)]
+    shuffled = run("shuffle", seed=5)
+    assert sorted(d.id for d in shuffled) == sorted(d.id for d in first)
+    assert [d.id for d in shuffled] == [d.id for d in run("shuffle", seed=5)]
+    assert [d.id for d in shuffled] != [d.id for d in first]
+    grouped = run("class_grouped")
+    labels = [d.label for d in grouped]
+    blocks = [lab for i, lab in enumerate(labels) if i == 0 or labels[i - 1] != lab]
+    assert len(blocks) == len(set(blocks)), "each class appears as one contiguous block"
+    assert grouped[0].id == first[0].id, "the block of the most similar item comes first"
+    for lab in set(labels):
+        block = [d.score for d in grouped if d.label == lab]
+        assert block == sorted(block, reverse=True)
+
+
+def test_batch_equals_single_queries(vector_pool, selection: SelectionService) -> None:
+    name, V, _, _ = vector_pool
+    queries = [Query(item_id="v0005"), Query(embedding=V[9].tolist()), Query(item_id="v0300")]
+    for strategy in ("topk", "balanced"):
+        batch = selection.select_batch(name, queries, strategy, SelectionOptions(k=7))
+        single = [selection.select(name, q, strategy, SelectionOptions(k=7)) for q in queries]
+        assert [rank_order(r) for r in batch] == [rank_order(r) for r in single]
+
+
+def test_invalid_options_are_refused(vector_pool, selection: SelectionService) -> None:
+    name, V, _, _ = vector_pool
+    q = Query(item_id="v0001")
+    with pytest.raises(InvalidRequest, match="unknown strategy 'nope'; valid strategies: 'balanced', 'random', 'topk'"):
+        selection.select(name, q, "nope", SelectionOptions())
+    for options, param in [
+        (SelectionOptions(k=0), "k"), (SelectionOptions(k=10_000), "k"), (SelectionOptions(k_per_class=0), "k_per_class"),
+        (SelectionOptions(offset=-1), "offset"), (SelectionOptions(labels=("nope",)), "labels"),
+        (SelectionOptions(domains=("nope",)), "domains"),
+    ]:
+        with pytest.raises(InvalidRequest) as info:
+            selection.select(name, q, "topk", options)
+        assert info.value.param == param
+    with pytest.raises(NotFound):
+        selection.select(name, Query(item_id="missing"), "topk", SelectionOptions())
+    with pytest.raises(InvalidRequest, match="dimensions"):
+        selection.select(name, Query(embedding=[1.0, 2.0]), "topk", SelectionOptions())
+    with pytest.raises(InvalidRequest, match="NaN"):
+        selection.select(name, Query(embedding=[float("nan")] * V.shape[1]), "topk", SelectionOptions())
+    with pytest.raises(InvalidRequest, match="one of"):
+        selection.select(name, Query(), "topk", SelectionOptions())
+    with pytest.raises(EmptyPool):
+        selection.select(name, q, "topk", SelectionOptions(exclude_ids=tuple(f"v{i:04d}" for i in range(len(V)))))
+
+
+def test_balanced_fills_from_other_classes_when_one_runs_out(pools, selection: SelectionService) -> None:
+    from exemplar.retrieval import NewItem
+    from tests.helpers import clustered_vectors
+
+    V, _, _ = clustered_vectors(n=40, dim=16, n_labels=3, n_domains=1, seed=1)
+    labels = ["rare"] * 2 + ["a"] * 19 + ["b"] * 19
+    pools.create(name="skewed", encoder="precomputed:16")
+    pools.add_items("skewed", [NewItem(id=f"v{i:04d}", label=labels[i], embedding=V[i]) for i in range(40)])
+    result = selection.select("skewed", Query(embedding=V[0].tolist()), "balanced", SelectionOptions(k_per_class=4))
+    counts = Counter(d.label for d in result.demonstrations)
+    assert counts["rare"] == 2 and counts["a"] + counts["b"] == 10 and len(result.demonstrations) == 12
+    assert rank_order(result) == ids(oracle_balanced(V, labels, V[0], k_per_class=4))

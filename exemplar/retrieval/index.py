@@ -47,6 +47,8 @@ class VectorIndex:
         self.index = index
         self.factory = factory
         self.on_gpu = False
+        # Filtered searches (IDSelector) are a CPU feature in faiss; the CPU index stays for them.
+        self._cpu_index = index
         self._gpu_lock = threading.Lock()
 
     @property
@@ -75,8 +77,7 @@ class VectorIndex:
         return cls(index, resolved)
 
     def save(self, path: Path) -> None:
-        index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
-        write_bytes_atomic(path, faiss.serialize_index(index).tobytes())
+        write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
 
     @classmethod
     def load(cls, path: Path, factory: str) -> "VectorIndex":
@@ -107,15 +108,13 @@ class VectorIndex:
             return self.index.search(q, k)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        params = self._params(selector)
-        D, I = self.index.search(q, k, params=params)
-        return D, I
+        return self._cpu_index.search(q, k, params=self._params(selector))
 
     def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
-        ivf = faiss.try_extract_index_ivf(self.index)
+        ivf = faiss.try_extract_index_ivf(self._cpu_index)
         if ivf is not None:
             return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
-        hnsw = getattr(faiss.downcast_index(self.index), "hnsw", None)
+        hnsw = getattr(faiss.downcast_index(self._cpu_index), "hnsw", None)
         if hnsw is not None:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
         return faiss.SearchParameters(sel=selector)

@@ -83,6 +83,14 @@ class SelectionService:
         if len(queries) > self.limits.max_queries:
             raise InvalidRequest(f"at most {self.limits.max_queries} queries per batch", param="queries")
         snap = self.pools.snapshot(pool)
+        if options.k_per_class is not None:
+            classes = len(options.labels) if options.labels is not None else len(snap.labels)
+            if options.k_per_class * classes > self.limits.max_k:
+                raise InvalidRequest(
+                    f"k_per_class x {classes} classes exceeds the limit of {self.limits.max_k} demonstrations; "
+                    "lower k_per_class or restrict 'labels'",
+                    param="k_per_class",
+                )
         allowed = self._allowed(snap, options)
         vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
         encoded = time.perf_counter()

@@ -196,3 +196,20 @@ def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, enco
         assert not (pools.data_dir / "pools" / str(pool_id) / "versions" / "2").exists()
     finally:
         reopened.close()
+
+
+def test_versions_written_elsewhere_are_picked_up_without_a_restart(pools: PoolService, encoders) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.add_items("p", vec_items(2))
+    reader = PoolService(pools.data_dir, encoders, refresh_s=0.0)
+    try:
+        assert reader.snapshot("p").version == 1
+        pools.add_items("p", vec_items(1, start=50))
+        assert reader.snapshot("p").version == 2 and "i50" in reader.snapshot("p").row_of
+        pools.activate("p", 1)
+        assert reader.snapshot("p").version == 1
+        pools.delete("p")
+        with pytest.raises(NotFound):
+            reader.snapshot("p")
+    finally:
+        reader.close()

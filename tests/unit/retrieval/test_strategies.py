@@ -161,7 +161,7 @@ def test_invalid_options_are_refused(vector_pool, selection: SelectionService) -
         selection.select(name, q, "nope", SelectionOptions())
     for options, param in [
         (SelectionOptions(k=0), "k"), (SelectionOptions(k=10_000), "k"), (SelectionOptions(k_per_class=0), "k_per_class"),
-        (SelectionOptions(offset=-1), "offset"), (SelectionOptions(labels=("nope",)), "labels"),
+        (SelectionOptions(offset=-1), "offset"), (SelectionOptions(k_per_class=100), "k_per_class"), (SelectionOptions(labels=("nope",)), "labels"),
         (SelectionOptions(domains=("nope",)), "domains"),
     ]:
         with pytest.raises(InvalidRequest) as info:

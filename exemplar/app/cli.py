@@ -164,6 +164,95 @@ def select(pool: str, data_dir: Path | None, text: str | None, image: Path | Non
         services.close()
 
 
+def _adapter_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@main.command()
+@click.argument("pool")
+@_data_dir
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="CCI parameter, e.g. --param head=linear --param epochs=50 (see docs/methods.md).")
+def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
+    """Train the CCI adapter of POOL's current version (for strategy=invariant) and store it."""
+    settings = _settings(data_dir=data_dir)
+    _configure_logging("warning")
+    from exemplar.app.services import build_services
+
+    services = build_services(settings)
+    try:
+        job = services.adapters.start(pool, _adapter_params(params))
+        job = services.jobs.wait(job.id, timeout_s=24 * 3600)
+        if job.state != "succeeded":
+            raise click.ClickException(f"adapter training {job.state}: {job.errors}")
+        click.echo(json.dumps(job.result))
+    except ExemplarError as exc:
+        _fail(exc)
+    finally:
+        services.close()
+
+
+@main.command(name="eval")
+@click.argument("pool")
+@_data_dir
+@click.option("-k", "--k", "k", type=int, default=8, show_default=True)
+@click.option("--strategies", default=",".join(("random", "topk", "balanced", "invariant:topk", "invariant:balanced")),
+              show_default=True, help="Comma-separated; 'invariant:topk' / 'invariant:balanced' pick invariant's base.")
+@click.option("--max-queries", type=int, default=500, show_default=True, help="Queries per held-out domain (sampled).")
+@click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="CCI parameter for the per-fold adapters.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int, resamples: int, seed: int,
+             params: tuple[str, ...], as_json: bool) -> None:
+    """Leave-one-domain-out selection quality of each strategy on POOL (see docs/methods.md)."""
+    settings = _settings(data_dir=data_dir)
+    _configure_logging("warning")
+    from exemplar.app.adapters import CCITrainer
+    from exemplar.app.evaluation import format_report
+    from exemplar.app.services import build_services
+    from exemplar.retrieval import evaluate_lodo
+
+    services = build_services(settings)
+    try:
+        report = evaluate_lodo(
+            services.pools.snapshot(pool), strategies=[s.strip() for s in strategies.split(",") if s.strip()], k=k,
+            trainer=CCITrainer(settings.device), adapter_params=_adapter_params(params),
+            max_queries_per_domain=max_queries, resamples=resamples, seed=seed,
+        )
+        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    except ExemplarError as exc:
+        _fail(exc)
+    finally:
+        services.close()
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["shapes", "embeddings"]))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--per-class", type=int, default=60, show_default=True, help="Items per class and domain.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(kind: str, out_dir: Path, per_class: int, seed: int) -> None:
+    """Write generated sample data with domain shift: shape images (for an open_clip pool) or
+    domain-dominant embeddings (for a precomputed:64 pool). Prints the manifest path."""
+    from exemplar.samples import generate_shapes, write_embedding_manifest
+
+    if kind == "shapes":
+        manifest = generate_shapes(out_dir, per_class_per_domain=per_class, seed=seed)
+    else:
+        manifest = write_embedding_manifest(out_dir, per_class_per_domain=per_class, seed=seed)
+    click.echo(str(manifest))
+
+
 @main.command()
 @_data_dir
 @click.option("--host", default=None, help="Bind address [env EXEMPLAR_HOST; default 127.0.0.1].")

@@ -40,6 +40,12 @@ def prepare_demo(settings: Settings, *, per_class: int = 12, fresh: bool = False
             echo(f"generated sample images under {source}")
             report = build_pool(pools, DEMO_POOL, manifest)
             echo(f"built pool {DEMO_POOL!r} version {report.version}: {report.added} items in {report.seconds:.1f}s")
+        if pools.stats(DEMO_POOL).adapter is None:
+            job = services.jobs.wait(services.adapters.start(DEMO_POOL, {}).id, timeout_s=600)
+            if job.state == "succeeded":
+                echo(f"trained the CCI adapter for strategy=invariant in {job.result['seconds']:.1f}s")
+            else:
+                echo(f"adapter training {job.state}: {job.errors}; strategy=invariant will answer 409")
         snap = pools.snapshot(DEMO_POOL)
         return snap.ids[0]
     finally:

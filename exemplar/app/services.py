@@ -7,11 +7,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from exemplar.app.adapters import CCITrainer
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
-from exemplar.retrieval import PoolService, SelectionLimits, SelectionService
+from exemplar.retrieval import AdapterService, JobService, PoolService, SelectionLimits, SelectionService
 
-__all__ = ["PoolsDep", "SelectionDep", "Services", "ServicesDep", "SettingsDep", "build_services"]
+__all__ = [
+    "AdaptersDep",
+    "JobsDep",
+    "PoolsDep",
+    "SelectionDep",
+    "Services",
+    "ServicesDep",
+    "SettingsDep",
+    "build_services",
+]
 
 
 @dataclasses.dataclass
@@ -20,9 +30,12 @@ class Services:
     encoders: EncoderRegistry
     pools: PoolService
     selection: SelectionService
+    jobs: JobService
+    adapters: AdapterService
     ready: bool = False
 
     def close(self) -> None:
+        self.jobs.close(wait=True)
         self.pools.close()
 
 
@@ -34,7 +47,9 @@ def build_services(settings: Settings) -> Services:
     selection = SelectionService(
         pools, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
     )
-    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection)
+    jobs = JobService(pools.catalog)
+    adapters = AdapterService(pools, jobs, CCITrainer(settings.device))
+    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs, adapters=adapters)
 
 
 def get_services(request: Request) -> Services:
@@ -54,7 +69,17 @@ def get_settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
+def get_jobs(request: Request) -> JobService:
+    return get_services(request).jobs
+
+
+def get_adapters(request: Request) -> AdapterService:
+    return get_services(request).adapters
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
 SelectionDep = Annotated[SelectionService, Depends(get_selection)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]

@@ -3,7 +3,11 @@
 No HTTP and no torch here. Encoders are reached through the ``Encoder`` port (``ports.py``).
 """
 
+from exemplar.retrieval.adapter_training import AdapterService
+from exemplar.retrieval.adapters import Adapter, AdapterMissing, AdapterTrainer, TrainedAdapter
 from exemplar.retrieval.build import BuildProgress, BuildReport, build_pool
+from exemplar.retrieval.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
+from exemplar.retrieval.jobs import JobRecord, JobService
 from exemplar.retrieval.index import VectorIndex, gpu_available
 from exemplar.retrieval.items import NewItem
 from exemplar.retrieval.pools import PoolService, PoolStats
@@ -13,7 +17,18 @@ from exemplar.retrieval.snapshot import Snapshot
 from exemplar.retrieval.strategies import ORDERS, SelectionOptions, list_strategies
 
 __all__ = [
+    "DEFAULT_EVAL_STRATEGIES",
     "ORDERS",
+    "Adapter",
+    "AdapterMissing",
+    "AdapterService",
+    "AdapterTrainer",
+    "EvalReport",
+    "Interval",
+    "JobRecord",
+    "JobService",
+    "TrainedAdapter",
+    "evaluate_lodo",
     "BuildProgress",
     "BuildReport",
     "Demonstration",

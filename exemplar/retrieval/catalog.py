@@ -21,7 +21,9 @@ from typing import Any
 
 from exemplar.errors import Conflict, NotFound
 
-__all__ = ["Catalog", "ItemRow", "PoolRecord", "VersionRecord"]
+__all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "VersionRecord"]
+
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -33,6 +35,7 @@ CREATE TABLE IF NOT EXISTS pools (
     index_spec TEXT NOT NULL,
     dim INTEGER NOT NULL,
     current_version INTEGER,
+    revision INTEGER NOT NULL DEFAULT 0,
     next_uid INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL
 );
@@ -47,6 +50,29 @@ CREATE TABLE IF NOT EXISTS versions (
     pid INTEGER,
     created_at REAL NOT NULL,
     PRIMARY KEY (pool_id, version)
+);
+CREATE TABLE IF NOT EXISTS adapters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}',
+    pid INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    state TEXT NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    progress TEXT NOT NULL DEFAULT '{}',
+    result TEXT,
+    errors TEXT NOT NULL DEFAULT '[]',
+    pid INTEGER,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS items (
     pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
@@ -73,6 +99,16 @@ class PoolRecord:
     index: str
     dim: int
     current_version: int | None
+    revision: int
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterRecord:
+    id: int
+    version: int
+    state: str
+    info: dict[str, Any]
     created_at: float
 
 
@@ -109,6 +145,14 @@ def _pool(row: sqlite3.Row) -> PoolRecord:
         index=row["index_spec"],
         dim=row["dim"],
         current_version=row["current_version"],
+        revision=row["revision"],
+        created_at=row["created_at"],
+    )
+
+
+def _adapter(row: sqlite3.Row) -> AdapterRecord:
+    return AdapterRecord(
+        id=row["id"], version=row["version"], state=row["state"], info=json.loads(row["info"] or "{}"),
         created_at=row["created_at"],
     )
 
@@ -136,6 +180,7 @@ class Catalog:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -153,9 +198,10 @@ class Catalog:
                 raise
             self._conn.execute("COMMIT")
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
+
 
     # pools ---------------------------------------------------------------------------------------
 
@@ -170,19 +216,13 @@ class Catalog:
         return self.pool(name)
 
     def pool(self, name: str) -> PoolRecord:
-        rows = self._query("SELECT * FROM pools WHERE name = ?", (name,))
+        rows = self.query("SELECT * FROM pools WHERE name = ?", (name,))
         if not rows:
             raise NotFound(f"pool {name!r} does not exist", param="pool")
         return _pool(rows[0])
 
     def pools(self) -> list[PoolRecord]:
-        return [_pool(r) for r in self._query("SELECT * FROM pools ORDER BY name")]
-
-    def current_version(self, name: str) -> int | None:
-        rows = self._query("SELECT current_version FROM pools WHERE name = ?", (name,))
-        if not rows:
-            raise NotFound(f"pool {name!r} does not exist", param="pool")
-        return rows[0][0]
+        return [_pool(r) for r in self.query("SELECT * FROM pools ORDER BY name")]
 
     def delete_pool(self, name: str) -> PoolRecord:
         with self.transaction() as conn:
@@ -195,11 +235,11 @@ class Catalog:
     # versions ------------------------------------------------------------------------------------
 
     def versions(self, pool_id: int) -> list[VersionRecord]:
-        rows = self._query("SELECT * FROM versions WHERE pool_id = ? ORDER BY version", (pool_id,))
+        rows = self.query("SELECT * FROM versions WHERE pool_id = ? ORDER BY version", (pool_id,))
         return [_version(r) for r in rows]
 
     def version(self, pool_id: int, version: int) -> VersionRecord:
-        rows = self._query("SELECT * FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version))
+        rows = self.query("SELECT * FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version))
         if not rows:
             raise NotFound(f"version {version} does not exist", param="version")
         return _version(rows[0])
@@ -253,7 +293,9 @@ class Catalog:
                 (size, index, json.dumps(stats), pool_id, version),
             )
             if activate:
-                conn.execute("UPDATE pools SET current_version = ? WHERE id = ?", (version, pool_id))
+                conn.execute(
+                    "UPDATE pools SET current_version = ?, revision = revision + 1 WHERE id = ?", (version, pool_id)
+                )
 
     def fail_version(self, pool_id: int, version: int) -> None:
         with self.transaction() as conn:
@@ -271,17 +313,60 @@ class Catalog:
                 raise NotFound(f"version {version} does not exist", param="version")
             if row[0] != "ready":
                 raise Conflict(f"version {version} is {row[0]}, only a ready version can be activated", param="version")
-            conn.execute("UPDATE pools SET current_version = ? WHERE id = ?", (version, pool_id))
+            conn.execute("UPDATE pools SET current_version = ?, revision = revision + 1 WHERE id = ?", (version, pool_id))
 
     def abandon_dead_builds(self) -> list[tuple[int, int]]:
         """Mark ``building`` versions whose process is gone as failed; returns ``(pool_id, version)``."""
         dead = []
-        for row in self._query("SELECT pool_id, version, pid FROM versions WHERE state = 'building'"):
+        for row in self.query("SELECT pool_id, version, pid FROM versions WHERE state = 'building'"):
             if row["pid"] is None or not _pid_alive(row["pid"]):
                 dead.append((row["pool_id"], row["version"]))
         for pool_id, version in dead:
             self.fail_version(pool_id, version)
+        with self.transaction() as conn:
+            for row in conn.execute("SELECT id, pid FROM adapters WHERE state = 'building'").fetchall():
+                if row["pid"] is None or not _pid_alive(row["pid"]):
+                    conn.execute("UPDATE adapters SET state = 'failed', pid = NULL WHERE id = ?", (row["id"],))
         return dead
+
+    # adapters ------------------------------------------------------------------------------------
+
+    def reserve_adapter(self, pool_id: int, version: int) -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO adapters (pool_id, version, state, pid, created_at) VALUES (?,?,?,?,?)",
+                (pool_id, version, "building", os.getpid(), time.time()),
+            )
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def commit_adapter(self, pool_id: int, adapter_id: int, info: dict[str, Any]) -> None:
+        """Mark an adapter ready; it becomes its version's adapter and serving reloads the pool."""
+        with self.transaction() as conn:
+            updated = conn.execute(
+                "UPDATE adapters SET state = 'ready', info = ?, pid = NULL WHERE id = ? AND state = 'building'",
+                (json.dumps(info), adapter_id),
+            ).rowcount
+            if not updated:
+                raise NotFound("pool was deleted while the adapter was trained", param="pool")
+            conn.execute("UPDATE pools SET revision = revision + 1 WHERE id = ?", (pool_id,))
+
+    def fail_adapter(self, adapter_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE adapters SET state = 'failed', pid = NULL WHERE id = ? AND state = 'building'", (adapter_id,))
+
+    def adapter(self, pool_id: int, version: int) -> AdapterRecord | None:
+        """The ready adapter of a version (the newest, when it was trained more than once)."""
+        rows = self.query(
+            "SELECT * FROM adapters WHERE pool_id = ? AND version = ? AND state = 'ready' ORDER BY id DESC LIMIT 1",
+            (pool_id, version),
+        )
+        return _adapter(rows[0]) if rows else None
+
+    def adapted_versions(self, pool_id: int) -> list[int]:
+        rows = self.query(
+            "SELECT DISTINCT version FROM adapters WHERE pool_id = ? AND state = 'ready' ORDER BY version", (pool_id,)
+        )
+        return [r[0] for r in rows]
 
     # items ---------------------------------------------------------------------------------------
 
@@ -290,7 +375,7 @@ class Catalog:
         if not len(uids):
             return []
         lo, hi = int(uids[0]), int(uids[-1])
-        rows = self._query(
+        rows = self.query(
             "SELECT uid, item_id, label, text, image, media_root, domain, metadata FROM items "
             "WHERE pool_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
             (pool_id, lo, hi),

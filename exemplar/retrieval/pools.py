@@ -39,6 +39,7 @@ class PoolStats:
     labels: dict[str, int]
     domains: dict[str, int]
     versions: list[VersionRecord]
+    adapter: dict[str, Any] | None
 
 
 class PoolService:
@@ -52,7 +53,8 @@ class PoolService:
         self.refresh_s = refresh_s
         self._write_lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._serving: dict[str, tuple[Snapshot, float]] = {}
+        # name -> (snapshot, when it was last checked against the catalog, pool id)
+        self._serving: dict[str, tuple[Snapshot, float, int]] = {}
         self._cleanup()
 
     def close(self) -> None:
@@ -107,12 +109,18 @@ class PoolService:
         pool = self.catalog.pool(name)
         versions = self.catalog.versions(pool.id)
         current = next((v for v in versions if v.version == pool.current_version), None)
+        record = self.catalog.adapter(pool.id, current.version) if current else None
+        adapter = None
+        if record is not None:
+            adapter = {"id": record.id, "version": record.version, "created_at": record.created_at,
+                       **{k: v for k, v in record.info.items() if k != "history"}}
         return PoolStats(
             pool=pool,
             size=current.size if current else 0,
             labels=current.stats.get("labels", {}) if current else {},
             domains=current.stats.get("domains", {}) if current else {},
             versions=versions,
+            adapter=adapter,
         )
 
     def delete(self, name: str) -> None:
@@ -192,11 +200,11 @@ class PoolService:
             if pool.current_version is None:
                 self._serving.pop(name, None)
                 return None
-            if cached is not None and cached[0].version == pool.current_version:
+            if cached is not None and cached[2] == pool.id and cached[0].revision == pool.revision:
                 snap = cached[0]
             else:
                 snap = load_snapshot(self.catalog, self.files, pool, pool.current_version)
-            self._serving[name] = (snap, now)
+            self._serving[name] = (snap, now, pool.id)
             return snap
 
     def load_all(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from exemplar.errors import EmptyPool, InvalidRequest, NotFound, choices
+from exemplar.retrieval.adapters import AdapterMissing
 from exemplar.retrieval.index import normalize
 from exemplar.retrieval.items import check_vector
 from exemplar.retrieval.pools import PoolService
@@ -94,7 +95,16 @@ class SelectionService:
         allowed = self._allowed(snap, options)
         vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
         encoded = time.perf_counter()
-        picks = strategy.select(snap, vectors, self_rows, allowed, options)
+        try:
+            picks = strategy.select(snap, vectors, self_rows, allowed, options)
+        except AdapterMissing as exc:
+            adapted = self.pools.catalog.adapted_versions(self.pools.get(pool).id)
+            if adapted:
+                exc.message += (
+                    f"; adapters exist for version(s) {', '.join(map(str, adapted))}: activate one of them "
+                    "or train an adapter for the current version"
+                )
+            raise
         searched = time.perf_counter()
         timing = {
             "encode": round((encoded - started) * 1000, 3),
@@ -119,6 +129,8 @@ class SelectionService:
                 raise InvalidRequest(f"k_per_class must be between 1 and {limits.max_k}", param="k_per_class")
         elif options.k is None or not 1 <= options.k <= limits.max_k:
             raise InvalidRequest(f"k must be between 1 and {limits.max_k}", param="k")
+        if options.invariant_base not in ("balanced", "topk"):
+            raise InvalidRequest("invariant_base must be 'balanced' or 'topk'", param="invariant_base")
         if not 0 <= options.offset <= limits.max_offset:
             raise InvalidRequest(f"offset must be between 0 and {limits.max_offset}", param="offset")
 

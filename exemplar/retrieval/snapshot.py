@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from exemplar.errors import Conflict
+from exemplar.retrieval.adapters import AdapterView
 from exemplar.retrieval.catalog import ItemRow
 from exemplar.retrieval.index import VectorIndex
 
@@ -42,10 +44,13 @@ class Snapshot:
     domain_codes: np.ndarray
     domains: tuple[str, ...]
     row_of: dict[str, int]
+    revision: int = 0
+    adapter: AdapterView | None = None
 
     @classmethod
     def from_rows(
-        cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow]
+        cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow],
+        revision: int = 0, adapter: AdapterView | None = None,
     ) -> "Snapshot":
         label_codes, labels = _codes([r.label for r in rows])
         domain_codes, domains = _codes([r.domain for r in rows])
@@ -66,7 +71,15 @@ class Snapshot:
             domain_codes=domain_codes,
             domains=domains,
             row_of={r.item_id: i for i, r in enumerate(rows)},
+            revision=revision,
+            adapter=adapter,
         )
+
+    def in_adapter_space(self) -> "Snapshot":
+        """The same items with the adapter's vectors and index (the caller checks there is one)."""
+        if self.adapter is None:
+            raise Conflict(f"version {self.version} of pool {self.pool!r} has no adapter")
+        return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index)
 
     @property
     def size(self) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exemplar.retrieval.adapters import load_adapter_view
 from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
 from exemplar.retrieval.files import publish_dir
 from exemplar.retrieval.index import VectorIndex
@@ -120,8 +121,12 @@ def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, versi
     folder = files.version_dir(pool.id, version)
     uids = np.load(folder / UIDS, allow_pickle=False)
     vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
-    record = catalog.version(pool.id, version)
-    index = VectorIndex.load(folder / INDEX, record.index)
+    index = VectorIndex.load(folder / INDEX, catalog.version(pool.id, version).index)
     index.to_gpu()
     rows = catalog.item_rows(pool.id, uids.tolist())
-    return Snapshot.from_rows(pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, rows=rows)
+    record = catalog.adapter(pool.id, version)
+    adapter = load_adapter_view(folder, record.id) if record is not None else None
+    return Snapshot.from_rows(
+        pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, rows=rows,
+        revision=pool.revision, adapter=adapter,
+    )

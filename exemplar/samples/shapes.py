@@ -54,12 +54,13 @@ def _render(shape: str, domain: Domain, rng: np.random.Generator, size: int) -> 
     foreground = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(domain.foreground, rng.integers(-20, 21, size=3)))
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
-    r = size * rng.uniform(0.22, 0.34)
-    cx, cy = (size / 2 + rng.uniform(-0.12, 0.12) * size for _ in range(2))
+    # Pose varies a little (size, position, tilt), as objects do within one class; shapes stay upright.
+    r = size * rng.uniform(0.25, 0.35)
+    cx, cy = (size / 2 + rng.uniform(-0.05, 0.05) * size for _ in range(2))
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=foreground)
     else:
-        draw.polygon(_polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=foreground)
+        draw.polygon(_polygon(shape, cx, cy, r, -math.pi / 2 + rng.uniform(-0.3, 0.3)), fill=foreground)
     if domain.blur:
         image = image.filter(ImageFilter.GaussianBlur(domain.blur))
     pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, domain.noise, size=(size, size, 3))

@@ -31,6 +31,7 @@ def _options(body: SelectRequest | BatchSelectRequest) -> SelectionOptions:
         labels=tuple(body.labels) if body.labels is not None else None,
         domains=tuple(body.domains) if body.domains is not None else None,
         exclude_ids=tuple(body.exclude_ids), order=body.order, seed=body.seed, offset=body.offset,
+        invariant_base=body.invariant_base,
     )
 
 

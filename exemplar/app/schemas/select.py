@@ -19,7 +19,7 @@ class QueryIn(StrictModel):
 
 
 class SelectOptionsIn(StrictModel):
-    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random'.")
+    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random', 'invariant'.")
     k: int | None = Field(8, description="Demonstrations per query (ignored when k_per_class is set).")
     k_per_class: int | None = Field(None, description="balanced: exactly this many per class.")
     labels: list[str] | None = Field(None, description="Only items with these labels.")
@@ -28,6 +28,9 @@ class SelectOptionsIn(StrictModel):
     order: Literal["most_similar_first", "most_similar_last", "shuffle", "class_grouped"] = "most_similar_first"
     seed: int = 0
     offset: int = Field(0, description="Skip this many results of the ranking: the next window.")
+    invariant_base: Literal["balanced", "topk"] = Field(
+        "balanced", description="invariant: per-class quotas ('balanced') or global nearest ('topk') in the adapter space."
+    )
 
 
 class SelectRequest(SelectOptionsIn):

@@ -1,6 +1,6 @@
 """Selection strategies, each registered by name."""
 
-from exemplar.retrieval.strategies import balanced, random, topk  # noqa: F401 - registration
+from exemplar.retrieval.strategies import balanced, invariant, random, topk  # noqa: F401 - registration
 from exemplar.retrieval.strategies.base import (
     ORDERS,
     Order,

@@ -38,6 +38,7 @@ class SelectionOptions:
     order: Order = "most_similar_first"
     seed: int = 0
     offset: int = 0
+    invariant_base: Literal["balanced", "topk"] = "balanced"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,7 +157,7 @@ def test_batch_equals_single_queries(vector_pool, selection: SelectionService) -
 def test_invalid_options_are_refused(vector_pool, selection: SelectionService) -> None:
     name, V, _, _ = vector_pool
     q = Query(item_id="v0001")
-    with pytest.raises(InvalidRequest, match="unknown strategy 'nope'; valid strategies: 'balanced', 'random', 'topk'"):
+    with pytest.raises(InvalidRequest, match="unknown strategy 'nope'; valid strategies: 'balanced', 'invariant', 'random', 'topk'"):
         selection.select(name, q, "nope", SelectionOptions())
     for options, param in [
         (SelectionOptions(k=0), "k"), (SelectionOptions(k=10_000), "k"), (SelectionOptions(k_per_class=0), "k_per_class"),

@@ -39,7 +39,7 @@ DomainLoss = Literal["none", "class_mean", "adversarial"]
 
 @dataclasses.dataclass(frozen=True)
 class CCIConfig:
-    head: Head = "mlp"
+    head: Head = "linear"
     out_dim: int | None = None  # None: the input width
     hidden_dim: int | None = None  # mlp only; None: the input width
     temperature: float = 0.1

@@ -99,12 +99,13 @@ class SelectionService:
             picks = strategy.select(snap, vectors, self_rows, allowed, options)
         except AdapterMissing as exc:
             adapted = self.pools.catalog.adapted_versions(self.pools.get(pool).id)
-            if adapted:
-                exc.message += (
-                    f"; adapters exist for version(s) {', '.join(map(str, adapted))}: activate one of them "
-                    "or train an adapter for the current version"
-                )
-            raise
+            if not adapted:
+                raise
+            raise AdapterMissing(
+                f"{exc.message}; adapters exist for version(s) {', '.join(map(str, adapted))}: activate one "
+                "of them or train an adapter for the current version",
+                param=exc.param,
+            ) from None
         searched = time.perf_counter()
         timing = {
             "encode": round((encoded - started) * 1000, 3),

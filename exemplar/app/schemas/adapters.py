@@ -14,7 +14,7 @@ __all__ = ["AdapterTrainRequest", "JobList", "JobOut"]
 class AdapterTrainRequest(StrictModel):
     """CCI adapter parameters; defaults are documented in docs/methods.md."""
 
-    head: Literal["linear", "mlp"] = "mlp"
+    head: Literal["linear", "mlp"] = "linear"
     out_dim: int | None = Field(None, ge=1, le=8192, description="Output width; default: the encoder's.")
     hidden_dim: int | None = Field(None, ge=1, le=16384, description="MLP hidden width; default: the input width.")
     temperature: float = Field(0.1, ge=0.001, le=10)

@@ -17,7 +17,7 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["build"], ["select"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["build"], ["select"], ["demo"], ["adapt"], ["eval"], ["sample"]])
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
@@ -64,3 +64,24 @@ def test_demo_builds_the_sample_pool_and_prints_a_curl(runner: CliRunner, tmp_pa
     assert '"strategy": "balanced"' in curl
     again = runner.invoke(main, ["demo", "--no-serve", "--data-dir", str(tmp_path), "--port", "8123"])
     assert again.exit_code == 0 and "built pool" not in again.output, "an existing demo pool is reused"
+
+
+def test_sample_adapt_and_eval(runner: CliRunner, tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    manifest = runner.invoke(main, ["sample", "embeddings", str(tmp_path / "emb"), "--per-class", "15"]).stdout.strip()
+    assert Path(manifest).is_file()
+    assert runner.invoke(main, ["build", "emb", manifest, "--encoder", "precomputed:64", "--data-dir", data]).exit_code == 0
+    result = runner.invoke(main, ["adapt", "emb", "--data-dir", data, "--param", "epochs=5", "--param", "head=mlp"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["version"] == 1
+    result = runner.invoke(main, ["eval", "emb", "--data-dir", data, "--json", "--resamples", "100",
+                                  "--strategies", "topk,invariant:topk", "--param", "epochs=30"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["metrics"]) == {"topk", "invariant:topk"} and report["queries"] == 360
+    table = runner.invoke(main, ["eval", "emb", "--data-dir", data, "--resamples", "100", "--strategies", "random,topk"])
+    assert "| topk |" in table.stdout and "topk - random" in table.stdout
+    bad = runner.invoke(main, ["adapt", "emb", "--data-dir", data, "--param", "head"])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+    shapes = runner.invoke(main, ["sample", "shapes", str(tmp_path / "shapes"), "--per-class", "1"])
+    assert shapes.exit_code == 0 and Path(shapes.stdout.strip()).is_file()

@@ -19,6 +19,8 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "UnsupportedQuery",
+    "UpstreamError",
+    "UpstreamTimeout",
     "choices",
 ]
 
@@ -85,3 +87,13 @@ class EmptyPool(Conflict):
     """Selection from a pool (or a filtered part of it) that holds no items."""
 
     type = "empty_pool"
+
+
+class UpstreamError(ExemplarError):
+    """The downstream model endpoint failed, refused, or answered something unusable."""
+
+    type = "mllm_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    type = "mllm_timeout"

@@ -47,3 +47,15 @@ def vector_pool(pools: PoolService) -> tuple[str, np.ndarray, list[str], list[st
     ]
     pools.add_items("vec", items)
     return "vec", V, labels, domains
+
+
+@pytest.fixture(scope="session")
+def fake_mllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The scripted OpenAI-protocol model server (tests/fake_mllm.py) as a separate process."""
+    from tests.processes import free_port, running
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("fake-mllm") / "server.log"
+    with running(["-m", "tests.fake_mllm", "--port", str(port)], f"{base}/healthz", log):
+        yield base

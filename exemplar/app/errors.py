@@ -18,6 +18,8 @@ from exemplar.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
 )
 
 __all__ = ["ErrorBody", "ErrorEnvelope", "STATUS", "error_response", "install_error_handlers"]
@@ -30,6 +32,8 @@ STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
     (PayloadTooLarge, 413),
     (Conflict, 409),
     (EncoderUnavailable, 503),
+    (UpstreamTimeout, 504),
+    (UpstreamError, 502),
     (InvalidRequest, 400),
 )
 

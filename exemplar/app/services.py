@@ -11,9 +11,12 @@ from exemplar.app.adapters import CCITrainer
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
 from exemplar.retrieval import AdapterService, JobService, PoolService, SelectionLimits, SelectionService
+from exemplar.retrieval.infer import InferService
+from exemplar.retrieval.mllm import MLLMRegistry
 
 __all__ = [
     "AdaptersDep",
+    "InferDep",
     "JobsDep",
     "PoolsDep",
     "SelectionDep",
@@ -32,10 +35,13 @@ class Services:
     selection: SelectionService
     jobs: JobService
     adapters: AdapterService
+    mllms: MLLMRegistry
+    infer: InferService
     ready: bool = False
 
     def close(self) -> None:
         self.jobs.close(wait=True)
+        self.mllms.close()
         self.pools.close()
 
 
@@ -49,7 +55,9 @@ def build_services(settings: Settings) -> Services:
     )
     jobs = JobService(pools.catalog)
     adapters = AdapterService(pools, jobs, CCITrainer(settings.device))
-    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs, adapters=adapters)
+    mllms = MLLMRegistry(settings.mllm_endpoints)
+    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
+                    adapters=adapters, mllms=mllms, infer=InferService(selection, mllms))
 
 
 def get_services(request: Request) -> Services:
@@ -77,9 +85,14 @@ def get_adapters(request: Request) -> AdapterService:
     return get_services(request).adapters
 
 
+def get_infer(request: Request) -> InferService:
+    return get_services(request).infer
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
 SelectionDep = Annotated[SelectionService, Depends(get_selection)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
+InferDep = Annotated[InferService, Depends(get_infer)]

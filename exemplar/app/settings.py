@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+
+from exemplar.retrieval.mllm import EndpointConfig
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -33,3 +35,8 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(1024, ge=1, description="Most items in one POST .../items call.")
     default_encoder: str = Field("open_clip:exemplar-tiny", description="Encoder for pools created without one.")
     refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")
+    mllm_endpoints: dict[str, EndpointConfig] = Field(
+        default_factory=dict,
+        description="Downstream OpenAI-compatible endpoints by name, as JSON: "
+        '{"qwen": {"base_url": "http://127.0.0.1:8001/v1", "model": "Qwen2-VL-7B", "api_key_env": "QWEN_KEY"}}',
+    )

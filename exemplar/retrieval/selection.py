@@ -15,9 +15,9 @@ from exemplar.retrieval.index import normalize
 from exemplar.retrieval.items import check_vector
 from exemplar.retrieval.pools import PoolService
 from exemplar.retrieval.snapshot import Snapshot
-from exemplar.retrieval.strategies import Pick, SelectionOptions, arrange, get_strategy
+from exemplar.retrieval.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
 
-__all__ = ["Demonstration", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
+__all__ = ["Demonstration", "Prepared", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,30 @@ class SelectionResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Queries embedded against one snapshot, ready for one or more windows."""
+
+    snap: Snapshot
+    strategy: Strategy
+    vectors: np.ndarray | None
+    self_rows: list[int | None]
+    allowed: np.ndarray | None
+    encode_ms: float
+
+    def shared(self) -> "Prepared":
+        """One query standing for the batch: the normalised mean vector; no query item is picked."""
+        vectors = None if self.vectors is None else normalize(self.vectors.mean(axis=0, keepdims=True))
+        excluded = [r for r in self.self_rows if r is not None]
+        allowed = self.allowed
+        if excluded:
+            allowed = np.ones(self.snap.size, bool) if allowed is None else allowed.copy()
+            allowed[excluded] = False
+            if not allowed.any():
+                raise EmptyPool("the batch's query items are all the pool holds", param="queries")
+        return dataclasses.replace(self, vectors=vectors, self_rows=[None], allowed=allowed)
+
+
+@dataclasses.dataclass(frozen=True)
 class SelectionLimits:
     max_k: int = 256
     max_offset: int = 100_000
@@ -74,8 +98,22 @@ class SelectionService:
 
     def select_batch(
         self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
-        *, param_prefix: str = "queries",
+        *, shared: bool = False, param_prefix: str = "queries",
     ) -> list[SelectionResult]:
+        """One result per query; with ``shared``, one demonstration set for the whole batch (ManyICL),
+        selected for the normalised mean of the queries, excluding every query item."""
+        prepared = self.prepare(pool, queries, strategy_name, options, param_prefix=param_prefix)
+        if shared:
+            prepared = prepared.shared()
+        results = self.run(prepared, options)
+        return results * len(queries) if shared else results
+
+    def prepare(
+        self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
+        *, param_prefix: str = "queries",
+    ) -> "Prepared":
+        """Validate, take the serving snapshot and embed the queries once; ``run`` can then select
+        any number of windows from the same version and ranking."""
         started = time.perf_counter()
         strategy = get_strategy(strategy_name)
         self._check_options(options)
@@ -94,11 +132,17 @@ class SelectionService:
                 )
         allowed = self._allowed(snap, options)
         vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
-        encoded = time.perf_counter()
+        encode_ms = round((time.perf_counter() - started) * 1000, 3)
+        return Prepared(snap, strategy, vectors, self_rows, allowed, encode_ms)
+
+    def run(self, prepared: "Prepared", options: SelectionOptions) -> list[SelectionResult]:
+        started = time.perf_counter()
+        self._check_options(options)
+        snap = prepared.snap
         try:
-            picks = strategy.select(snap, vectors, self_rows, allowed, options)
+            picks = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
-            adapted = self.pools.catalog.adapted_versions(self.pools.get(pool).id)
+            adapted = self.pools.catalog.adapted_versions(self.pools.get(snap.pool).id)
             if not adapted:
                 raise
             raise AdapterMissing(
@@ -106,17 +150,13 @@ class SelectionService:
                 "of them or train an adapter for the current version",
                 param=exc.param,
             ) from None
-        searched = time.perf_counter()
-        timing = {
-            "encode": round((encoded - started) * 1000, 3),
-            "search": round((searched - encoded) * 1000, 3),
-        }
+        timing = {"encode": prepared.encode_ms, "search": round((time.perf_counter() - started) * 1000, 3)}
         return [
             SelectionResult(
                 pool=snap.pool,
                 version=snap.version,
                 encoder=snap.encoder,
-                strategy=strategy.name,
+                strategy=prepared.strategy.name,
                 demonstrations=[_demonstration(snap, p) for p in arrange(query_picks, options.order, snap, options.seed)],
                 timing_ms=timing,
             )

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,11 +47,12 @@ class Snapshot:
     row_of: dict[str, int]
     revision: int = 0
     adapter: AdapterView | None = None
+    media_dir: Path | None = None  # where images uploaded through the API live
 
     @classmethod
     def from_rows(
         cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow],
-        revision: int = 0, adapter: AdapterView | None = None,
+        revision: int = 0, adapter: AdapterView | None = None, media_dir: Path | None = None,
     ) -> "Snapshot":
         label_codes, labels = _codes([r.label for r in rows])
         domain_codes, domains = _codes([r.domain for r in rows])
@@ -73,7 +75,12 @@ class Snapshot:
             row_of={r.item_id: i for i, r in enumerate(rows)},
             revision=revision,
             adapter=adapter,
+            media_dir=media_dir,
         )
+
+    def image_root(self, row: int) -> Path | None:
+        root = self.media_roots[row]
+        return Path(root) if root else self.media_dir
 
     def in_adapter_space(self) -> "Snapshot":
         """The same items with the adapter's vectors and index (the caller checks there is one)."""

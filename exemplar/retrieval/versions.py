@@ -128,5 +128,5 @@ def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, versi
     adapter = load_adapter_view(folder, record.id) if record is not None else None
     return Snapshot.from_rows(
         pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, rows=rows,
-        revision=pool.revision, adapter=adapter,
+        revision=pool.revision, adapter=adapter, media_dir=files.media_dir(pool.id),
     )

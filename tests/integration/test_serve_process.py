@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,56 +13,25 @@ import httpx
 import pytest
 
 from exemplar.samples import generate_shapes
+from tests.processes import free_port, running
 
 pytestmark = pytest.mark.integration
 
 EXEMPLAR = [sys.executable, "-m", "exemplar"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("serve")
-    data = root / "data"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", EXEMPLAR_DATA_DIR=str(data))
+    env = {"EXEMPLAR_DATA_DIR": str(root / "data")}
     manifest = generate_shapes(root / "src", per_class_per_domain=4)
-    subprocess.run([*EXEMPLAR, "build", "shapes", str(manifest)], env=env, check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run([*EXEMPLAR, "build", "shapes", str(manifest)], env=dict(os.environ, HF_HUB_OFFLINE="1", **env),
+                   check=True, timeout=300, capture_output=True)
     port = free_port()
-    log = root / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([*EXEMPLAR, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc, log)
+    with running([*EXEMPLAR[1:], "serve", "--host", "127.0.0.1", "--port", str(port)], f"{base}/readyz",
+                 root / "server.log", env=env):
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_served_pool_answers_balanced_selects(server: str) -> None:

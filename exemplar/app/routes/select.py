@@ -14,14 +14,14 @@ from exemplar.app.schemas.select import (
     SelectResponse,
 )
 from exemplar.app.services import SelectionDep
-from exemplar.retrieval import Query, SelectionOptions, SelectionResult
+from exemplar.retrieval import Demonstration, Query, SelectionOptions, SelectionResult
 
 router = APIRouter(prefix="/v1/pools", tags=["select"], responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
 })
 
 
-def _query(q: QueryIn) -> Query:
+def to_query(q: QueryIn) -> Query:
     return Query(image=q.image, text=q.text, embedding=q.embedding, item_id=q.item_id)
 
 
@@ -35,23 +35,28 @@ def _options(body: SelectRequest | BatchSelectRequest) -> SelectionOptions:
     )
 
 
+def demonstration_out(d: Demonstration) -> DemonstrationOut:
+    return DemonstrationOut(**vars(d))
+
+
 def _response(result: SelectionResult, started: float) -> SelectResponse:
     timing = dict(result.timing_ms, total=round((time.perf_counter() - started) * 1000, 3))
     return SelectResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,
-        demonstrations=[DemonstrationOut(**vars(d)) for d in result.demonstrations], timing_ms=timing,
+        demonstrations=[demonstration_out(d) for d in result.demonstrations], timing_ms=timing,
     )
 
 
 @router.post("/{pool}/select", summary="Select demonstrations for one query")
 def select(pool: str, body: SelectRequest, selection: SelectionDep) -> SelectResponse:
     started = time.perf_counter()
-    result = selection.select(pool, _query(body.query), body.strategy, _options(body))
+    result = selection.select(pool, to_query(body.query), body.strategy, _options(body))
     return _response(result, started)
 
 
 @router.post("/{pool}/select/batch", summary="Select demonstrations for many queries")
 def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep) -> BatchSelectResponse:
     started = time.perf_counter()
-    results = selection.select_batch(pool, [_query(q) for q in body.queries], body.strategy, _options(body))
-    return BatchSelectResponse(results=[_response(r, started) for r in results])
+    results = selection.select_batch(pool, [to_query(q) for q in body.queries], body.strategy, _options(body),
+                                     shared=body.shared)
+    return BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])

@@ -39,6 +39,10 @@ class SelectRequest(SelectOptionsIn):
 
 class BatchSelectRequest(SelectOptionsIn):
     queries: list[QueryIn] = Field(min_length=1)
+    shared: bool = Field(
+        False, description="One demonstration set for the whole batch (ManyICL): selected for the normalised mean "
+        "of the queries, excluding every query item, and repeated in each result."
+    )
 
 
 class DemonstrationOut(BaseModel):
@@ -62,4 +66,5 @@ class SelectResponse(BaseModel):
 
 
 class BatchSelectResponse(BaseModel):
-    results: list[SelectResponse]
+    shared: bool = False
+    results: list[SelectResponse] = Field(description="One per query, in order.")

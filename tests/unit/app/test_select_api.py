@@ -58,3 +58,24 @@ def test_next_window_through_offset(client: TestClient, pool) -> None:
         assert not set(ids) & set(seen)
         seen += ids
     assert len(seen) == 12
+
+
+def test_batch_with_one_shared_demonstration_set(client: TestClient, pool) -> None:
+    V, labels = pool
+    queries = [{"item_id": "v0001"}, {"item_id": "v0002"}, {"embedding": V[3].tolist()}]
+    r = client.post("/v1/pools/v/select/batch", json={"queries": queries, "strategy": "balanced", "k_per_class": 2,
+                                                      "shared": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["shared"] is True and len(body["results"]) == 3
+    sets = [[d["id"] for d in res["demonstrations"]] for res in body["results"]]
+    assert sets[0] == sets[1] == sets[2] and len(sets[0]) == 8
+    assert not {"v0001", "v0002"} & set(sets[0])
+    stored = np.asarray(client.app.state.services.pools.snapshot("v").vectors)
+    mean = stored[1] + stored[2] + (V[3] / np.linalg.norm(V[3]))
+    mean /= np.linalg.norm(mean)
+    allowed = np.ones(len(V), bool)
+    allowed[[1, 2]] = False
+    assert ranked(body["results"][0]) == oracle_balanced(stored, labels, mean, k_per_class=2, allowed=allowed)
+    unshared = client.post("/v1/pools/v/select/batch", json={"queries": queries, "strategy": "balanced", "k": 4}).json()
+    assert unshared["shared"] is False

@@ -1,0 +1,83 @@
+"""Client-driven VideoICL loop: your pipeline calls its own model; Exemplar only selects.
+
+Each round asks Exemplar for the next window of demonstrations (`offset` advances by the window),
+asks an OpenAI-compatible model with those demonstrations and the query, and stops when the
+answer's confidence (the minimum over generated tokens of the top token probability) is strictly
+above the threshold; otherwise the most confident answer wins. Needs only httpx.
+
+    python examples/client_loop.py --server http://127.0.0.1:8000 --pool demo --item-id site-a-circle-0000 \\
+        --mllm-url http://127.0.0.1:8001/v1 --model Qwen2-VL-7B
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import httpx
+
+
+def min_token_prob(choice: dict) -> float:
+    tokens = (choice.get("logprobs") or {}).get("content") or []
+    if not tokens:
+        raise SystemExit("the model returned no logprobs")
+    return min(math.exp(max(t["logprob"] for t in (tok.get("top_logprobs") or [tok]))) for tok in tokens)
+
+
+def turn(text: str | None, image_url: str | None) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": image_url}}] if image_url else []
+    return {"role": "user", "content": content + ([{"type": "text", "text": text}] if text else [])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="http://127.0.0.1:8000")
+    parser.add_argument("--pool", default="demo")
+    parser.add_argument("--item-id", help="query by an item of the pool")
+    parser.add_argument("--text", help="query text")
+    parser.add_argument("--mllm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--strategy", default="topk")
+    parser.add_argument("--window", type=int, default=2)
+    parser.add_argument("--max-rounds", type=int, default=4)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--image-base-url", default=None,
+                        help="where your pipeline serves pool images (demonstration 'image' is appended)")
+    args = parser.parse_args()
+    query = {"item_id": args.item_id} if args.item_id else {"text": args.text}
+
+    rounds = []
+    with httpx.Client(timeout=60) as http:
+        for r in range(args.max_rounds):
+            selection = http.post(f"{args.server}/v1/pools/{args.pool}/select", json={
+                "query": query, "strategy": args.strategy, "k": args.window, "offset": r * args.window,
+            })
+            selection.raise_for_status()
+            demos = selection.json()["demonstrations"]
+            if not demos:
+                break
+            messages = []
+            for d in demos:
+                image = f"{args.image_base_url}/{d['image']}" if args.image_base_url and d["image"] else None
+                messages += [turn(d["text"], image), {"role": "assistant", "content": d["label"]}]
+            messages.append(turn(args.text or "", None))
+            reply = http.post(f"{args.mllm_url}/chat/completions", json={
+                "model": args.model, "messages": messages, "max_tokens": 16, "temperature": 0,
+                "logprobs": True, "top_logprobs": 5,
+            })
+            reply.raise_for_status()
+            choice = reply.json()["choices"][0]
+            confidence = min_token_prob(choice)
+            rounds.append({"round": r, "demonstrations": [d["id"] for d in demos],
+                           "answer": choice["message"]["content"].strip(), "confidence": round(confidence, 4)})
+            if confidence > args.threshold:
+                break
+    if not rounds:
+        raise SystemExit("no demonstrations were selected")
+    best = rounds[-1] if rounds[-1]["confidence"] > args.threshold else max(rounds, key=lambda x: x["confidence"])
+    print(json.dumps({"answer": best["answer"], "confidence": best["confidence"], "rounds": rounds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

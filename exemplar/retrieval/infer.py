@@ -1,0 +1,178 @@
+"""Confidence-based iterative re-selection (VideoICL) against a configured MLLM endpoint.
+
+Round r shows the window ``[offset + r*window, offset + (r+1)*window)`` of one ranking, computed once
+on one pool version, so windows advance and never repeat. The loop stops at the first answer whose
+confidence is strictly above the threshold; otherwise the most confident answer of all rounds wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Literal
+
+from exemplar.errors import Conflict, InvalidRequest
+from exemplar.retrieval.confidence import CONFIDENCE_MEASURES, confidence
+from exemplar.retrieval.mllm import EndpointConfig, MLLMRegistry
+from exemplar.retrieval.prompting import DemoContent, PromptTemplate, build_messages, data_uri, read_image, render
+from exemplar.retrieval.selection import Demonstration, Query, SelectionService
+from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.strategies import SelectionOptions
+
+__all__ = ["InferOptions", "InferResult", "InferRound", "InferService"]
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 32
+Stop = Literal["confident", "max_rounds", "exhausted"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferOptions:
+    mllm: str
+    window: int = 2
+    max_rounds: int = 4
+    threshold: float = 0.5
+    confidence: str = "min_token_prob"
+    max_tokens: int = 16
+    temperature: float = 0.0
+    template: PromptTemplate = PromptTemplate()
+
+
+@dataclasses.dataclass(frozen=True)
+class InferRound:
+    round: int
+    offset: int
+    demonstrations: list[Demonstration]
+    answer: str
+    confidence: float
+    timing_ms: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferResult:
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    mllm: str
+    answer: str
+    confidence: float
+    stopped: Stop
+    chosen_round: int
+    rounds: list[InferRound]
+    timing_ms: dict[str, float]
+
+
+class InferService:
+    def __init__(self, selection: SelectionService, mllms: MLLMRegistry) -> None:
+        self.selection = selection
+        self.mllms = mllms
+
+    def _check(self, options: InferOptions, select: SelectionOptions) -> None:
+        if options.confidence not in CONFIDENCE_MEASURES:
+            confidence(options.confidence, (), "")  # raises with the valid choices
+        checks = [
+            (1 <= options.window <= self.selection.limits.max_k, "window", f"window must be between 1 and {self.selection.limits.max_k}"),
+            (1 <= options.max_rounds <= MAX_ROUNDS, "max_rounds", f"max_rounds must be between 1 and {MAX_ROUNDS}"),
+            (0.0 <= options.threshold <= 1.0, "threshold", "threshold must be between 0 and 1"),
+            (1 <= options.max_tokens <= 4096, "max_tokens", "max_tokens must be between 1 and 4096"),
+            (0.0 <= options.temperature <= 2.0, "temperature", "temperature must be between 0 and 2"),
+            (select.k_per_class is None, "k_per_class", "infer windows are set by 'window', not k_per_class"),
+        ]
+        for ok, param, message in checks:
+            if not ok:
+                raise InvalidRequest(message, param=param)
+        options.template.check()
+
+    def infer(self, pool: str, query: Query, strategy: str, select: SelectionOptions, options: InferOptions) -> InferResult:
+        started = time.perf_counter()
+        client = self.mllms.get(options.mllm)
+        self._check(options, select)
+        if query.empty:
+            raise InvalidRequest("infer needs a query ('image', 'text' or 'item_id')", param="query")
+        if query.embedding is not None:
+            raise InvalidRequest("infer shows the query to the model: give 'image', 'text' or 'item_id', not an embedding",
+                                 param="query.embedding")
+        options_for = lambda r: dataclasses.replace(select, k=options.window, offset=select.offset + r * options.window)  # noqa: E731
+        prepared = self.selection.prepare(pool, [query], strategy, options_for(0), param_prefix="query")
+        snap = prepared.snap
+        images = _ImageSource(snap, client.config)
+        query_content = self._query_content(snap, query, images)
+        rounds: list[InferRound] = []
+        stopped: Stop = "max_rounds"
+        for r in range(options.max_rounds):
+            t0 = time.perf_counter()
+            result = self.selection.run(prepared, options_for(r))[0]
+            t1 = time.perf_counter()
+            if not result.demonstrations:
+                stopped = "exhausted"
+                break
+            messages = build_messages(options.template, [self._demo_content(snap, d, images) for d in result.demonstrations],
+                                      query_content, max_images=client.config.max_images)
+            t2 = time.perf_counter()
+            completion = client.complete(messages, max_tokens=options.max_tokens, temperature=options.temperature)
+            answer = completion.text.strip()
+            score = confidence(options.confidence, completion.tokens, answer)
+            rounds.append(InferRound(
+                round=r, offset=options_for(r).offset, demonstrations=result.demonstrations, answer=answer,
+                confidence=score,
+                timing_ms={"select": round((t1 - t0) * 1000, 3), "prompt": round((t2 - t1) * 1000, 3),
+                           "model": round(completion.latency_ms, 3)},
+            ))
+            if score > options.threshold:
+                stopped = "confident"
+                break
+        if not rounds:
+            raise InvalidRequest("no demonstrations to show: the filters leave nothing past this offset", param="offset")
+        best = rounds[-1] if stopped == "confident" else max(rounds, key=lambda x: x.confidence)
+        total = (time.perf_counter() - started) * 1000
+        model = sum(x.timing_ms["model"] for x in rounds)
+        return InferResult(
+            pool=snap.pool, version=snap.version, encoder=snap.encoder, strategy=prepared.strategy.name,
+            mllm=options.mllm, answer=best.answer, confidence=best.confidence, stopped=stopped,
+            chosen_round=best.round, rounds=rounds,
+            timing_ms={"total": round(total, 3), "model": round(model, 3), "overhead": round(total - model, 3),
+                       "encode": prepared.encode_ms},
+        )
+
+    @staticmethod
+    def _demo_content(snap: Snapshot, demo: Demonstration, images: "_ImageSource") -> DemoContent:
+        row = snap.row_of[demo.id]
+        fields = {"text": demo.text, "label": demo.label, "domain": demo.domain, "id": demo.id}
+        return DemoContent(fields, lambda: images.url(row))
+
+    @staticmethod
+    def _query_content(snap: Snapshot, query: Query, images: "_ImageSource") -> DemoContent:
+        if query.item_id is not None:
+            row = snap.row_of[query.item_id]
+            fields = {"text": snap.texts[row], "label": None, "domain": snap.domain_of(row), "id": query.item_id}
+            return DemoContent(fields, lambda: images.url(row))
+        image = query.image
+        return DemoContent({"text": query.text, "label": None, "domain": None, "id": None},
+                           lambda: data_uri(image) if image is not None else None)
+
+
+class _ImageSource:
+    """An item's image as the endpoint wants it: a data URI read from the media root, or a URL."""
+
+    def __init__(self, snap: Snapshot, config: EndpointConfig) -> None:
+        self.snap = snap
+        self.config = config
+
+    def url(self, row: int) -> str | None:
+        reference, root = self.snap.images[row], self.snap.image_root(row)
+        if reference is None:
+            return None
+        if self.config.image_mode == "url":
+            assert self.config.media_url_template is not None
+            return render(self.config.media_url_template, {"pool": self.snap.pool, "image": reference,
+                                                           "id": self.snap.ids[row]})
+        if root is None:
+            return None
+        try:
+            return data_uri(read_image(root, reference), reference)
+        except OSError as exc:
+            raise Conflict(f"the image of item {self.snap.ids[row]!r} cannot be read ({type(exc).__name__}); "
+                           "its media file is missing or unreadable", param="image") from None

@@ -1,0 +1,189 @@
+"""A client for OpenAI-compatible chat completions (vLLM, SGLang, llama.cpp server, TGI, OpenAI),
+asking for token log-probabilities. Endpoints are configured on the server by name; requests name
+one and never carry a URL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, Literal
+
+import httpx
+
+from exemplar.errors import InvalidRequest, UpstreamError, UpstreamTimeout, choices
+
+__all__ = ["Completion", "EndpointConfig", "MLLMClient", "MLLMRegistry", "TokenLogprob"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointConfig:
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 2
+    backoff_s: float = 0.5
+    top_logprobs: int = 5
+    image_mode: Literal["data_uri", "url"] = "data_uri"
+    media_url_template: str | None = None  # e.g. "https://media.example/{pool}/{image}"
+    max_images: int = 32
+    max_prompt_bytes: int = 20 * 1024 * 1024
+    extra_body: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http(s) URL")
+        if self.image_mode == "url" and not self.media_url_template:
+            raise ValueError("image_mode 'url' needs media_url_template")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]  # (token, logprob), most likely first
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: tuple[TokenLogprob, ...]
+    model: str
+    latency_ms: float
+    attempts: int
+
+
+def _parse(body: Any) -> tuple[str, tuple[TokenLogprob, ...], str]:  # noqa: ANN401 - JSON
+    try:
+        choice = body["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError("content is not a string")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise UpstreamError(f"the model endpoint answered without a chat completion ({type(exc).__name__})") from None
+    content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if not content:
+        raise UpstreamError(
+            "the model endpoint returned no token logprobs; confidence needs them (vLLM, SGLang and OpenAI "
+            "return them for 'logprobs': true)"
+        )
+    tokens = []
+    try:
+        for entry in content:
+            top = tuple(
+                sorted(((str(t["token"]), float(t["logprob"])) for t in entry.get("top_logprobs") or ()),
+                       key=lambda pair: -pair[1])
+            )
+            logprob = float(entry["logprob"])
+            if not math.isfinite(logprob) and logprob != -math.inf:
+                raise ValueError("logprob is NaN")
+            tokens.append(TokenLogprob(str(entry["token"]), logprob, top))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"the model endpoint returned malformed logprobs ({type(exc).__name__})") from None
+    return text, tuple(tokens), str(body.get("model", ""))
+
+
+class MLLMClient:
+    def __init__(self, name: str, config: EndpointConfig, transport: httpx.BaseTransport | None = None) -> None:
+        self.name = name
+        self.config = config
+        headers = {"content-type": "application/json"}
+        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self._http = httpx.Client(
+            base_url=config.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def complete(self, messages: list[dict[str, Any]], *, max_tokens: int, temperature: float) -> Completion:
+        """One chat completion with logprobs; retries connection failures and 408/429/5xx answers."""
+        payload = {
+            **self.config.extra_body,
+            "model": self.config.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "logprobs": True,
+            "top_logprobs": self.config.top_logprobs,
+        }
+        body = json.dumps(payload).encode()
+        if len(body) > self.config.max_prompt_bytes:
+            raise InvalidRequest(
+                f"the prompt is {len(body)} bytes, over the endpoint's limit of {self.config.max_prompt_bytes}",
+                param="window",
+            )
+        started = time.perf_counter()
+        last: Exception | None = None
+        for attempt in range(1, self.config.max_retries + 2):
+            if attempt > 1:
+                time.sleep(self.config.backoff_s * 2 ** (attempt - 2))
+            try:
+                response = self._http.post("/chat/completions", content=body)
+            except httpx.TimeoutException as exc:
+                last = UpstreamTimeout(f"model endpoint {self.name!r} did not answer within {self.config.timeout_s:g} s")
+                log.warning("mllm %s attempt %d timed out: %s", self.name, attempt, type(exc).__name__)
+                continue
+            except httpx.TransportError as exc:
+                last = UpstreamError(f"model endpoint {self.name!r} cannot be reached ({type(exc).__name__})")
+                log.warning("mllm %s attempt %d failed: %s", self.name, attempt, type(exc).__name__)
+                continue
+            if response.status_code in _RETRY_STATUS:
+                last = UpstreamError(f"model endpoint {self.name!r} answered HTTP {response.status_code}")
+                log.warning("mllm %s attempt %d: HTTP %d", self.name, attempt, response.status_code)
+                continue
+            if response.status_code >= 400:
+                raise UpstreamError(f"model endpoint {self.name!r} refused the request with HTTP {response.status_code}")
+            try:
+                data = response.json()
+            except ValueError:
+                raise UpstreamError(f"model endpoint {self.name!r} answered with something other than JSON") from None
+            text, tokens, model = _parse(data)
+            return Completion(text=text, tokens=tokens, model=model or self.config.model,
+                              latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt)
+        assert last is not None
+        raise last
+
+
+class MLLMRegistry:
+    """The configured endpoints, each with one shared client."""
+
+    def __init__(self, endpoints: dict[str, EndpointConfig]) -> None:
+        self.endpoints = dict(endpoints)
+        self._clients: dict[str, MLLMClient] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(self.endpoints)
+
+    def get(self, name: str) -> MLLMClient:
+        config = self.endpoints.get(name)
+        if config is None:
+            configured = choices(self.endpoints) if self.endpoints else "none are configured (EXEMPLAR_MLLM_ENDPOINTS)"
+            raise InvalidRequest(f"unknown model endpoint {name!r}; configured: {configured}", param="mllm")
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                client = self._clients[name] = MLLMClient(name, config)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,119 @@
+"""A scripted OpenAI-protocol chat-completions server, the stand-in for a real MLLM in tests.
+
+Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the request's ``model``:
+
+- ``majority``: answers the most common label among the demonstrations (assistant turns) it is
+  shown, with probability = that label's share of them (so confidence depends on the window);
+- ``label:X``: answers X, with probability = X's share of the demonstrations shown (at least 0.05);
+- ``slow:S``: waits S seconds, then answers like ``majority``;
+- ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
+- ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400).
+
+Every request is recorded (the demonstration labels and the number of images) and listed by
+``GET /requests``; ``POST /reset`` clears the record and the counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+from collections import Counter
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+app = FastAPI()
+_state: dict[str, Any] = {"requests": [], "calls": Counter()}
+
+
+def _demos(messages: list[dict[str, Any]]) -> tuple[list[str], int, str]:
+    labels = [m["content"] for m in messages if m.get("role") == "assistant"]
+    images = 0
+    texts = []
+    for m in messages:
+        if m.get("role") == "user" and isinstance(m.get("content"), list):
+            for part in m["content"]:
+                images += part.get("type") == "image_url"
+                if part.get("type") == "text":
+                    texts.append(part["text"])
+    return labels, images, texts[-1] if texts else ""
+
+
+def _completion(model: str, answer: str, prob: float, logprobs: bool = True) -> dict[str, Any]:
+    """One answer token of probability ``prob``, the most likely one as under greedy decoding: the
+    remaining mass is spread over alternatives no likelier than it."""
+    prob = min(max(prob, 0.05), 1.0)
+    n_alt = math.ceil((1.0 - prob) / prob - 1e-9) if prob < 1.0 else 0
+    alternatives = [{"token": f"alt{i}", "logprob": math.log((1.0 - prob) / n_alt), "bytes": None}
+                    for i in range(min(n_alt, 4))]
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+    if logprobs:
+        choice["logprobs"] = {"content": [{
+            "token": answer, "logprob": math.log(prob), "bytes": list(answer.encode()),
+            "top_logprobs": [{"token": answer, "logprob": math.log(prob), "bytes": None}, *alternatives],
+        }]}
+    return {"id": "cmpl-fake", "object": "chat.completion", "model": model, "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Any:  # noqa: ANN401
+    body = await request.json()
+    model = str(body.get("model", "majority"))
+    labels, images, query_text = _demos(body.get("messages", []))
+    _state["requests"].append({"model": model, "labels": labels, "images": images, "query_text": query_text,
+                               "logprobs": body.get("logprobs"), "top_logprobs": body.get("top_logprobs"),
+                               "authorization": request.headers.get("authorization")})
+    _state["calls"][model] += 1
+    kind, _, arg = model.partition(":")
+    if kind == "slow":
+        await asyncio.sleep(float(arg))
+    if kind == "flaky" and _state["calls"][model] <= int(arg):
+        return JSONResponse({"error": "overloaded"}, status_code=503)
+    if kind == "refuse":
+        return JSONResponse({"error": "bad request"}, status_code=400)
+    if kind == "malformed":
+        return JSONResponse({"unexpected": True})
+    if kind == "notjson":
+        return PlainTextResponse("<html>gateway</html>")
+    counts = Counter(labels)
+    if kind == "label":
+        answer, share = arg, (counts[arg] / len(labels) if labels else 0.0)
+    elif counts:
+        answer, n = counts.most_common(1)[0]
+        share = n / len(labels)
+    else:
+        answer, share = "unknown", 0.1
+    return _completion(model, answer, share, logprobs=kind != "no-logprobs")
+
+
+@app.get("/requests")
+async def requests_seen() -> list[dict[str, Any]]:
+    return _state["requests"]
+
+
+@app.post("/reset")
+async def reset() -> dict[str, bool]:
+    _state["requests"].clear()
+    _state["calls"].clear()
+    return {"ok": True}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -76,44 +76,82 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
 @click.option("--encoder", default=None, help="Encoder spec, when the pool is created by this build "
               "[env EXEMPLAR_DEFAULT_ENCODER; default open_clip:exemplar-tiny].")
 @click.option("--embed", type=click.Choice(["image", "text", "image+text"]), default="image", show_default=True)
-@click.option("--index", "index_spec", default="auto", show_default=True, help="FAISS factory string or 'auto'.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "imagefolder"]), default=None,
-              help="Source format (default: from the file name, or imagefolder for a directory).")
+@click.option("--index", "index_spec", default=None,
+              help="FAISS factory string or 'auto' (default: the pool's; 'auto' for a new pool).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "imagefolder", "webdataset"]),
+              default=None, help="Source format (default: from the file name; a folder is an image folder, or "
+              "WebDataset when it holds .tar shards).")
 @click.option("--media-root", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Resolve image paths under this folder (default: the manifest's folder).")
 @click.option("--mode", type=click.Choice(["replace", "upsert"]), default="replace", show_default=True,
               help="replace: the new version holds exactly the source; upsert: adds to the current version.")
-def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str, index_spec: str,
-          fmt: str | None, media_root: Path | None, mode: str) -> None:
-    """Build a new version of POOL from SOURCE (a .jsonl or .csv manifest, or an image folder)."""
-    settings = _settings(data_dir=data_dir, default_encoder=encoder)
+@click.option("--shard-size", type=int, default=4096, show_default=True, help="Rows per checkpointed shard.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Image decoding threads.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Encode here or on Ray Data [env EXEMPLAR_EXECUTOR].")
+@click.option("--ray-address", default=None, help="Ray cluster address [env EXEMPLAR_RAY_ADDRESS].")
+def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str, index_spec: str | None,
+          fmt: str | None, media_root: Path | None, mode: str, shard_size: int, workers: int, executor: str | None,
+          ray_address: str | None) -> None:
+    """Build a new version of POOL from SOURCE (a .jsonl, .csv or .parquet manifest, WebDataset .tar
+    shards, or an image folder). A build that was killed resumes from its last completed shard when
+    run again."""
+    settings = _settings(data_dir=data_dir, default_encoder=encoder, executor=executor, ray_address=ray_address)
     _configure_logging("warning")
     from exemplar.app.services import build_services
-    from exemplar.retrieval import build_pool
+    from exemplar.retrieval import BuildSpec
 
-    services = build_services(settings)
+    services = build_services(settings)  # resumes builds whose process died
     try:
         try:
             services.pools.get(pool)
         except NotFound:
-            services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed, index=index_spec)
+            services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed, index=index_spec or "auto")
             click.echo(f"created pool {pool!r} with encoder {settings.default_encoder}", err=True)
-        with click.progressbar(length=0, label=f"building {pool}", file=sys.stderr,
-                               show_pos=True, show_eta=False) as bar:
-            def progress(p: Any) -> None:
-                bar.label = f"building {pool}: {p.encoded} encoded, {p.skipped} skipped, {p.rate_per_s:.0f}/s"
-                bar.render_progress()
-
-            report = build_pool(services.pools, pool, source, fmt=fmt, media_root=media_root, mode=mode,  # type: ignore[arg-type]
-                                batch_size=max(settings.encode_batch_size, 256), on_progress=progress)
-        for err in report.errors[:20]:
-            click.echo(f"skipped row {err.line} ({err.item_id}): {err.message}", err=True)
-        click.echo(json.dumps({"pool": report.pool, "version": report.version, "added": report.added,
-                               "skipped": report.skipped, "seconds": report.seconds}))
+        active = services.jobs.list(pool=pool, states=("queued", "running"), kinds=("build",))
+        if active:
+            job = active[0]
+            click.echo(f"resuming build {job.id} of {job.params['source']}", err=True)
+        else:
+            spec = BuildSpec(pool=pool, source=str(source.resolve()), format=fmt, mode=mode,  # type: ignore[arg-type]
+                             media_root=str(media_root.resolve()) if media_root else None, index=index_spec,
+                             shard_size=shard_size, batch_size=max(settings.encode_batch_size, 256), workers=workers)
+            job = services.builds.start(spec)
+        job = _follow(services, job.id, f"building {pool}")
+        if job.state != "succeeded":
+            raise click.ClickException(f"build {job.state}: {json.dumps(job.errors)}")
+        result = job.result or {}
+        for err in result.get("errors", [])[:20]:
+            click.echo(f"skipped row {err['line']} ({err['item_id']}): {err['message']}", err=True)
+        click.echo(json.dumps({k: result.get(k) for k in ("pool", "version", "added", "skipped", "seconds", "shards",
+                                                          "resumed_shards", "index")}))
     except ExemplarError as exc:
         _fail(exc)
     finally:
         services.close()
+
+
+def _follow(services: Any, job_id: str, label: str) -> Any:  # noqa: ANN401 - Services, JobRecord
+    """Show a job's progress until it ends; Ctrl-C cancels it."""
+    import time
+
+    job = services.jobs.get(job_id)
+    with click.progressbar(length=job.progress.get("total") or 1, label=label, file=sys.stderr,
+                           show_pos=True, show_eta=False) as bar:
+        try:
+            while job.state not in ("succeeded", "failed", "cancelled"):
+                time.sleep(0.2)
+                job = services.jobs.get(job_id)
+                p = job.progress
+                if p.get("total"):
+                    bar.length = p["total"]
+                bar.label = (f"{label}: {p.get('encoded', 0)} encoded, {p.get('skipped', 0)} skipped, "
+                             f"{p.get('rate_per_s', 0):.0f}/s" + (f", ETA {p['eta_s']:.0f}s" if p.get("eta_s") else ""))
+                bar.update(max(0, p.get("done", 0) - bar.pos))
+        except KeyboardInterrupt:
+            services.jobs.cancel(job_id)
+            job = services.jobs.wait(job_id, timeout_s=60)
+    return job
 
 
 @main.command()

@@ -10,12 +10,14 @@ from fastapi import Depends, Request
 from exemplar.app.adapters import CCITrainer
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
-from exemplar.retrieval import AdapterService, JobService, PoolService, SelectionLimits, SelectionService
+from exemplar.retrieval import AdapterService, BuildService, JobService, PoolService, SelectionLimits, SelectionService
+from exemplar.retrieval.autoindex import AutoIndexPolicy
 from exemplar.retrieval.infer import InferService
 from exemplar.retrieval.mllm import MLLMRegistry
 
 __all__ = [
     "AdaptersDep",
+    "BuildsDep",
     "InferDep",
     "JobsDep",
     "PoolsDep",
@@ -37,6 +39,7 @@ class Services:
     adapters: AdapterService
     mllms: MLLMRegistry
     infer: InferService
+    builds: BuildService
     ready: bool = False
 
     def close(self) -> None:
@@ -49,15 +52,28 @@ def build_services(settings: Settings) -> Services:
     encoders = EncoderRegistry(
         device=settings.device, batch_size=settings.encode_batch_size, max_pixels=settings.max_image_pixels
     )
-    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s)
+    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s,
+                        index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
     selection = SelectionService(
         pools, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
     )
     jobs = JobService(pools.catalog)
     adapters = AdapterService(pools, jobs, CCITrainer(settings.device))
     mllms = MLLMRegistry(settings.mllm_endpoints)
+    builds = BuildService(pools, jobs, stage=shard_stage(settings))
+    # Builds left running by a process that died resume here from their last completed shard.
+    jobs.recover({BuildService.KIND: builds.work})
     return Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
-                    adapters=adapters, mllms=mllms, infer=InferService(selection, mllms))
+                    adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds)
+
+
+def shard_stage(settings: Settings):  # noqa: ANN201 - a stage factory or None (local threads)
+    if settings.executor == "ray":
+        from exemplar.app.ray_executor import RayStage
+
+        return RayStage(address=settings.ray_address, num_gpus_per_actor=settings.ray_gpus_per_actor,
+                        actors=settings.ray_actors, device=settings.device, max_pixels=settings.max_image_pixels)
+    return None
 
 
 def get_services(request: Request) -> Services:
@@ -89,6 +105,10 @@ def get_infer(request: Request) -> InferService:
     return get_services(request).infer
 
 
+def get_builds(request: Request) -> BuildService:
+    return get_services(request).builds
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
 SelectionDep = Annotated[SelectionService, Depends(get_selection)]
@@ -96,3 +116,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 InferDep = Annotated[InferService, Depends(get_infer)]
+BuildsDep = Annotated[BuildService, Depends(get_builds)]

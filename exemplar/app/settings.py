@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(1024, ge=1, description="Most items in one POST .../items call.")
     default_encoder: str = Field("open_clip:exemplar-tiny", description="Encoder for pools created without one.")
     refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")
+    source_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders that builds requested over HTTP may read sources and media from (JSON list). "
+        "Empty: HTTP builds are refused; `exemplar build` on the command line reads any local path.",
+    )
+    executor: Literal["local", "ray"] = Field("local", description="Where builds encode: this process, or Ray Data.")
+    ray_address: str | None = Field(None, description="Ray cluster address ('auto', 'ray://host:10001'); None: a local Ray.")
+    ray_actors: int = Field(2, ge=1, description="Encoder actors (Ray executor).")
+    ray_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (Ray executor).")
+    index_memory_budget_bytes: int = Field(8 * 1024**3, ge=1, description="Memory budget for index: auto.")
     mllm_endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict,
         description="Downstream OpenAI-compatible endpoints by name, as JSON: "

@@ -5,7 +5,7 @@ No HTTP and no torch here. Encoders are reached through the ``Encoder`` port (``
 
 from exemplar.retrieval.adapter_training import AdapterService
 from exemplar.retrieval.adapters import Adapter, AdapterMissing, AdapterTrainer, TrainedAdapter
-from exemplar.retrieval.build import BuildProgress, BuildReport, build_pool
+from exemplar.retrieval.build import BuildReport, BuildService, BuildSpec, LocalShardEncoder, ShardEncoder, build_pool
 from exemplar.retrieval.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
 from exemplar.retrieval.jobs import JobRecord, JobService
 from exemplar.retrieval.index import VectorIndex, gpu_available
@@ -29,8 +29,11 @@ __all__ = [
     "JobService",
     "TrainedAdapter",
     "evaluate_lodo",
-    "BuildProgress",
     "BuildReport",
+    "BuildService",
+    "BuildSpec",
+    "LocalShardEncoder",
+    "ShardEncoder",
     "Demonstration",
     "Encoder",
     "EncoderProvider",

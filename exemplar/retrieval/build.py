@@ -1,38 +1,69 @@
-"""Building a pool version from a source (manifest or image folder)."""
+"""Building a pool version from a source, in shards that survive a crash.
+
+The source is read in order and cut into shards of ``shard_size`` rows. Each shard is decoded (in
+parallel threads, overlapped with encoding) and encoded in batches, then written to the build's work
+folder (``<data>/builds/<job id>/shard-N.npy`` + ``shard-N.json``, the JSON renamed into place last).
+A build that is killed resumes from its last completed shard. When every shard is done the vectors
+are indexed and written as a new version; nothing before that touches the serving version.
+Bad rows are skipped and reported, never fatal.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from exemplar.errors import Conflict, InvalidRequest
 from exemplar.retrieval.catalog import ItemRow
-from exemplar.retrieval.items import embed_items, validate_item_fields
+from exemplar.retrieval.files import write_bytes_atomic
+from exemplar.retrieval.items import ItemError, NewItem, embed_items, encode_prepared, media_name, prepare_items, validate_item_fields
+from exemplar.retrieval.jobs import JobCancelled, JobContext, JobRecord, JobService
 from exemplar.retrieval.pools import PoolService, item_row
-from exemplar.retrieval.sources import RowError, read_source
-from exemplar.errors import InvalidRequest
+from exemplar.retrieval.ports import Encoder
+from exemplar.retrieval.sources import FORMATS, RowError, count_rows, detect_format, read_source
 
-__all__ = ["BuildProgress", "BuildReport", "build_pool"]
+__all__ = ["BuildReport", "BuildService", "BuildSpec", "LocalShardEncoder", "ShardEncoder", "build_pool"]
 
 BuildMode = Literal["replace", "upsert"]
 MAX_REPORTED_ERRORS = 1000
 
 
-@dataclasses.dataclass
-class BuildProgress:
-    read: int = 0
-    encoded: int = 0
-    skipped: int = 0
-    started: float = dataclasses.field(default_factory=time.monotonic)
+@dataclasses.dataclass(frozen=True)
+class BuildSpec:
+    pool: str
+    source: str
+    format: str | None = None
+    media_root: str | None = None
+    mode: BuildMode = "replace"
+    index: str | None = None  # None: the pool's own index spec
+    shard_size: int = 4096
+    batch_size: int = 256
+    workers: int = 2
 
-    @property
-    def rate_per_s(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.encoded / elapsed if elapsed > 0 else 0.0
+    def check(self) -> None:
+        if self.mode not in ("replace", "upsert"):
+            raise InvalidRequest("mode must be 'replace' or 'upsert'", param="mode")
+        if self.format is not None and self.format not in FORMATS:
+            raise InvalidRequest(f"unknown source format {self.format!r}; valid: {', '.join(FORMATS)}", param="format")
+        for name, low, high in (("shard_size", 1, 10_000_000), ("batch_size", 1, 65_536), ("workers", 1, 256)):
+            if not low <= getattr(self, name) <= high:
+                raise InvalidRequest(f"{name} must be between {low} and {high}", param=name)
+
+    def to_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "BuildSpec":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in fields})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +74,271 @@ class BuildReport:
     skipped: int
     errors: list[RowError]
     seconds: float
+    shards: int
+    resumed_shards: int
+    index: dict[str, Any]
+
+
+class ShardEncoder(Protocol):
+    """The encode stage: items in, ``(vectors, kept indices, errors)`` out."""
+
+    def encode(self, items: list[NewItem]) -> tuple[np.ndarray, list[int], list[ItemError]]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class LocalShardEncoder:
+    """Encodes in this process: images decoded by ``workers`` threads, the next batch decoded while
+    the current one is encoded."""
+
+    def __init__(self, encoder: Encoder, embed: str, *, precomputed: bool, batch_size: int = 256, workers: int = 2) -> None:
+        self.encoder = encoder
+        self.embed = embed
+        self.precomputed = precomputed
+        self.batch_size = batch_size
+        self._decoders = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exemplar-decode")
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exemplar-prefetch")
+
+    def close(self) -> None:
+        self._decoders.shutdown(wait=True)
+        self._prefetch.shutdown(wait=True)
+
+    def encode(self, items: list[NewItem]) -> tuple[np.ndarray, list[int], list[ItemError]]:
+        if self.precomputed:
+            return embed_items(self.encoder, self.embed, items, precomputed=True, batch_size=self.batch_size)
+        errors: list[ItemError] = []
+        chunks = [range(s, min(s + self.batch_size, len(items))) for s in range(0, len(items), self.batch_size)]
+        kept: list[int] = []
+        parts: list[np.ndarray] = []
+        batch_errors: list[list[ItemError]] = [[] for _ in chunks]
+
+        def prepare(i: int):  # noqa: ANN202
+            return prepare_items(self.encoder, self.embed, items, chunks[i], batch_errors[i], self._decoders)
+
+        pending = self._prefetch.submit(prepare, 0) if chunks else None
+        for i in range(len(chunks)):
+            assert pending is not None
+            prepared = pending.result()
+            if i + 1 < len(chunks):
+                pending = self._prefetch.submit(prepare, i + 1)
+            parts.append(encode_prepared(self.encoder, self.embed, items, prepared))
+            kept.extend(prepared.kept)
+            errors.extend(batch_errors[i])
+        vectors = np.concatenate(parts) if parts else np.empty((0, self.encoder.dim), np.float32)
+        return vectors, kept, errors
+
+
+class _Context(Protocol):
+    def check(self) -> None: ...
+
+    def progress(self, *, force: bool = False, **values: Any) -> None: ...
+
+
+class _Inline:
+    """The context of a build run without a job (``build_pool``)."""
+
+    def __init__(self, on_progress: Callable[[dict[str, Any]], None] | None) -> None:
+        self.on_progress = on_progress
+
+    def check(self) -> None:
+        return None
+
+    def progress(self, *, force: bool = False, **values: Any) -> None:
+        if self.on_progress is not None:
+            self.on_progress(values)
+
+
+def _shard_paths(workdir: Path, k: int) -> tuple[Path, Path]:
+    return workdir / f"shard-{k:06d}.npy", workdir / f"shard-{k:06d}.json"
+
+
+def _row_to_json(row: ItemRow) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(row).items() if k != "uid"}
+
+
+def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class BuildRunner:
+    """Runs one build in ``workdir``, resuming from the shards already there."""
+
+    def __init__(self, pools: PoolService, spec: BuildSpec, workdir: Path,
+                 stage: Callable[[Encoder, str, bool, BuildSpec], ShardEncoder] | None = None) -> None:
+        self.pools = pools
+        self.spec = spec
+        self.workdir = workdir
+        self.stage = stage or (lambda enc, embed, pre, spec: LocalShardEncoder(
+            enc, embed, precomputed=pre, batch_size=spec.batch_size, workers=spec.workers))
+
+    def run(self, ctx: _Context) -> BuildReport:
+        spec = self.spec
+        spec.check()
+        started = time.monotonic()
+        pool = self.pools.get(spec.pool)
+        source = Path(spec.source)
+        fmt = spec.format or detect_format(source)
+        rows_iter = read_source(source, fmt, Path(spec.media_root) if spec.media_root else None)
+        total = count_rows(source, fmt)
+        encoder = self.pools.encoder_for(pool)
+        precomputed = pool.encoder.startswith("precomputed:")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        counts = {"read": 0, "encoded": 0, "skipped": 0}
+        errors: list[RowError] = []
+        seen: set[str] = set()
+        resumed = 0
+        stage = None
+        encoded_now = 0
+        media = self.pools.files.media_dir(pool.id)
+
+        def report(force: bool = False, shards: int = 0) -> None:
+            elapsed = max(time.monotonic() - started, 1e-9)
+            rate = encoded_now / elapsed
+            remaining = (total - counts["read"]) if total is not None else None
+            ctx.progress(force=force, done=counts["read"], total=total, encoded=counts["encoded"],
+                         skipped=counts["skipped"], shards_done=shards, resumed_shards=resumed,
+                         rate_per_s=round(rate, 1),
+                         eta_s=round(remaining / rate, 1) if remaining is not None and rate > 0 else None)
+
+        try:
+            k = -1
+            for k, chunk in enumerate(_chunks(rows_iter, spec.shard_size)):
+                ctx.check()
+                vectors_path, rows_path = _shard_paths(self.workdir, k)
+                if rows_path.exists():  # completed before a crash: take it as it is
+                    done = json.loads(rows_path.read_text())
+                    seen.update(r["item_id"] for r in done["rows"])
+                    counts["read"] += len(chunk)
+                    counts["encoded"] += len(done["rows"])
+                    counts["skipped"] += len(done["errors"])
+                    errors.extend(RowError(**e) for e in done["errors"][: max(0, MAX_REPORTED_ERRORS - len(errors))])
+                    resumed += 1
+                    continue
+                if stage is None:
+                    stage = self.stage(encoder, pool.embed, precomputed, spec)
+                shard_errors: list[RowError] = []
+                items: list[NewItem] = []
+                lines: list[int] = []
+                for source_row in chunk:
+                    line = source_row.line
+                    if source_row.error is not None:
+                        shard_errors.append(source_row.error)
+                        continue
+                    item = source_row.item
+                    try:
+                        validate_item_fields(item, param="row")
+                    except InvalidRequest as exc:
+                        shard_errors.append(RowError(line, item.id, exc.message))
+                        continue
+                    if item.id in seen:
+                        shard_errors.append(RowError(line, item.id, "duplicate id; the first row with it was kept"))
+                        continue
+                    seen.add(item.id)
+                    items.append(item)
+                    lines.append(line)
+                vectors, kept, item_errors = stage.encode(items) if items else (
+                    np.empty((0, encoder.dim), np.float32), [], [])
+                for err in item_errors:
+                    shard_errors.append(RowError(lines[err.index], err.item_id, err.message))
+                    seen.discard(items[err.index].id)
+                for i in kept:
+                    item = items[i]
+                    if item.image_bytes is not None:  # images carried in the source (Parquet, WebDataset)
+                        item.image = media_name(item.image_bytes)
+                        item.media_root = None
+                        target = media / item.image
+                        if not target.exists():
+                            write_bytes_atomic(target, item.image_bytes)
+                shard_rows = [item_row(items[i]) for i in kept]
+                shard_errors.sort(key=lambda e: e.line)
+                np.save(vectors_path, vectors, allow_pickle=False)
+                write_bytes_atomic(rows_path, json.dumps({
+                    "rows": [_row_to_json(r) for r in shard_rows],
+                    "errors": [dataclasses.asdict(e) for e in shard_errors],
+                }).encode())
+                counts["read"] += len(chunk)
+                counts["encoded"] += len(shard_rows)
+                counts["skipped"] += len(shard_errors)
+                encoded_now += len(shard_rows)
+                errors.extend(shard_errors[: max(0, MAX_REPORTED_ERRORS - len(errors))])
+                report(shards=k + 1)
+            shards = k + 1
+        finally:
+            if stage is not None:
+                stage.close()
+        ctx.check()
+        report(force=True, shards=shards)
+        rows: list[ItemRow] = []
+        parts: list[np.ndarray] = []
+        for k in range(shards):
+            vectors_path, rows_path = _shard_paths(self.workdir, k)
+            rows.extend(ItemRow(uid=-1, **r) for r in json.loads(rows_path.read_text())["rows"])
+            parts.append(np.load(vectors_path, allow_pickle=False))
+        version = None
+        index_stats: dict[str, Any] = {}
+        if rows or spec.mode == "replace":
+            matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
+            version = self.pools.write(pool, rows, matrix, source=str(source), replace_all=spec.mode == "replace",
+                                       index_spec=spec.index)
+            index_stats = self.pools.catalog.version(pool.id, version).stats.get("index", {})
+        return BuildReport(pool=spec.pool, version=version, added=len(rows), skipped=counts["skipped"], errors=errors,
+                           seconds=round(time.monotonic() - started, 3), shards=shards, resumed_shards=resumed,
+                           index=index_stats)
+
+
+def _report_dict(report: BuildReport) -> dict[str, Any]:
+    out = dataclasses.asdict(report)
+    out["errors"] = out["errors"][:100]
+    return out
+
+
+class BuildService:
+    """Builds as jobs: one active build per pool; a build whose process died resumes on recovery."""
+
+    KIND = "build"
+
+    def __init__(self, pools: PoolService, jobs: JobService,
+                 stage: Callable[[Encoder, str, bool, BuildSpec], ShardEncoder] | None = None) -> None:
+        self.pools = pools
+        self.jobs = jobs
+        self.stage = stage
+        self.root = pools.data_dir / "builds"
+
+    def start(self, spec: BuildSpec) -> JobRecord:
+        spec.check()
+        self.pools.get(spec.pool)
+        source = Path(spec.source)
+        if not source.exists():
+            raise InvalidRequest(f"source {spec.source!r} does not exist", param="source")
+        active = self.jobs.list(pool=spec.pool, states=("queued", "running"), kinds=(self.KIND,))
+        if active:
+            raise Conflict(f"pool {spec.pool!r} already has a build running (job {active[0].id}); "
+                           "wait for it or cancel it", param="pool")
+        return self.jobs.submit(self.KIND, spec.pool, spec.to_params(), self.work(spec.to_params()))
+
+    def work(self, params: dict[str, Any]) -> Callable[[JobContext], dict[str, Any]]:
+        spec = BuildSpec.from_params(params)
+
+        def run(ctx: JobContext) -> dict[str, Any]:
+            workdir = self.root / ctx.job_id
+            try:
+                report = BuildRunner(self.pools, spec, workdir, self.stage).run(ctx)
+            except JobCancelled:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            shutil.rmtree(workdir, ignore_errors=True)
+            return _report_dict(report)
+
+        return run
 
 
 def build_pool(
@@ -53,75 +349,20 @@ def build_pool(
     fmt: str | None = None,
     media_root: Path | None = None,
     mode: BuildMode = "replace",
-    batch_size: int = 512,
-    on_progress: Callable[[BuildProgress], None] | None = None,
+    batch_size: int = 256,
+    shard_size: int = 4096,
+    workers: int = 2,
+    index: str | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    workdir: Path | None = None,
 ) -> BuildReport:
-    """Encode every readable item of ``source`` and write them as a new version of pool ``name``.
-
-    ``replace``: the version holds exactly the source's items; ``upsert``: the current version's
-    items plus the source's (same id replaces). Bad rows are skipped and reported.
-    """
-    if mode not in ("replace", "upsert"):
-        raise InvalidRequest("mode must be 'replace' or 'upsert'", param="mode")
-    pool = pools.get(name)
-    encoder = pools.encoder_for(pool)
-    precomputed = pool.encoder.startswith("precomputed:")
-    progress = BuildProgress()
-    errors: list[RowError] = []
-    rows: list[ItemRow] = []
-    vectors: list[np.ndarray] = []
-    seen: set[str] = set()
-    batch: list[tuple[int, object]] = []
-
-    def skip(error: RowError) -> None:
-        progress.skipped += 1
-        if len(errors) < MAX_REPORTED_ERRORS:
-            errors.append(error)
-
-    def flush() -> None:
-        if not batch:
-            return
-        items = [item for _, item in batch]
-        matrix, kept, item_errors = embed_items(encoder, pool.embed, items, precomputed=precomputed)  # type: ignore[arg-type]
-        for err in item_errors:
-            skip(RowError(batch[err.index][0], err.item_id, err.message))
-        for i in kept:
-            rows.append(item_row(items[i]))  # type: ignore[arg-type]
-        vectors.append(matrix)
-        progress.encoded += len(kept)
-        batch.clear()
-        if on_progress is not None:
-            on_progress(progress)
-
-    for source_row in read_source(source, fmt, media_root):
-        progress.read += 1
-        if source_row.error is not None:
-            skip(source_row.error)
-            continue
-        item = source_row.item
-        assert item is not None
-        try:
-            validate_item_fields(item, param="row")
-        except InvalidRequest as exc:
-            skip(RowError(progress.read, item.id, exc.message))
-            continue
-        if item.id in seen:
-            skip(RowError(progress.read, item.id, "duplicate id; the first row with it was kept"))
-            continue
-        seen.add(item.id)
-        batch.append((progress.read, item))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    version = None
-    if rows or mode == "replace":
-        matrix = np.concatenate(vectors) if vectors else np.empty((0, encoder.dim), np.float32)
-        version = pools.write(pool, rows, matrix, source=str(source), replace_all=mode == "replace")
-    return BuildReport(
-        pool=name,
-        version=version,
-        added=len(rows),
-        skipped=progress.skipped,
-        errors=errors,
-        seconds=round(time.monotonic() - progress.started, 3),
-    )
+    """Build in this thread, without a job (tests, the demo, scripts)."""
+    spec = BuildSpec(pool=name, source=str(source), format=fmt, media_root=str(media_root) if media_root else None,
+                     mode=mode, index=index, shard_size=shard_size, batch_size=batch_size, workers=workers)
+    spec.check()
+    folder = workdir or pools.data_dir / "builds" / f"inline-{time.time_ns()}"
+    try:
+        return BuildRunner(pools, spec, folder).run(_Inline(on_progress))
+    finally:
+        if workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from exemplar.errors import Conflict, NotFound
 
-__all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "VersionRecord"]
+__all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "VersionRecord", "pid_alive"]
 
 SCHEMA_VERSION = 1
 
@@ -319,13 +319,13 @@ class Catalog:
         """Mark ``building`` versions whose process is gone as failed; returns ``(pool_id, version)``."""
         dead = []
         for row in self.query("SELECT pool_id, version, pid FROM versions WHERE state = 'building'"):
-            if row["pid"] is None or not _pid_alive(row["pid"]):
+            if row["pid"] is None or not pid_alive(row["pid"]):
                 dead.append((row["pool_id"], row["version"]))
         for pool_id, version in dead:
             self.fail_version(pool_id, version)
         with self.transaction() as conn:
             for row in conn.execute("SELECT id, pid FROM adapters WHERE state = 'building'").fetchall():
-                if row["pid"] is None or not _pid_alive(row["pid"]):
+                if row["pid"] is None or not pid_alive(row["pid"]):
                     conn.execute("UPDATE adapters SET state = 'failed', pid = NULL WHERE id = ?", (row["id"],))
         return dead
 
@@ -387,7 +387,8 @@ class Catalog:
         return out
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
     if pid == os.getpid():
         return True
     try:

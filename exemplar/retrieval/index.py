@@ -35,17 +35,13 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return out / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
-def resolve_factory(spec: str, n: int) -> str:
-    """``auto`` means exact search for now; the batch-jobs work chooses ANN indexes by size."""
-    return DEFAULT_INDEX if spec == AUTO else spec
-
-
 class VectorIndex:
     """Wraps a faiss index; ``search`` returns ``D, I`` like faiss, with an optional row filter."""
 
     def __init__(self, index: faiss.Index, factory: str) -> None:
         self.index = index
         self.factory = factory
+        self.params: dict[str, int] = {}  # search-time parameters (nprobe, efSearch) set by tuning
         self.on_gpu = False
         # Filtered searches (IDSelector) are a CPU feature in faiss; the CPU index stays for them.
         self._cpu_index = index
@@ -57,8 +53,9 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, factory: str = DEFAULT_INDEX) -> "VectorIndex":
+        """Build the faiss index described by ``factory`` over ``vectors``."""
         n, dim = vectors.shape
-        resolved = resolve_factory(factory, n)
+        resolved = factory
         try:
             index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -80,9 +77,14 @@ class VectorIndex:
         write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
 
     @classmethod
-    def load(cls, path: Path, factory: str) -> "VectorIndex":
+    def load(cls, path: Path, factory: str, params: dict[str, int] | None = None) -> "VectorIndex":
         data = np.fromfile(path, dtype=np.uint8)
-        return cls(faiss.deserialize_index(data), factory)
+        loaded = cls(faiss.deserialize_index(data), factory)
+        if params:
+            for name, value in params.items():
+                faiss.ParameterSpace().set_index_parameter(loaded.index, name, value)
+            loaded.params = dict(params)
+        return loaded
 
     def to_gpu(self, device: int = 0) -> bool:
         """Move the index to a GPU when faiss has GPU support and one is present."""

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +20,11 @@ __all__ = [
     "EMBED_MODES",
     "ItemError",
     "NewItem",
+    "Prepared",
     "check_vector",
     "embed_items",
+    "encode_prepared",
+    "prepare_items",
     "image_extension",
     "media_name",
     "validate_item_fields",
@@ -142,41 +146,63 @@ def _embed_precomputed(dim: int, items: Sequence[NewItem], chunk: range, errors:
     return kept, np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
 
 
-def _embed_encoded(
-    encoder: Encoder, embed: str, items: Sequence[NewItem], chunk: range, errors: list[ItemError]
-) -> tuple[list[int], np.ndarray]:
+@dataclasses.dataclass
+class Prepared:
+    """Items checked and decoded, ready for the encoder: ``kept`` indices and their decoded images."""
+
+    kept: list[int]
+    images: list[object]
+
+
+def _prepare_one(encoder: Encoder, embed: str, item: NewItem) -> tuple[object | None, ItemError | None]:
     modalities = _modalities(embed)
-    kept: list[int] = []
-    prepared: list[object] = []
-    for i in chunk:
-        item = items[i]
-        if item.embedding is not None:
-            errors.append(ItemError(i, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding"))
+    if item.embedding is not None:
+        return None, ItemError(-1, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding")
+    if "text" in modalities and not item.text:
+        return None, ItemError(-1, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text")
+    if "image" not in modalities:
+        return None, None
+    if item.image_bytes is None and item.image is None:
+        return None, ItemError(-1, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image")
+    try:
+        return encoder.preprocess_image(_read_image(item)), None
+    except (ExemplarError, OSError) as exc:
+        kind = exc.type if isinstance(exc, ExemplarError) else "invalid_image"
+        return None, ItemError(-1, item.id, kind, _message(exc), "image")
+
+
+def prepare_items(
+    encoder: Encoder, embed: str, items: Sequence[NewItem], chunk: range, errors: list[ItemError],
+    pool: Executor | None = None,
+) -> Prepared:
+    """Check and decode ``items[chunk]`` (in parallel on ``pool`` when given); errors are appended."""
+    work = [items[i] for i in chunk]
+    results = list(pool.map(lambda item: _prepare_one(encoder, embed, item), work)) if pool else [
+        _prepare_one(encoder, embed, item) for item in work
+    ]
+    kept, images = [], []
+    for i, (image, error) in zip(chunk, results):
+        if error is not None:
+            errors.append(dataclasses.replace(error, index=i))
             continue
-        if "text" in modalities and not item.text:
-            errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text"))
-            continue
-        if "image" in modalities:
-            if item.image_bytes is None and item.image is None:
-                errors.append(ItemError(i, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image"))
-                continue
-            try:
-                prepared.append(encoder.preprocess_image(_read_image(item)))
-            except (ExemplarError, OSError) as exc:
-                kind = exc.type if isinstance(exc, ExemplarError) else "invalid_image"
-                errors.append(ItemError(i, item.id, kind, _message(exc), "image"))
-                continue
         kept.append(i)
-    if not kept:
-        return kept, np.empty((0, encoder.dim), np.float32)
-    combined = np.zeros((len(kept), encoder.dim), np.float32)
+        if image is not None:
+            images.append(image)
+    return Prepared(kept, images)
+
+
+def encode_prepared(encoder: Encoder, embed: str, items: Sequence[NewItem], prepared: Prepared) -> np.ndarray:
+    modalities = _modalities(embed)
+    if not prepared.kept:
+        return np.empty((0, encoder.dim), np.float32)
+    combined = np.zeros((len(prepared.kept), encoder.dim), np.float32)
     if "image" in modalities:
-        combined += encoder.encode_preprocessed(prepared)
+        combined += encoder.encode_preprocessed(prepared.images)
     if "text" in modalities:
-        combined += encoder.encode_texts([items[i].text or "" for i in kept])
+        combined += encoder.encode_texts([items[i].text or "" for i in prepared.kept])
     # image+text: the mean direction of the two unit vectors.
     norms = np.linalg.norm(combined, axis=1, keepdims=True)
-    return kept, (combined / np.maximum(norms, 1e-12)).astype(np.float32)
+    return (combined / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def embed_items(
@@ -186,6 +212,7 @@ def embed_items(
     *,
     precomputed: bool,
     batch_size: int = 256,
+    pool: Executor | None = None,
 ) -> tuple[np.ndarray, list[int], list[ItemError]]:
     """Embed ``items``; returns ``(vectors, kept indices, errors)``, one error per rejected item.
 
@@ -199,7 +226,8 @@ def embed_items(
         if precomputed:
             chunk_kept, vectors = _embed_precomputed(encoder.dim, items, chunk, errors)
         else:
-            chunk_kept, vectors = _embed_encoded(encoder, embed, items, chunk, errors)
+            prepared = prepare_items(encoder, embed, items, chunk, errors, pool)
+            chunk_kept, vectors = prepared.kept, encode_prepared(encoder, embed, items, prepared)
         kept.extend(chunk_kept)
         parts.append(vectors)
     matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from exemplar.errors import Conflict, ExemplarError, NotFound
-from exemplar.retrieval.catalog import Catalog
+from exemplar.retrieval.catalog import Catalog, pid_alive
 
 __all__ = ["JOB_STATES", "JobCancelled", "JobContext", "JobRecord", "JobService"]
 
@@ -84,17 +84,33 @@ class JobService:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="exemplar-job")
         self._cancel: set[str] = set()
         self._lock = threading.Lock()
-        self._abandon_dead()
 
     def close(self, wait: bool = True) -> None:
         with self._lock:
             self._cancel.update(j.id for j in self.list(states=("queued", "running")))
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
-    def _abandon_dead(self) -> None:
-        for row in self.catalog.query("SELECT id, pid FROM jobs WHERE state IN ('queued', 'running')"):
-            if row["pid"] != os.getpid():
+    def recover(self, resumers: dict[str, Callable[[dict[str, Any]], Work]] | None = None) -> list[str]:
+        """Take over jobs whose process died: those of a kind in ``resumers`` run again here (they
+        resume from their own checkpoints); the others are marked failed. Returns the resumed ids."""
+        resumed = []
+        for row in self.catalog.query("SELECT id, kind, params, pid FROM jobs WHERE state IN ('queued', 'running')"):
+            pid = row["pid"]
+            if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+                continue
+            if resumers and row["kind"] in resumers:
+                with self.catalog.transaction() as conn:  # claim it: only one process wins
+                    claimed = conn.execute(
+                        "UPDATE jobs SET pid = ?, state = 'queued' WHERE id = ? AND pid IS ? "
+                        "AND state IN ('queued', 'running')",
+                        (os.getpid(), row["id"], pid),
+                    ).rowcount
+                if claimed:
+                    self._executor.submit(self._run, row["id"], resumers[row["kind"]](json.loads(row["params"])))
+                    resumed.append(row["id"])
+            else:
                 self._finish(row["id"], "failed", errors=[{"message": "interrupted: the process running it stopped"}])
+        return resumed
 
     def submit(self, kind: str, pool: str, params: dict[str, Any], work: Work) -> JobRecord:
         job_id = uuid.uuid4().hex
@@ -112,8 +128,12 @@ class JobService:
             raise NotFound(f"job {job_id!r} does not exist", param="job")
         return _record(rows[0])
 
-    def list(self, *, pool: str | None = None, states: tuple[str, ...] | None = None, limit: int = 100) -> list[JobRecord]:
+    def list(self, *, pool: str | None = None, states: tuple[str, ...] | None = None,
+             kinds: tuple[str, ...] | None = None, limit: int = 100) -> list[JobRecord]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if kinds is not None:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
         if pool is not None:
             sql += " AND pool = ?"
             args.append(pool)
@@ -171,7 +191,7 @@ class JobService:
     def _run(self, job_id: str, work: Work) -> None:
         with self.catalog.transaction() as conn:
             started = conn.execute(
-                "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
+                "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'queued'",
                 (time.time(), job_id),
             ).rowcount
         if not started:

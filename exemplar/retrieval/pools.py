@@ -16,6 +16,7 @@ from typing import Any
 import faiss
 
 from exemplar.errors import EmptyPool, InvalidRequest, choices
+from exemplar.retrieval.autoindex import AutoIndexPolicy
 from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, VersionRecord
 from exemplar.retrieval.files import write_bytes_atomic
 from exemplar.retrieval.index import AUTO, DEFAULT_INDEX
@@ -45,8 +46,10 @@ class PoolStats:
 class PoolService:
     """The pool store. Writes are serialised per process; the catalog serialises processes."""
 
-    def __init__(self, data_dir: Path, encoders: EncoderProvider, *, refresh_s: float = 1.0) -> None:
+    def __init__(self, data_dir: Path, encoders: EncoderProvider, *, refresh_s: float = 1.0,
+                 index_policy: AutoIndexPolicy = AutoIndexPolicy()) -> None:
         self.data_dir = data_dir
+        self.index_policy = index_policy
         self.catalog = Catalog(data_dir / "catalog.sqlite3")
         self.files = VersionFiles(data_dir)
         self.encoders = encoders
@@ -172,7 +175,7 @@ class PoolService:
             base = None if replace_all else self._current(pool.name, fresh=True)
             version = write_version(
                 self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
-                source=source, index_spec=index_spec,
+                source=source, index_spec=index_spec, index_policy=self.index_policy,
             )
             self._serving.pop(pool.name, None)
         return version

@@ -1,4 +1,5 @@
-"""Item sources for builds: JSONL and CSV manifests, and ImageFolder trees (``root/<label>/*.jpg``).
+"""Item sources for builds: JSONL, CSV and Parquet manifests, ImageFolder trees
+(``root/<label>/*.jpg``) and WebDataset tar shards.
 
 Image paths are resolved under the source's media root only: no ``..``, no absolute paths outside
 it, no symlinks that leave it. A bad row is reported and skipped, never fatal to the build.
@@ -19,9 +20,18 @@ import numpy as np
 from exemplar.errors import InvalidRequest, NotFound, choices
 from exemplar.retrieval.items import NewItem
 
-__all__ = ["FORMATS", "IMAGE_SUFFIXES", "RowError", "SourceRow", "detect_format", "read_source", "resolve_media"]
+__all__ = [
+    "FORMATS",
+    "IMAGE_SUFFIXES",
+    "RowError",
+    "SourceRow",
+    "count_rows",
+    "detect_format",
+    "read_source",
+    "resolve_media",
+]
 
-FORMATS: tuple[str, ...] = ("jsonl", "csv", "imagefolder")
+FORMATS: tuple[str, ...] = ("jsonl", "csv", "parquet", "imagefolder", "webdataset")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 COLUMNS = ("id", "image", "text", "label", "domain", "metadata", "embedding")
 
@@ -39,18 +49,23 @@ class SourceRow:
 
     item: NewItem | None
     error: RowError | None = None
+    line: int = 0
 
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        return "imagefolder"
+        return "webdataset" if any(path.glob("*.tar")) else "imagefolder"
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl"
     if suffix in (".csv",):
         return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".tar":
+        return "webdataset"
     raise InvalidRequest(
-        f"cannot tell the format of {path.name!r}: use a .jsonl or .csv manifest or an image folder, "
+        f"cannot tell the format of {path.name!r}: use a .jsonl, .csv or .parquet manifest, .tar shards or an image folder, "
         f"or name the format ({choices(FORMATS)})",
         param="format",
     )
@@ -93,7 +108,14 @@ def _item(row: dict[str, Any], root: Path) -> NewItem:
             raise InvalidRequest("'metadata' is not valid JSON", param="metadata") from None
     if not isinstance(metadata, dict):
         raise InvalidRequest("'metadata' must be a JSON object", param="metadata")
-    image = _optional_str(row, "image")
+    raw_image = row.get("image")
+    image_bytes = None
+    if isinstance(raw_image, dict):  # Hugging Face datasets' {"bytes": ..., "path": ...}
+        image_bytes = raw_image.get("bytes")
+        raw_image = None if image_bytes else raw_image.get("path")
+    elif isinstance(raw_image, (bytes, bytearray)):
+        image_bytes, raw_image = bytes(raw_image), None
+    image = _optional_str({"image": raw_image}, "image")
     embedding = row.get("embedding")
     if isinstance(embedding, str) and embedding:
         try:
@@ -111,7 +133,8 @@ def _item(row: dict[str, Any], root: Path) -> NewItem:
         domain=_optional_str(row, "domain"),
         metadata=metadata,
         image=resolve_media(root, image) if image is not None else None,
-        media_root=str(root.resolve()),
+        media_root=str(root.resolve()) if image is not None else None,
+        image_bytes=image_bytes,
         embedding=None if embedding is None else np.asarray(embedding, dtype=np.float64),
     )
 
@@ -119,13 +142,13 @@ def _item(row: dict[str, Any], root: Path) -> NewItem:
 def _rows(records: Iterator[tuple[int, dict[str, Any] | Exception]], root: Path) -> Iterator[SourceRow]:
     for line, record in records:
         if isinstance(record, Exception):
-            yield SourceRow(None, RowError(line, None, f"unreadable row ({type(record).__name__})"))
+            yield SourceRow(None, RowError(line, None, f"unreadable row ({type(record).__name__})"), line)
             continue
         try:
-            yield SourceRow(_item(record, root))
+            yield SourceRow(_item(record, root), None, line)
         except InvalidRequest as exc:
             item_id = record.get("id") if isinstance(record.get("id"), str) else None
-            yield SourceRow(None, RowError(line, item_id, exc.message))
+            yield SourceRow(None, RowError(line, item_id, exc.message), line)
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
@@ -148,6 +171,91 @@ def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
             raise InvalidRequest(f"CSV manifest needs a header with the columns {', '.join(COLUMNS)}", param="source")
         for record in reader:
             yield reader.line_num, {k: v for k, v in record.items() if k is not None}
+
+
+def _open_parquet(path: Path):  # noqa: ANN202 - pyarrow.parquet.ParquetFile
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise InvalidRequest(f"{path.name} is not a readable Parquet file ({type(exc).__name__})", param="source") from None
+
+
+def _parquet(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    line = 0
+    for batch in _open_parquet(path).iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            line += 1
+            yield line, record
+
+
+_WDS_IMAGE = {"jpg", "jpeg", "png", "webp", "bmp", "gif"}
+_WDS_TEXT = ("txt", "caption", "text")
+_WDS_LABEL = ("cls", "label")
+
+
+def _webdataset(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    """Samples of WebDataset shards: members sharing a key (``key.jpg``, ``key.txt``, ``key.cls``,
+    ``key.json`` ...) in consecutive order form one item; ``key.json`` may carry any item field."""
+    import tarfile
+
+    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
+    line = 0
+    for shard in shards:
+        sample: dict[str, bytes] = {}
+        current: str | None = None
+        try:
+            with tarfile.open(shard, "r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = member.name.rsplit("/", 1)[-1]
+                    key, _, ext = name.partition(".")
+                    prefix = member.name[: len(member.name) - len(name)]
+                    key = prefix + key
+                    if current is not None and key != current:
+                        line += 1
+                        yield line, _wds_record(current, sample)
+                        sample = {}
+                    current = key
+                    handle = tar.extractfile(member)
+                    sample[ext.lower()] = handle.read() if handle else b""
+        except (tarfile.TarError, OSError) as exc:
+            line += 1
+            yield line, exc
+            continue
+        if current is not None:
+            line += 1
+            yield line, _wds_record(current, sample)
+
+
+def _wds_record(key: str, sample: dict[str, bytes]) -> dict[str, Any] | Exception:
+    record: dict[str, Any] = {"id": key}
+    try:
+        if "json" in sample:
+            extra = json.loads(sample["json"])
+            if isinstance(extra, dict):
+                record["metadata"] = extra.pop("metadata", None) or {k: v for k, v in extra.items()
+                                                                     if k not in ("id", "label", "text", "domain")}
+                record.update({k: extra[k] for k in ("id", "label", "text", "domain") if k in extra})
+        for ext in _WDS_TEXT:
+            if ext in sample:
+                record["text"] = sample[ext].decode("utf-8", errors="replace").strip()
+                break
+        for ext in _WDS_LABEL:
+            if ext in sample:
+                record["label"] = sample[ext].decode("utf-8", errors="replace").strip()
+                break
+        if "domain" in sample:
+            record["domain"] = sample["domain"].decode("utf-8", errors="replace").strip()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return exc
+    image = next((sample[ext] for ext in sample if ext in _WDS_IMAGE), None)
+    if image is not None:
+        record["image"] = image
+    return record
 
 
 def _imagefolder(root: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
@@ -174,5 +282,22 @@ def read_source(path: Path, fmt: str | None = None, media_root: Path | None = No
         if not path.is_dir():
             raise InvalidRequest("an imagefolder source must be a directory", param="source")
         return _rows(_imagefolder(path), media_root or path)
+    if fmt == "webdataset":
+        return _rows(_webdataset(path), media_root or (path if path.is_dir() else path.parent))
     root = media_root or path.parent
-    return _rows(_jsonl(path) if fmt == "jsonl" else _csv(path), root)
+    readers = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}
+    return _rows(readers[fmt](path), root)
+
+
+def count_rows(path: Path, fmt: str | None = None) -> int | None:
+    """How many rows a source has, when that is cheap to know (for progress and ETA)."""
+    fmt = fmt or detect_format(path)
+    if fmt in ("jsonl", "csv"):
+        with open(path, "rb") as fh:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return max(0, lines - (1 if fmt == "csv" else 0))
+    if fmt == "parquet":
+        return int(_open_parquet(path).metadata.num_rows)
+    if fmt == "imagefolder":
+        return sum(1 for _ in _imagefolder(path))
+    return None

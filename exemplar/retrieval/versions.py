@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from exemplar.retrieval.adapters import load_adapter_view
+from exemplar.retrieval.autoindex import AutoIndexPolicy, build_index
 from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
 from exemplar.retrieval.files import publish_dir
 from exemplar.retrieval.index import VectorIndex
@@ -61,6 +62,7 @@ def write_version(
     new_vectors: np.ndarray,
     source: str,
     index_spec: str | None = None,
+    index_policy: AutoIndexPolicy = AutoIndexPolicy(),
     activate: bool = True,
 ) -> int:
     """Write ``base`` (minus the items that ``new_rows`` replace) plus ``new_rows`` as a new version.
@@ -89,15 +91,14 @@ def write_version(
             vectors = np.ascontiguousarray(new_vectors, dtype=np.float32)
             labels = [r.label for r in rows]
             domains = [r.domain for r in rows]
-        spec = index_spec or pool.index
-        index = VectorIndex.build(vectors, spec)
+        index, index_stats = build_index(vectors, index_spec or pool.index, index_policy)
         staging.mkdir(parents=True, exist_ok=True)
         np.save(staging / VECTORS, vectors, allow_pickle=False)
         np.save(staging / UIDS, uids, allow_pickle=False)
         index.save(staging / INDEX)
         (staging / "version.json").write_text(
             json.dumps({"version": version, "size": len(uids), "dim": pool.dim, "index": index.factory,
-                        "encoder": pool.encoder, "created_at": time.time()})
+                        "index_params": index.params, "encoder": pool.encoder, "created_at": time.time()})
         )
         publish_dir(staging, final)
         catalog.commit_version(
@@ -106,7 +107,7 @@ def write_version(
             items=rows,
             size=len(uids),
             index=index.factory,
-            stats=_stats(labels, domains),
+            stats={**_stats(labels, domains), "index": index_stats},
             activate=activate,
         )
     except BaseException:
@@ -121,7 +122,8 @@ def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, versi
     folder = files.version_dir(pool.id, version)
     uids = np.load(folder / UIDS, allow_pickle=False)
     vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
-    index = VectorIndex.load(folder / INDEX, catalog.version(pool.id, version).index)
+    record = catalog.version(pool.id, version)
+    index = VectorIndex.load(folder / INDEX, record.index, record.stats.get("index", {}).get("params"))
     index.to_gpu()
     rows = catalog.item_rows(pool.id, uids.tolist())
     record = catalog.adapter(pool.id, version)

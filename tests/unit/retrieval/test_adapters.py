@@ -132,6 +132,7 @@ def test_jobs_left_running_by_a_dead_process_are_marked_failed(pools) -> None:
         conn.execute("INSERT INTO jobs (id, kind, pool, state, pid, created_at) VALUES ('old', 'adapter', 'p', 'running', 999999999, 0)")
     jobs = JobService(pools.catalog)
     try:
+        assert jobs.recover() == []
         job = jobs.get("old")
         assert job.state == "failed" and "interrupted" in job.errors[0]["message"]
     finally:

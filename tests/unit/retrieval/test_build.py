@@ -124,8 +124,11 @@ def test_missing_or_unknown_sources_are_refused(pools: PoolService, tmp_path: Pa
     pools.create(name="p", encoder="precomputed:4")
     with pytest.raises(NotFound):
         build_pool(pools, "p", tmp_path / "nope.jsonl")
-    (tmp_path / "x.parquet").write_text("")
+    (tmp_path / "x.xyz").write_text("")
     with pytest.raises(InvalidRequest, match="cannot tell the format"):
+        build_pool(pools, "p", tmp_path / "x.xyz")
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(InvalidRequest, match="not a readable Parquet file"):
         build_pool(pools, "p", tmp_path / "x.parquet")
     (tmp_path / "noheader.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InvalidRequest, match="header"):

@@ -1,0 +1,134 @@
+"""``index: "auto"``: pick Flat, HNSW, IVF-Flat or IVF-PQ from the pool's size and a memory budget
+(after autofaiss's rules of thumb), tune nprobe / efSearch to reach a recall target within a latency
+budget, and measure recall@k against exact search on a held-out sample of queries."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+
+from exemplar.retrieval.index import AUTO, VectorIndex
+
+__all__ = ["AutoIndexPolicy", "build_index", "choose_factory", "measure_recall", "tune"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoIndexPolicy:
+    memory_budget_bytes: int = 8 * 1024**3
+    exact_below: int = 100_000  # exact search is fast enough and has recall 1
+    hnsw_below: int = 250_000  # HNSW builds in minutes on a small CPU up to about here
+    target_recall: float = 0.95
+    latency_budget_ms: float = 10.0
+    recall_k: int = 10
+    sample_queries: int = 200
+    seed: int = 0
+
+
+def _nlist(n: int) -> int:
+    # about 4 * sqrt(n) lists, a power of two, and at least 39 training points per list
+    nlist = 2 ** max(4, round(math.log2(4 * math.sqrt(n))))
+    return max(16, min(nlist, n // 39))
+
+
+def choose_factory(n: int, dim: int, policy: AutoIndexPolicy = AutoIndexPolicy()) -> str:
+    flat_bytes = n * dim * 4
+    if n < policy.exact_below and flat_bytes <= policy.memory_budget_bytes:
+        return "Flat"
+    if flat_bytes * 1.3 <= policy.memory_budget_bytes:
+        if n < policy.hnsw_below:
+            return "HNSW32"
+        return f"IVF{_nlist(n)},Flat"
+    # Compress: PQ with the largest number of sub-quantisers that fits, dividing the dimension.
+    m = max((m for m in range(1, dim + 1) if dim % m == 0 and m <= 64 and n * (m + 8) <= policy.memory_budget_bytes),
+            default=1)
+    return f"IVF{_nlist(n)},PQ{m}"
+
+
+def _set(index: faiss.Index, name: str, value: int) -> None:
+    faiss.ParameterSpace().set_index_parameter(index, name, value)
+
+
+def _search_params(index: faiss.Index) -> tuple[str, list[int]] | None:
+    if faiss.try_extract_index_ivf(index) is not None:
+        nlist = faiss.extract_index_ivf(index).nlist
+        return "nprobe", [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist]
+    if hasattr(faiss.downcast_index(index), "hnsw"):
+        return "efSearch", [16, 32, 64, 128, 256, 512]
+    return None
+
+
+def measure_recall(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[float, float]:
+    """``(recall@k, mean ms per query)`` of ``index`` against exact search over ``vectors``."""
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    _, I_ref = exact.search(queries, k)
+    started = time.perf_counter()
+    for q in queries:  # one at a time, as the hot path asks
+        index.index.search(q[None, :], k)
+    per_query = (time.perf_counter() - started) * 1000 / len(queries)
+    _, I = index.index.search(queries, k)
+    hits = sum(len(set(a[a >= 0]) & set(b)) for a, b in zip(I, I_ref))
+    return hits / (len(queries) * k), per_query
+
+
+def tune(index: VectorIndex, vectors: np.ndarray, policy: AutoIndexPolicy = AutoIndexPolicy()) -> dict[str, Any]:
+    """Set the smallest nprobe / efSearch whose recall@k reaches the target (or the best within the
+    latency budget); returns what was measured, for the version's stats."""
+    n = len(vectors)
+    k = max(1, min(policy.recall_k, n))
+    if n == 0:
+        return {"factory": index.factory, "recall_at_k": None, "k": k, "params": {}}
+    rng = np.random.default_rng(policy.seed)
+    sample = rng.choice(n, size=min(policy.sample_queries, n), replace=False)
+    # Held out from nothing but perturbed: queries near, not at, stored vectors, as real queries are.
+    queries = vectors[sample] + rng.normal(scale=0.05 / math.sqrt(vectors.shape[1]), size=(len(sample), vectors.shape[1]))
+    queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+    knob = _search_params(index.index)
+    params: dict[str, int] = {}
+    if knob is None:
+        recall, latency = measure_recall(index, vectors, queries, k)
+    else:
+        name, values = knob
+        best = None
+        for value in values:
+            _set(index.index, name, value)
+            recall, latency = measure_recall(index, vectors, queries, k)
+            if latency > policy.latency_budget_ms and best is not None:
+                break
+            best = (value, recall, latency)
+            if recall >= policy.target_recall:
+                break
+        assert best is not None
+        value, recall, latency = best
+        _set(index.index, name, value)
+        params[name] = value
+    index.params = params
+    return {"factory": index.factory, "k": k, "recall_at_k": round(recall, 4), "latency_ms": round(latency, 4),
+            "queries": len(queries), "params": params, "target_recall": policy.target_recall}
+
+
+def apply_params(index: faiss.Index, params: dict[str, int]) -> None:
+    for name, value in params.items():
+        _set(index, name, value)
+
+
+def build_index(vectors: np.ndarray, spec: str, policy: AutoIndexPolicy = AutoIndexPolicy()) -> tuple[VectorIndex, dict[str, Any]]:
+    """Build ``spec`` (``auto``: chosen by ``choose_factory``); approximate indexes are tuned and their
+    recall@k measured. Returns the index and what to record in the version's stats."""
+    n, dim = vectors.shape
+    factory = choose_factory(n, dim, policy) if spec == AUTO else spec
+    started = time.perf_counter()
+    index = VectorIndex.build(vectors, factory)
+    build_s = time.perf_counter() - started
+    if _search_params(index.index) is None and factory == "Flat":
+        stats: dict[str, Any] = {"factory": factory, "recall_at_k": 1.0, "k": min(policy.recall_k, max(n, 1)),
+                                 "params": {}, "exact": True}
+    else:
+        stats = tune(index, vectors, policy)
+    stats.update({"requested": spec, "build_s": round(build_s, 3), "vectors": n})
+    return index, stats

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 import exemplar
 from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from exemplar.app.routes import adapters, health, infer, pools, select
+from exemplar.app.routes import adapters, builds, health, infer, pools, select
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
@@ -57,5 +57,6 @@ def create_app(
     app.include_router(pools.router)
     app.include_router(select.router)
     app.include_router(adapters.router)
+    app.include_router(builds.router)
     app.include_router(infer.router)
     return app

@@ -292,6 +292,8 @@ def read_source(path: Path, fmt: str | None = None, media_root: Path | None = No
 def count_rows(path: Path, fmt: str | None = None) -> int | None:
     """How many rows a source has, when that is cheap to know (for progress and ETA)."""
     fmt = fmt or detect_format(path)
+    if not (path.is_file() or path.is_dir()):
+        return None  # a pipe or device: reading it to count would consume it
     if fmt in ("jsonl", "csv"):
         with open(path, "rb") as fh:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))

@@ -144,3 +144,63 @@ def test_resolve_media_refuses_escapes(tmp_path: Path, ref: str) -> None:
 
 def test_resolve_media_keeps_relative_paths(tmp_path: Path) -> None:
     assert resolve_media(tmp_path, "a/b/c.png") == "a/b/c.png"
+
+
+def test_parquet_with_paths_and_embedded_bytes(pools: PoolService, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = write_images(tmp_path)
+    table = pa.table({
+        "id": [r["id"] for r in rows],
+        "image": [r["image"] for r in rows[:4]] + [None] * 5,
+        "label": [r["label"] for r in rows],
+        "text": [r["text"] for r in rows],
+        "domain": [r["domain"] for r in rows],
+        "metadata": [json.dumps(r["metadata"]) for r in rows],
+    })
+    pq.write_table(table, tmp_path / "paths.parquet")
+    bytes_table = pa.table({
+        "id": [f"b{i}" for i in range(3)],
+        "image": [{"bytes": (tmp_path / rows[i]["image"]).read_bytes(), "path": None} for i in range(3)],
+        "label": ["x", "y", "x"],
+    })
+    pq.write_table(bytes_table, tmp_path / "bytes.parquet")
+    pools.create(name="p", encoder="open_clip:exemplar-tiny")
+    report = build_pool(pools, "p", tmp_path / "paths.parquet")
+    assert report.added == 4 and report.skipped == 5, "rows without an image cannot be embedded"
+    pools.create(name="b", encoder="open_clip:exemplar-tiny")
+    assert build_pool(pools, "b", tmp_path / "bytes.parquet").added == 3
+    snap = pools.snapshot("b")
+    stored = pools.files.media_dir(pools.get("b").id) / snap.images[0]
+    assert stored.read_bytes() == (tmp_path / rows[0]["image"]).read_bytes() and snap.media_roots[0] is None
+
+
+def test_webdataset_shards(pools: PoolService, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    rows = write_images(tmp_path)
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    for s in range(2):
+        with tarfile.open(shards / f"shard-{s:04d}.tar", "w") as tar:
+            for r in rows[s * 5 : s * 5 + 5]:
+                members = {f"{r['id']}.png": (tmp_path / r["image"]).read_bytes(),
+                           f"{r['id']}.cls": r["label"].encode(),
+                           f"{r['id']}.json": json.dumps({"domain": r["domain"], "n": r["metadata"]["n"]}).encode()}
+                if r["id"].endswith("0"):
+                    members[f"{r['id']}.txt"] = r["text"].encode()
+                for name, data in members.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (shards / "broken.tar").write_bytes(b"this is no tar")
+    pools.create(name="w", encoder="open_clip:exemplar-tiny")
+    report = build_pool(pools, "w", shards)
+    assert report.added == 9 and report.skipped == 1, report.errors
+    snap = pools.snapshot("w")
+    row = snap.row_of["red-0"]
+    assert snap.label_of(row) == "red" and snap.domain_of(row) == "site-0"
+    assert snap.texts[row] == "a red square" and snap.metadata_of(row) == {"n": 0}
+    assert (pools.files.media_dir(pools.get("w").id) / snap.images[row]).is_file()

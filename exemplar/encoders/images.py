@@ -15,8 +15,12 @@ __all__ = ["DEFAULT_MAX_PIXELS", "decode_image"]
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``data`` into an RGB image, or raise ``InvalidImage`` with a client-safe message."""
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, target: int | None = None) -> Image.Image:
+    """Decode ``data`` into an RGB image, or raise ``InvalidImage`` with a client-safe message.
+
+    With ``target``, JPEGs are decoded in draft mode at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps both sides at least ``target`` pixels: the model sees the same content for a fraction of
+    the decoding work."""
     if not data:
         raise InvalidImage("empty image")
     try:
@@ -32,7 +36,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
                 raise InvalidImage(
                     f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels"
                 )
-            image.draft("RGB", (width, height))
+            if target is not None:
+                image.draft("RGB", (target, target))
             image.load()
             return image.convert("RGB")
     except InvalidImage:

@@ -88,6 +88,8 @@ class OpenClipEncoder:
         self._model = model.to(self.device).eval()
         self._preprocess = preprocess
         self._tokenizer = open_clip.get_tokenizer(tokenizer_name)
+        size = getattr(self._model.visual, "image_size", None)
+        self._draft = max(size) if isinstance(size, (tuple, list)) else (int(size) if size else None)
         # Architectures differ in where the output width lives; one forward pass is unambiguous.
         self.dim = int(self._encode_text_batch(["probe"]).shape[1])
 
@@ -157,7 +159,7 @@ class OpenClipEncoder:
 
     def preprocess_image(self, data: bytes) -> torch.Tensor:
         """Decode and transform one image; raises ``InvalidImage`` for bad bytes."""
-        return self._preprocess(decode_image(data, max_pixels=self.max_pixels))
+        return self._preprocess(decode_image(data, max_pixels=self.max_pixels, target=self._draft))
 
     def encode_preprocessed(self, batch: Sequence[object]) -> np.ndarray:
         out = np.empty((len(batch), self.dim), dtype=np.float32)

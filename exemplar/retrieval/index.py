@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = "Flat"
 AUTO = "auto"
+# Filters leaving at most this many rows are searched exactly over those rows on ANN indexes.
+EXACT_SUBSET_ROWS = 50_000
 
 # faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
 # are the common case here and are several times faster through BLAS.
@@ -45,6 +47,8 @@ class VectorIndex:
         self.on_gpu = False
         # Filtered searches (IDSelector) are a CPU feature in faiss; the CPU index stays for them.
         self._cpu_index = index
+        # The raw vectors (row i = id i), for exact search over a filtered subset of an ANN index.
+        self.vectors: np.ndarray | None = None
         self._gpu_lock = threading.Lock()
 
     @property
@@ -71,7 +75,9 @@ class VectorIndex:
                 ) from exc
         if n:
             index.add(data)
-        return cls(index, resolved)
+        built = cls(index, resolved)
+        built.vectors = data
+        return built
 
     def save(self, path: Path) -> None:
         write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
@@ -108,9 +114,35 @@ class VectorIndex:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
         if allowed is None:
             return self.index.search(q, k)
+        if not self.exact and self.vectors is not None and int(allowed.sum()) <= EXACT_SUBSET_ROWS:
+            return self._exact_subset(q, k, allowed)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        return self._cpu_index.search(q, k, params=self._params(selector))
+        D, I = self._cpu_index.search(q, k, params=self._params(selector))
+        if not self.exact and self.vectors is not None:
+            # A graph or an inverted list explored near the query can miss a filtered subset that lies
+            # far from it; those queries are answered exactly over the subset instead.
+            need = min(k, int(allowed.sum()))
+            short = np.flatnonzero((I >= 0).sum(axis=1) < need)
+            if len(short):
+                D[short], I[short] = self._exact_subset(q[short], k, allowed)
+        return D, I
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(faiss.downcast_index(self._cpu_index), faiss.IndexFlat)
+
+    def _exact_subset(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self.vectors is not None
+        rows = np.flatnonzero(allowed)
+        D, I = faiss.knn(q, np.ascontiguousarray(self.vectors[rows], dtype=np.float32), min(k, len(rows)),
+                         metric=faiss.METRIC_INNER_PRODUCT)
+        ids = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
+            ids = np.hstack([ids, np.full((len(q), pad), -1, np.int64)])
+        return D, ids
 
     def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
         ivf = faiss.try_extract_index_ivf(self._cpu_index)

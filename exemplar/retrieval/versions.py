@@ -124,6 +124,7 @@ def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, versi
     vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
     record = catalog.version(pool.id, version)
     index = VectorIndex.load(folder / INDEX, record.index, record.stats.get("index", {}).get("params"))
+    index.vectors = vectors
     index.to_gpu()
     rows = catalog.item_rows(pool.id, uids.tolist())
     record = catalog.adapter(pool.id, version)

@@ -41,3 +41,13 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 def test_corrupt_or_non_image_bytes_are_refused(data: bytes) -> None:
     with pytest.raises(InvalidImage):
         decode_image(data)
+
+
+def test_draft_mode_decodes_large_jpegs_at_a_reduced_scale() -> None:
+    big = png_bytes((120, 40, 200), (1600, 1200), fmt="JPEG")
+    full = decode_image(big)
+    small = decode_image(big, target=224)
+    assert full.size == (1600, 1200)
+    assert small.size == (400, 300), "1/4 scale keeps both sides at least 224"
+    assert min(small.size) >= 224 and small.mode == "RGB"
+    assert decode_image(png_bytes(size=(1600, 1200)), target=224).size == (1600, 1200), "PNG has no draft mode"

@@ -94,3 +94,25 @@ def test_gpu_index_matches_cpu(data) -> None:
     D_gpu, I_gpu = gpu.search(Q, 10)
     np.testing.assert_allclose(D_gpu, D_cpu, rtol=1e-4, atol=1e-4)
     assert np.mean(I_gpu == I_cpu) > 0.99
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF32,Flat"])
+def test_filtered_search_on_ann_indexes_finds_subsets_far_from_the_query(data, factory: str, monkeypatch) -> None:
+    from exemplar.retrieval import index as index_module
+
+    V, Q = data
+    index = VectorIndex.build(V, factory)
+    if factory.startswith("IVF"):
+        import faiss
+
+        faiss.extract_index_ivf(index.index).nprobe = 1
+    far = np.argsort(V @ Q[0])[:300]  # the 300 rows least similar to the query
+    allowed = np.zeros(len(V), bool)
+    allowed[far] = True
+    _, I_ref = exact(V, Q[:1], 5, allowed)
+    _, I = index.search(Q[:1], 5, allowed)  # small subset: exact over the subset
+    np.testing.assert_array_equal(I, I_ref)
+    monkeypatch.setattr(index_module, "EXACT_SUBSET_ROWS", 0)  # force the ANN path and its fallback
+    _, I = index.search(Q[:1], 5, allowed)
+    assert (I >= 0).all() and allowed[I].all()
+    np.testing.assert_array_equal(I, I_ref)

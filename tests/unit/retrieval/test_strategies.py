@@ -191,3 +191,16 @@ def test_balanced_fills_from_other_classes_when_one_runs_out(pools, selection: S
     counts = Counter(d.label for d in result.demonstrations)
     assert counts["rare"] == 2 and counts["a"] + counts["b"] == 10 and len(result.demonstrations) == 12
     assert rank_order(result) == ids(oracle_balanced(V, labels, V[0], k_per_class=4))
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF16,Flat"])
+def test_balanced_is_exact_per_class_on_ann_indexes(pools, selection: SelectionService, factory: str) -> None:
+    from exemplar.retrieval import NewItem
+    from tests.helpers import clustered_vectors
+
+    V, labels, _ = clustered_vectors(n=2_000, dim=16, n_labels=8, n_domains=1, seed=4)
+    pools.create(name="ann", encoder="precomputed:16", index=factory)
+    pools.add_items("ann", [NewItem(id=f"v{i:04d}", label=labels[i], embedding=V[i]) for i in range(len(V))])
+    stored = np.asarray(pools.snapshot("ann").vectors)
+    result = selection.select("ann", Query(item_id="v0007"), "balanced", SelectionOptions(k_per_class=2))
+    assert rank_order(result) == ids(oracle_balanced(stored, labels, stored[7], k_per_class=2, skip=7))

@@ -31,8 +31,28 @@ def _fail(exc: ExemplarError) -> None:
     raise click.ClickException(f"{exc.type}{param}: {exc.message}")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        from exemplar.app.observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _data_dir = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -62,10 +82,17 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
 
     from exemplar.app.main import create_app
 
-    _configure_logging(settings.log_level)
+    if not _is_loopback(settings.host) and not settings.api_keys:
+        raise click.ClickException(
+            f"refusing to listen on {settings.host}: no API keys are configured, so anyone who can reach the "
+            "port could read and change every pool. Set EXEMPLAR_API_KEYS (see `exemplar hash-key`) or serve "
+            "on 127.0.0.1."
+        )
+    _configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, on_ready=(lambda: click.echo(on_ready)) if on_ready else None)
+    # uvicorn's own access log is replaced by Exemplar's (route, status, ms, request id, key).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=30, access_log=False, log_config=None)
     uvicorn.Server(config).run()
 
 
@@ -289,6 +316,26 @@ def sample(kind: str, out_dir: Path, per_class: int, seed: int) -> None:
     else:
         manifest = write_embedding_manifest(out_dir, per_class_per_domain=per_class, seed=seed)
     click.echo(str(manifest))
+
+
+@main.command(name="hash-key")
+@click.option("--name", default="admin", show_default=True)
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["query", "admin"]), default=("admin",),
+              show_default=True)
+@click.option("--key", default=None, help="Hash this key instead of making a new one (or pipe it on stdin with -).")
+def hash_key_command(name: str, scopes: tuple[str, ...], key: str | None) -> None:
+    """Make an API key and print it once, with the EXEMPLAR_API_KEYS entry that holds only its hash."""
+    import secrets
+
+    from exemplar.app.auth import hash_key
+
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    new = key is None
+    key = key or "exm_" + secrets.token_urlsafe(32)
+    if new:
+        click.echo(f"key (shown once, give it to the client): {key}", err=True)
+    click.echo(json.dumps({"name": name, "sha256": hash_key(key), "scopes": list(scopes)}))
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from exemplar.app.auth import Forbidden, RateLimited, Unauthorized
 from exemplar.app.context import request_id
 from exemplar.errors import (
     Conflict,
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (NotFound, 404),
     (PayloadTooLarge, 413),
     (Conflict, 409),
@@ -50,9 +55,10 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
-def error_response(status: int, type_: str, message: str, param: str | None = None) -> JSONResponse:
+def error_response(status: int, type_: str, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorEnvelope(error=ErrorBody(type=type_, message=message, param=param))
-    return JSONResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id()})
+    return JSONResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id(), **(headers or {})})
 
 
 def status_of(exc: ExemplarError) -> int:
@@ -68,7 +74,12 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
 
 
 async def _exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
-    return error_response(status_of(exc), exc.type, exc.message, exc.param)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    elif isinstance(exc, Unauthorized):
+        headers["www-authenticate"] = "Bearer"
+    return error_response(status_of(exc), exc.type, exc.message, exc.param, headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 import exemplar
 from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from exemplar.app.routes import adapters, builds, health, infer, pools, select
+from exemplar.app.observability import AccessMiddleware
+from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, pools, select
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
@@ -51,7 +53,11 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessMiddleware, observability=services.obs)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(pools.router)
@@ -59,4 +65,6 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(builds.router)
     app.include_router(infer.router)
+    app.include_router(admin.router)
+    app.include_router(dashboard.router)
     return app

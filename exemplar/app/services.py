@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from exemplar.app.adapters import CCITrainer
+from exemplar.app.auth import Authenticator, require_scope
+from exemplar.app.observability import Observability, StateCollector
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
 from exemplar.retrieval import AdapterService, BuildService, JobService, PoolService, SelectionLimits, SelectionService
@@ -16,10 +18,13 @@ from exemplar.retrieval.infer import InferService
 from exemplar.retrieval.mllm import MLLMRegistry
 
 __all__ = [
+    "ADMIN",
+    "QUERY",
     "AdaptersDep",
     "BuildsDep",
     "InferDep",
     "JobsDep",
+    "ObsDep",
     "PoolsDep",
     "SelectionDep",
     "Services",
@@ -40,6 +45,8 @@ class Services:
     mllms: MLLMRegistry
     infer: InferService
     builds: BuildService
+    auth: Authenticator
+    obs: Observability
     ready: bool = False
 
     def close(self) -> None:
@@ -63,8 +70,11 @@ def build_services(settings: Settings) -> Services:
     builds = BuildService(pools, jobs, stage=shard_stage(settings))
     # Builds left running by a process that died resume here from their last completed shard.
     jobs.recover({BuildService.KIND: builds.work})
-    return Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
-                    adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds)
+    services = Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
+                        adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds,
+                        auth=Authenticator(settings.api_keys), obs=Observability())
+    services.obs.add_state_collector(StateCollector(services))
+    return services
 
 
 def shard_stage(settings: Settings):  # noqa: ANN201 - a stage factory or None (local threads)
@@ -109,6 +119,13 @@ def get_builds(request: Request) -> BuildService:
     return get_services(request).builds
 
 
+def get_obs(request: Request) -> Observability:
+    return get_services(request).obs
+
+
+QUERY = Depends(require_scope("query"))
+ADMIN = Depends(require_scope("admin"))
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
 SelectionDep = Annotated[SelectionService, Depends(get_selection)]
@@ -117,3 +134,4 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 InferDep = Annotated[InferService, Depends(get_infer)]
 BuildsDep = Annotated[BuildService, Depends(get_builds)]
+ObsDep = Annotated[Observability, Depends(get_obs)]

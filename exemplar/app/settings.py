@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from exemplar.app.auth import ApiKeyConfig
 from exemplar.retrieval.mllm import EndpointConfig
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +27,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `exemplar serve` binds to.")
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON lines, or plain text.")
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list, description="API keys with scopes (see README).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty: CORS off.")
     device: str = Field("auto", description="Encoder device: auto, cpu, cuda or cuda:N.")
     encode_batch_size: int = Field(64, ge=1, le=4096, description="Images or texts per encoder forward pass.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")

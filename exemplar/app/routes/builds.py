@@ -8,7 +8,7 @@ from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.routes.adapters import job_out
 from exemplar.app.schemas.adapters import JobOut
 from exemplar.app.schemas.builds import BuildRequest
-from exemplar.app.services import BuildsDep, SettingsDep
+from exemplar.app.services import ADMIN, BuildsDep, SettingsDep
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval import BuildSpec
 
@@ -32,7 +32,8 @@ def _under_roots(path: str, roots: list[Path], param: str) -> str:
     raise InvalidRequest(f"{param} must lie under one of the configured source roots", param=param)
 
 
-@router.post("/{pool}/builds", status_code=202, summary="Build a new version from a source on the server (a job)")
+@router.post("/{pool}/builds", status_code=202, summary="Build a new version from a source on the server (a job)",
+             dependencies=[ADMIN])
 def start_build(pool: str, body: BuildRequest, builds: BuildsDep, settings: SettingsDep) -> JobOut:
     source = _under_roots(body.source, settings.source_roots, "source")
     media_root = _under_roots(body.media_root, settings.source_roots, "media_root") if body.media_root else None

@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.routes.select import demonstration_out, to_query
 from exemplar.app.schemas.infer import InferRequest, InferResponse, InferRoundOut
-from exemplar.app.services import InferDep
+from exemplar.app.services import QUERY, InferDep
 from exemplar.retrieval import SelectionOptions
 from exemplar.retrieval.infer import InferOptions
 from exemplar.retrieval.prompting import PromptTemplate
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/pools", tags=["infer"], responses={
 })
 
 
-@router.post("/{pool}/infer", summary="Confidence-based iterative re-selection (VideoICL) against a configured MLLM")
+@router.post("/{pool}/infer", summary="Confidence-based iterative re-selection (VideoICL) against a configured MLLM",
+             dependencies=[QUERY])
 def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
     select = SelectionOptions(
         k=body.window, labels=tuple(body.labels) if body.labels is not None else None,

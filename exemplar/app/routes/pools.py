@@ -13,7 +13,7 @@ from exemplar.app.schemas.pools import (
     PoolStatsOut,
     VersionOut,
 )
-from exemplar.app.services import PoolsDep, SettingsDep
+from exemplar.app.services import ADMIN, QUERY, PoolsDep, SettingsDep
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval import NewItem, PoolService
 from exemplar.retrieval.catalog import PoolRecord
@@ -31,12 +31,12 @@ def _pool_out(pools: PoolService, record: PoolRecord) -> PoolOut:
     )
 
 
-@router.get("", summary="List pools")
+@router.get("", summary="List pools", dependencies=[QUERY])
 def list_pools(pools: PoolsDep) -> PoolList:
     return PoolList(pools=[_pool_out(pools, p) for p in pools.list()])
 
 
-@router.post("", status_code=201, summary="Create a pool")
+@router.post("", status_code=201, summary="Create a pool", dependencies=[ADMIN])
 def create_pool(body: PoolCreate, pools: PoolsDep, settings: SettingsDep) -> PoolOut:
     record = pools.create(
         name=body.name, encoder=body.encoder or settings.default_encoder, embed=body.embed,
@@ -45,7 +45,7 @@ def create_pool(body: PoolCreate, pools: PoolsDep, settings: SettingsDep) -> Poo
     return _pool_out(pools, record)
 
 
-@router.get("/{pool}", summary="Pool stats: size, labels, domains, versions, encoder")
+@router.get("/{pool}", summary="Pool stats: size, labels, domains, versions, encoder", dependencies=[QUERY])
 def pool_stats(pool: str, pools: PoolsDep) -> PoolStatsOut:
     stats = pools.stats(pool)
     record = stats.pool
@@ -55,19 +55,21 @@ def pool_stats(pool: str, pools: PoolsDep) -> PoolStatsOut:
         labels=stats.labels, domains=stats.domains, adapter=stats.adapter,
         versions=[
             VersionOut(version=v.version, state=v.state, size=v.size, index=v.index, source=v.source,
-                       created_at=v.created_at, current=v.version == record.current_version)
+                       created_at=v.created_at, current=v.version == record.current_version,
+                       index_stats=v.stats.get("index"))
             for v in stats.versions
         ],
     )
 
 
-@router.delete("/{pool}", status_code=204, summary="Delete a pool and all its versions")
+@router.delete("/{pool}", status_code=204, summary="Delete a pool and all its versions", dependencies=[ADMIN])
 def delete_pool(pool: str, pools: PoolsDep) -> Response:
     pools.delete(pool)
     return Response(status_code=204)
 
 
-@router.post("/{pool}/items", status_code=201, summary="Add or replace items; writes a new version")
+@router.post("/{pool}/items", status_code=201, summary="Add or replace items; writes a new version",
+             dependencies=[ADMIN])
 def add_items(pool: str, body: ItemsIn, pools: PoolsDep, settings: SettingsDep) -> ItemsAdded:
     if len(body.items) > settings.max_items_per_request:
         raise InvalidRequest(
@@ -82,6 +84,7 @@ def add_items(pool: str, body: ItemsIn, pools: PoolsDep, settings: SettingsDep) 
     return ItemsAdded(pool=pool, version=version, added=len(items), size=pools.stats(pool).size)
 
 
-@router.post("/{pool}/versions/{version}/activate", summary="Make a version current (rollback or roll forward)")
+@router.post("/{pool}/versions/{version}/activate", summary="Make a version current (rollback or roll forward)",
+             dependencies=[ADMIN])
 def activate(pool: str, version: int, pools: PoolsDep) -> PoolOut:
     return _pool_out(pools, pools.activate(pool, version))

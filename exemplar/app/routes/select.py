@@ -13,7 +13,7 @@ from exemplar.app.schemas.select import (
     SelectRequest,
     SelectResponse,
 )
-from exemplar.app.services import SelectionDep
+from exemplar.app.services import QUERY, ObsDep, SelectionDep
 from exemplar.retrieval import Demonstration, Query, SelectionOptions, SelectionResult
 
 router = APIRouter(prefix="/v1/pools", tags=["select"], responses={
@@ -47,16 +47,21 @@ def _response(result: SelectionResult, started: float) -> SelectResponse:
     )
 
 
-@router.post("/{pool}/select", summary="Select demonstrations for one query")
-def select(pool: str, body: SelectRequest, selection: SelectionDep) -> SelectResponse:
+@router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY])
+def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep) -> SelectResponse:
     started = time.perf_counter()
     result = selection.select(pool, to_query(body.query), body.strategy, _options(body))
-    return _response(result, started)
+    response = _response(result, started)
+    obs.observe_selection(result.pool, result.strategy, response.timing_ms, (d.label for d in result.demonstrations))
+    return response
 
 
-@router.post("/{pool}/select/batch", summary="Select demonstrations for many queries")
-def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep) -> BatchSelectResponse:
+@router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY])
+def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep, obs: ObsDep) -> BatchSelectResponse:
     started = time.perf_counter()
     results = selection.select_batch(pool, [to_query(q) for q in body.queries], body.strategy, _options(body),
                                      shared=body.shared)
-    return BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])
+    response = BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])
+    for result, out in zip(results, response.results):
+        obs.observe_selection(result.pool, result.strategy, out.timing_ms, (d.label for d in result.demonstrations))
+    return response

@@ -31,6 +31,7 @@ class VersionOut(BaseModel):
     source: str
     created_at: float
     current: bool
+    index_stats: dict[str, Any] | None = Field(None, description="Index chosen, tuned parameters, measured recall@k.")
 
 
 class PoolOut(BaseModel):

@@ -13,6 +13,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@router.get("/v1/info", summary="Version, and whether API keys are required (no secrets)")
+def info(services: ServicesDep) -> dict[str, object]:
+    import exemplar
+
+    return {"name": "exemplar", "version": exemplar.__version__, "auth_required": services.auth.enabled}
+
+
 @router.get("/readyz", summary="Pools are loaded and requests can be served")
 def readyz(services: ServicesDep) -> JSONResponse:
     if not services.ready:

@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from common import write_json
+
 import numpy as np
 
 from exemplar.encoders.cci import CCIConfig, train_cci
@@ -39,9 +41,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['items']} | {r['dim']} | {r['seconds']} | {r['epochs_run']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.out, rows)
 
 
 if __name__ == "__main__":

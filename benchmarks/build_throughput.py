@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -129,9 +131,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in results["index"]:
         print(f"| {r['factory']} | {r['build_s']} | {r['vectors_per_s']} | {r['recall_at_10']} | {r['params']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

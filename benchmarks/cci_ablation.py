@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from common import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from exemplar.app.adapters import CCITrainer  # noqa: E402
@@ -57,9 +59,7 @@ def main() -> None:
         m, d = r["invariant_precision"], r["difference_vs_topk"]
         print(f"| {r['pool']} | {r['variant']} | {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}] | "
               f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.out, rows)
     pools.close()
 
 

@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from common import write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
@@ -83,9 +85,7 @@ def main() -> None:
     else:
         print("faiss has no GPU support here (install faiss-gpu-cu12: pip install '.[gpu]')")
     print(json.dumps(report, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     failed = [k for k, v in {**report["encoders"], **report["index"]}.items() if not v["ok"]]
     raise SystemExit(1 if failed else 0)
 

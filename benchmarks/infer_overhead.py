@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,13 +25,9 @@ from pathlib import Path
 
 import httpx
 
+from common import free_port, percentile, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], ready: str, log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -46,11 +41,6 @@ def start(args: list[str], ready: str, log: Path, env: dict[str, str]) -> subpro
             time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"{args} did not start; see {log}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def main() -> None:
@@ -104,9 +94,7 @@ def main() -> None:
     print(f"| Exemplar overhead (total - model) | {o['p50']} | {o['p95']} | {o['mean']} |")
     print(f"| model endpoint round trip (scripted, instant) | {report['model_roundtrip_per_round_ms']['p50']} | | |")
     print(f"\nwhole request ({args.rounds} rounds), client side: p50 {report['client_total_ms']['p50']} ms")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

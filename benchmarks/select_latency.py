@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,16 +23,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+from common import free_port, percentile, wait_ready, write_json
 
 
 def main() -> None:
@@ -52,15 +42,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     results = {}
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("server did not start; see " + str(data / "server.log"))
+        wait_ready(f"{base}/readyz")
         with httpx.Client(base_url=base, timeout=10) as client:
             ids = [f"site-{s}-{c}-{n:04d}" for s in "abc" for c in ("circle", "square", "triangle", "cross") for n in range(12)]
             cases = (
@@ -105,9 +87,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for label, r in results.items():
         print(f"| {label} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['server_p50_ms']} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["clustered_vectors", "oracle_balanced", "oracle_topk", "png_bytes", "png_b64"]
+__all__ = ["clustered_vectors", "oracle_balanced", "oracle_topk", "png_b64", "png_bytes", "wait_job"]
 
 
 def clustered_vectors(*, n: int, dim: int, n_labels: int, n_domains: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -66,3 +66,16 @@ def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int]
 
 def png_b64(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (24, 24)) -> str:
     return base64.b64encode(png_bytes(color, size)).decode()
+
+
+def wait_job(client, job_id: str, timeout_s: float = 60) -> dict:  # noqa: ANN001 - a TestClient or httpx.Client
+    """Poll ``GET /v1/jobs/{id}`` until the job ends (bounded in time)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish within {timeout_s} s")

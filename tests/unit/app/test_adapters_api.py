@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
 
 from exemplar.app import Settings, create_app
 from exemplar.samples import domain_dominant_embeddings
-
-
-def wait_job(client: TestClient, job_id: str, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
+from tests.helpers import wait_job
 
 
 @pytest.fixture

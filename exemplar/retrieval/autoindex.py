@@ -62,18 +62,25 @@ def _search_params(index: faiss.Index) -> tuple[str, list[int]] | None:
     return None
 
 
-def measure_recall(index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[float, float]:
-    """``(recall@k, mean ms per query)`` of ``index`` against exact search over ``vectors``."""
+def measure_recall(index: VectorIndex, vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[float, float]:
+    """``(recall@k, mean ms per query)`` of ``index`` against exact search over ``vectors``, for the
+    stored vectors ``rows`` used as queries with themselves left out of both answers: the neighbours
+    a new query near those items would have, not the trivial match with itself."""
+    queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    _, I_ref = exact.search(queries, k)
+    _, I_ref = exact.search(queries, k + 1)
     started = time.perf_counter()
     for q in queries:  # one at a time, as the hot path asks
-        index.index.search(q[None, :], k)
+        index.index.search(q[None, :], k + 1)
     per_query = (time.perf_counter() - started) * 1000 / len(queries)
-    _, I = index.index.search(queries, k)
-    hits = sum(len(set(a[a >= 0]) & set(b)) for a, b in zip(I, I_ref))
-    return hits / (len(queries) * k), per_query
+    _, I = index.index.search(queries, k + 1)
+    hits = 0
+    for row, found, truth in zip(rows, I, I_ref):
+        want = [t for t in truth if t != row][:k]
+        got = [f for f in found if f >= 0 and f != row][:k]
+        hits += len(set(got) & set(want))
+    return hits / (len(rows) * k), per_query
 
 
 def tune(index: VectorIndex, vectors: np.ndarray, policy: AutoIndexPolicy = AutoIndexPolicy()) -> dict[str, Any]:
@@ -84,20 +91,18 @@ def tune(index: VectorIndex, vectors: np.ndarray, policy: AutoIndexPolicy = Auto
     if n == 0:
         return {"factory": index.factory, "recall_at_k": None, "k": k, "params": {}}
     rng = np.random.default_rng(policy.seed)
-    sample = rng.choice(n, size=min(policy.sample_queries, n), replace=False)
-    # Held out from nothing but perturbed: queries near, not at, stored vectors, as real queries are.
-    queries = vectors[sample] + rng.normal(scale=0.05 / math.sqrt(vectors.shape[1]), size=(len(sample), vectors.shape[1]))
-    queries = np.ascontiguousarray(queries / np.linalg.norm(queries, axis=1, keepdims=True), dtype=np.float32)
+    sample = np.sort(rng.choice(n, size=min(policy.sample_queries, n), replace=False))
+    k = max(1, min(k, n - 1))
     knob = _search_params(index.index)
     params: dict[str, int] = {}
     if knob is None:
-        recall, latency = measure_recall(index, vectors, queries, k)
+        recall, latency = measure_recall(index, vectors, sample, k)
     else:
         name, values = knob
         best = None
         for value in values:
             _set(index.index, name, value)
-            recall, latency = measure_recall(index, vectors, queries, k)
+            recall, latency = measure_recall(index, vectors, sample, k)
             if latency > policy.latency_budget_ms and best is not None:
                 break
             best = (value, recall, latency)
@@ -109,7 +114,7 @@ def tune(index: VectorIndex, vectors: np.ndarray, policy: AutoIndexPolicy = Auto
         params[name] = value
     index.params = params
     return {"factory": index.factory, "k": k, "recall_at_k": round(recall, 4), "latency_ms": round(latency, 4),
-            "queries": len(queries), "params": params, "target_recall": policy.target_recall}
+            "queries": len(sample), "params": params, "target_recall": policy.target_recall}
 
 
 def apply_params(index: faiss.Index, params: dict[str, int]) -> None:

@@ -7,7 +7,6 @@ domain-dominant embeddings, with the default parameters. Figures only.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -12,7 +12,6 @@ encodes the previous batch.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tempfile

@@ -8,7 +8,6 @@ domain-dominant precomputed embeddings). Figures only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path

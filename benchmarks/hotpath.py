@@ -28,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # faiss/torch OpenMP threads in this process must not spin on the cores the server is measured on.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import free_port, wait_ready, write_json  # noqa: E402
@@ -156,8 +155,9 @@ def main() -> None:
     from exemplar.retrieval.catalog import ItemRow
 
     root = Path(tempfile.mkdtemp(prefix="exemplar-hotpath-"))
-    V, labels = clustered(args.items, args.dim, args.classes, seed=0)
-    Q, _ = clustered(args.queries, args.dim, args.classes, seed=1)  # held out: never in the pool
+    # One mixture: the pool and, held out from it, the queries (never in the pool).
+    V, labels = clustered(args.items + args.queries, args.dim, args.classes, seed=0)
+    Q, V, labels = V[args.items :].copy(), V[: args.items], labels[: args.items]
     report: dict = {"items": args.items, "dim": args.dim, "classes": args.classes, "k": args.k, "cpus": os.cpu_count()}
 
     pools = PoolService(root / "data", EncoderRegistry())

@@ -10,7 +10,6 @@ prints a markdown table. Figures only; nothing here passes or fails on time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal

@@ -89,10 +89,9 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
             "on 127.0.0.1."
         )
     _configure_logging(settings.log_level, settings.log_format)
-    if settings.search_threads:
-        import faiss
+    from exemplar.retrieval.index import set_search_threads
 
-        faiss.omp_set_num_threads(settings.search_threads)
+    set_search_threads(settings.search_threads)
     app = create_app(settings, on_ready=(lambda: click.echo(on_ready)) if on_ready else None)
     # uvicorn's own access log is replaced by Exemplar's (route, status, ms, request id, key).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -12,7 +12,7 @@ import numpy as np
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.files import write_bytes_atomic
 
-__all__ = ["DEFAULT_INDEX", "VectorIndex", "gpu_available", "normalize"]
+__all__ = ["DEFAULT_INDEX", "VectorIndex", "gpu_available", "normalize", "set_search_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,17 @@ EXACT_SUBSET_ROWS = 50_000
 # faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
 # are the common case here and are several times faster through BLAS.
 faiss.cvar.distance_compute_blas_threshold = 16
+
+
+_search_threads = 0
+
+
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads per search (0: faiss's default). OpenMP keeps this per calling thread, so each
+    search sets it in the thread that runs it: a server's request threads would otherwise each start
+    a team of one thread per core and oversubscribe them."""
+    global _search_threads
+    _search_threads = max(0, int(threads))
 
 
 def gpu_available() -> bool:
@@ -110,6 +121,8 @@ class VectorIndex:
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal))
+        if _search_threads:
+            faiss.omp_set_num_threads(_search_threads)
         if self.ntotal == 0:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
         if allowed is None:

@@ -1,8 +1,9 @@
-"""The one error envelope, ``{"error": {"type", "message", "param"}}``, and where statuses are decided."""
+"""The one error envelope, ``{"error": {"type", "message", "param"}}``, and where statuses are decided.
+
+Unexpected exceptions become the 500 envelope in ``RequestIdMiddleware``, where the request id is known."""
 
 from __future__ import annotations
 
-import logging
 import math
 
 from fastapi import FastAPI, Request
@@ -25,8 +26,6 @@ from exemplar.errors import (
 )
 
 __all__ = ["ErrorBody", "ErrorEnvelope", "STATUS", "error_response", "install_error_handlers"]
-
-log = logging.getLogger(__name__)
 
 # Most specific first: the first class an error is an instance of decides its status.
 STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
@@ -107,13 +106,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, type_, message)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("internal error handling %s %s (request id %s)", request.method, request.url.path, request_id())
-    return error_response(500, "internal_error", f"internal error (request id {request_id()})")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ExemplarError, _exemplar_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)

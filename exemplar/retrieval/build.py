@@ -24,7 +24,7 @@ import numpy as np
 from exemplar.errors import Conflict, InvalidRequest
 from exemplar.retrieval.catalog import ItemRow
 from exemplar.retrieval.files import write_bytes_atomic
-from exemplar.retrieval.items import ItemError, NewItem, embed_items, encode_prepared, media_name, prepare_items, validate_item_fields
+from exemplar.retrieval.items import ItemError, NewItem, embed_items, encode_prepared, prepare_items, validate_item_fields
 from exemplar.retrieval.jobs import JobCancelled, JobContext, JobRecord, JobService
 from exemplar.retrieval.pools import PoolService, item_row
 from exemplar.retrieval.ports import Encoder
@@ -198,7 +198,6 @@ class BuildRunner:
         resumed = 0
         stage = None
         encoded_now = 0
-        media = self.pools.files.media_dir(pool.id)
 
         def report(force: bool = False, shards: int = 0) -> None:
             elapsed = max(time.monotonic() - started, 1e-9)
@@ -251,13 +250,7 @@ class BuildRunner:
                     shard_errors.append(RowError(lines[err.index], err.item_id, err.message))
                     seen.discard(items[err.index].id)
                 for i in kept:
-                    item = items[i]
-                    if item.image_bytes is not None:  # images carried in the source (Parquet, WebDataset)
-                        item.image = media_name(item.image_bytes)
-                        item.media_root = None
-                        target = media / item.image
-                        if not target.exists():
-                            write_bytes_atomic(target, item.image_bytes)
+                    self.pools.store_media(pool, items[i])
                 shard_rows = [item_row(items[i]) for i in kept]
                 shard_errors.sort(key=lambda e: e.line)
                 np.save(vectors_path, vectors, allow_pickle=False)

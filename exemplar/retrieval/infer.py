@@ -95,7 +95,9 @@ class InferService:
         if query.embedding is not None:
             raise InvalidRequest("infer shows the query to the model: give 'image', 'text' or 'item_id', not an embedding",
                                  param="query.embedding")
-        options_for = lambda r: dataclasses.replace(select, k=options.window, offset=select.offset + r * options.window)  # noqa: E731
+        def options_for(r: int) -> SelectionOptions:
+            return dataclasses.replace(select, k=options.window, offset=select.offset + r * options.window)
+
         prepared = self.selection.prepare(pool, [query], strategy, options_for(0), param_prefix="query")
         snap = prepared.snap
         images = _ImageSource(snap, client.config)

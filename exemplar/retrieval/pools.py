@@ -158,15 +158,21 @@ class PoolService:
         vectors, kept, errors = embed_items(encoder, pool.embed, items, precomputed=pool.encoder.startswith("precomputed:"))
         if errors:
             raise errors[0].to_exception(f"items[{errors[0].index}]")
-        media = self.files.media_dir(pool.id)
         for item in items:
-            if item.image_bytes is not None:
-                item.image = media_name(item.image_bytes)
-                target = media / item.image
-                if not target.exists():
-                    write_bytes_atomic(target, item.image_bytes)
+            self.store_media(pool, item)
         rows = [item_row(item) for item in items]
         return self.write(pool, rows, vectors, source="api", replace_all=False)
+
+    def store_media(self, pool: PoolRecord, item: NewItem) -> None:
+        """Keep image bytes that came with an item (uploads, Parquet, WebDataset) in the pool's media
+        folder, content-addressed, and point the item at them."""
+        if item.image_bytes is None:
+            return
+        item.image = media_name(item.image_bytes)
+        item.media_root = None
+        target = self.files.media_dir(pool.id) / item.image
+        if not target.exists():
+            write_bytes_atomic(target, item.image_bytes)
 
     def write(self, pool: PoolRecord, rows: Sequence[ItemRow], vectors: Any, *, source: str, replace_all: bool,
               index_spec: str | None = None) -> int:

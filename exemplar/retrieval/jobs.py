@@ -169,23 +169,29 @@ class JobService:
         with self._lock:
             return job_id in self._cancel
 
-    def _write(self, job_id: str, **fields: Any) -> None:
+    @staticmethod
+    def _assignments(fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
         sets, args = [], []
         for name, value in fields.items():
             sets.append(f"{name} = ?")
             args.append(json.dumps(value) if name in ("progress", "result", "errors") else value)
+        return sets, args
+
+    def _write(self, job_id: str, **fields: Any) -> None:
+        sets, args = self._assignments(fields)
         with self.catalog.transaction() as conn:
             conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
 
     def _finish(self, job_id: str, state: str, *, only_from: tuple[str, ...] = ("queued", "running"), **fields: Any) -> bool:
+        # State and result land in one statement: a poller that sees "succeeded" must also see the result.
+        sets, args = self._assignments(fields)
+        placeholders = ",".join("?" * len(only_from))
         with self.catalog.transaction() as conn:
-            placeholders = ",".join("?" * len(only_from))
             updated = conn.execute(
-                f"UPDATE jobs SET state = ?, finished_at = ?, pid = NULL WHERE id = ? AND state IN ({placeholders})",
-                (state, time.time(), job_id, *only_from),
+                f"UPDATE jobs SET {', '.join(['state = ?', 'finished_at = ?', 'pid = NULL', *sets])} "
+                f"WHERE id = ? AND state IN ({placeholders})",
+                (state, time.time(), *args, job_id, *only_from),
             ).rowcount
-        if updated and fields:
-            self._write(job_id, **fields)
         return bool(updated)
 
     def _run(self, job_id: str, work: Work) -> None:

@@ -14,6 +14,7 @@ import exemplar
 from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from exemplar.app.observability import AccessMiddleware
+from exemplar.app.openapi import install_openapi
 from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, pools, select
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
@@ -67,4 +68,5 @@ def create_app(
     app.include_router(infer.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
+    install_openapi(app)
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from exemplar.errors import Conflict
+from exemplar.retrieval.class_index import ClassIndexes
 from exemplar.retrieval.files import publish_dir
 from exemplar.retrieval.index import VectorIndex
 
@@ -99,6 +101,16 @@ class AdapterView:
     vectors: np.ndarray
     index: VectorIndex
     info: dict[str, Any]
+    _classes: list[ClassIndexes] = dataclasses.field(default_factory=list, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def class_indexes(self, label_codes: np.ndarray, n_labels: int) -> ClassIndexes:
+        """Exact per-label indexes in the adapter's space, built on first use (a view belongs to one
+        version, so its labels never change)."""
+        with self._lock:
+            if not self._classes:
+                self._classes.append(ClassIndexes.build(self.vectors, label_codes, n_labels, approximate=False))
+            return self._classes[0]
 
 
 def adapter_dir(version_dir: Path, adapter_id: int) -> Path:

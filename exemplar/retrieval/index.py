@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -59,7 +60,7 @@ class VectorIndex:
         # Filtered searches (IDSelector) are a CPU feature in faiss; the CPU index stays for them.
         self._cpu_index = index
         # The raw vectors (row i = id i), for exact search over a filtered subset of an ANN index.
-        self.vectors: np.ndarray | None = None
+        self.vectors: Any = None  # an array, or anything that gathers rows with [rows]
         self._gpu_lock = threading.Lock()
 
     @property
@@ -67,8 +68,10 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_INDEX) -> "VectorIndex":
-        """Build the faiss index described by ``factory`` over ``vectors``."""
+    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_INDEX, *, max_train_points: int | None = None,
+              seed: int = 0) -> "VectorIndex":
+        """Build the faiss index described by ``factory`` over ``vectors`` (trained on a seeded
+        sample of at most ``max_train_points`` of them when given)."""
         n, dim = vectors.shape
         resolved = factory
         try:
@@ -78,7 +81,11 @@ class VectorIndex:
         data = np.ascontiguousarray(vectors, dtype=np.float32)
         if not index.is_trained:
             try:
-                index.train(data)
+                train = data
+                if max_train_points is not None and n > max_train_points:
+                    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train_points, replace=False))
+                    train = data[rows]
+                index.train(train)
             except RuntimeError as exc:
                 raise InvalidRequest(
                     f"index {resolved!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
@@ -127,7 +134,10 @@ class VectorIndex:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
         if allowed is None:
             return self.index.search(q, k)
-        if not self.exact and self.vectors is not None and int(allowed.sum()) <= EXACT_SUBSET_ROWS:
+        count = int(allowed.sum())
+        # A small subset is searched exactly; a filter that keeps most rows (say, a few exclusions)
+        # leaves the inverted lists or graph near the query well populated, so the index serves it.
+        if not self.exact and self.vectors is not None and count <= min(EXACT_SUBSET_ROWS, self.ntotal // 2):
             return self._exact_subset(q, k, allowed)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
@@ -135,7 +145,7 @@ class VectorIndex:
         if not self.exact and self.vectors is not None:
             # A graph or an inverted list explored near the query can miss a filtered subset that lies
             # far from it; those queries are answered exactly over the subset instead.
-            need = min(k, int(allowed.sum()))
+            need = min(k, count)
             short = np.flatnonzero((I >= 0).sum(axis=1) < need)
             if len(short):
                 D[short], I[short] = self._exact_subset(q[short], k, allowed)

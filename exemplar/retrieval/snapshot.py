@@ -14,12 +14,13 @@ import numpy as np
 from exemplar.errors import Conflict
 from exemplar.retrieval.adapters import AdapterView
 from exemplar.retrieval.catalog import ItemRow
+from exemplar.retrieval.class_index import ClassIndexes
 from exemplar.retrieval.index import VectorIndex
 
-__all__ = ["Snapshot"]
+__all__ = ["Snapshot", "label_codes_of"]
 
 
-def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str, ...]]:
+def label_codes_of(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str, ...]]:
     """Integer codes for string values (``-1`` for missing), names sorted for stable codes."""
     names = tuple(sorted({v for v in values if v is not None}))
     lookup = {name: i for i, name in enumerate(names)}
@@ -48,14 +49,16 @@ class Snapshot:
     revision: int = 0
     adapter: AdapterView | None = None
     media_dir: Path | None = None  # where images uploaded through the API live
+    classes: ClassIndexes | None = None  # per-label indexes over ``vectors`` (balanced)
 
     @classmethod
     def from_rows(
         cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow],
         revision: int = 0, adapter: AdapterView | None = None, media_dir: Path | None = None,
+        classes: ClassIndexes | None = None,
     ) -> "Snapshot":
-        label_codes, labels = _codes([r.label for r in rows])
-        domain_codes, domains = _codes([r.domain for r in rows])
+        label_codes, labels = label_codes_of([r.label for r in rows])
+        domain_codes, domains = label_codes_of([r.domain for r in rows])
         return cls(
             pool=pool,
             version=version,
@@ -76,6 +79,7 @@ class Snapshot:
             revision=revision,
             adapter=adapter,
             media_dir=media_dir,
+            classes=classes,
         )
 
     def image_root(self, row: int) -> Path | None:
@@ -86,7 +90,14 @@ class Snapshot:
         """The same items with the adapter's vectors and index (the caller checks there is one)."""
         if self.adapter is None:
             raise Conflict(f"version {self.version} of pool {self.pool!r} has no adapter")
-        return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index)
+        return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index,
+                                   classes=self.adapter.class_indexes(self.label_codes, len(self.labels)))
+
+    def class_indexes(self) -> ClassIndexes:
+        """The per-label indexes (built exactly on the spot for a snapshot made without them)."""
+        if self.classes is not None:
+            return self.classes
+        return ClassIndexes.build(np.asarray(self.vectors), self.label_codes, len(self.labels), approximate=False)
 
     @property
     def size(self) -> int:

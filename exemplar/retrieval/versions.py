@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -14,15 +15,17 @@ import numpy as np
 from exemplar.retrieval.adapters import load_adapter_view
 from exemplar.retrieval.autoindex import AutoIndexPolicy, build_index
 from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
+from exemplar.retrieval.class_index import ClassIndexes
 from exemplar.retrieval.files import publish_dir
 from exemplar.retrieval.index import VectorIndex
-from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.snapshot import Snapshot, label_codes_of
 
 __all__ = ["VersionFiles", "load_snapshot", "write_version"]
 
 VECTORS = "vectors.npy"
 UIDS = "uids.npy"
 INDEX = "index.faiss"
+CLASSES = "classes"
 
 
 class VersionFiles:
@@ -96,6 +99,11 @@ def write_version(
         np.save(staging / VECTORS, vectors, allow_pickle=False)
         np.save(staging / UIDS, uids, allow_pickle=False)
         index.save(staging / INDEX)
+        label_codes, label_names = label_codes_of(labels)
+        classes = ClassIndexes.build(vectors, label_codes, len(label_names), approximate=not index.exact,
+                                     policy=index_policy)
+        classes.save(staging / CLASSES, label_names)
+        index_stats = {**index_stats, "classes": classes.stats}
         (staging / "version.json").write_text(
             json.dumps({"version": version, "size": len(uids), "dim": pool.dim, "index": index.factory,
                         "index_params": index.params, "encoder": pool.encoder, "created_at": time.time()})
@@ -129,7 +137,11 @@ def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, versi
     rows = catalog.item_rows(pool.id, uids.tolist())
     record = catalog.adapter(pool.id, version)
     adapter = load_adapter_view(folder, record.id) if record is not None else None
-    return Snapshot.from_rows(
+    snap = Snapshot.from_rows(
         pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, rows=rows,
         revision=pool.revision, adapter=adapter, media_dir=files.media_dir(pool.id),
     )
+    classes = ClassIndexes.load(folder / CLASSES, vectors, snap.labels)
+    if classes is None:  # a version written before per-class indexes existed
+        classes = ClassIndexes.build(vectors, snap.label_codes, len(snap.labels), approximate=not index.exact)
+    return dataclasses.replace(snap, classes=classes)

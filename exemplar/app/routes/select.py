@@ -3,6 +3,8 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.select import (
@@ -19,6 +21,12 @@ from exemplar.retrieval import Demonstration, Query, SelectionOptions, Selection
 router = APIRouter(prefix="/v1/pools", tags=["select"], responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
 })
+
+
+def model_response(model: BaseModel) -> Response:
+    """The hot path's response: pydantic-core writes the JSON once, without FastAPI validating the
+    model it was just built from again (the schema stays declared through ``response_model``)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
 
 
 def to_query(q: QueryIn) -> Query:
@@ -47,21 +55,23 @@ def _response(result: SelectionResult, started: float) -> SelectResponse:
     )
 
 
-@router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY])
-def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep) -> SelectResponse:
+@router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY],
+             response_model=SelectResponse)
+def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
     started = time.perf_counter()
     result = selection.select(pool, to_query(body.query), body.strategy, _options(body))
     response = _response(result, started)
     obs.observe_selection(result.pool, result.strategy, response.timing_ms, (d.label for d in result.demonstrations))
-    return response
+    return model_response(response)
 
 
-@router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY])
-def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep, obs: ObsDep) -> BatchSelectResponse:
+@router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY],
+             response_model=BatchSelectResponse)
+def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
     started = time.perf_counter()
     results = selection.select_batch(pool, [to_query(q) for q in body.queries], body.strategy, _options(body),
                                      shared=body.shared)
     response = BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])
     for result, out in zip(results, response.results):
         obs.observe_selection(result.pool, result.strategy, out.timing_ms, (d.label for d in result.demonstrations))
-    return response
+    return model_response(response)

@@ -1,6 +1,7 @@
 """``balanced``: nearest items per class with exact per-class quotas.
 
-The ranking is a round robin over the classes, ordered by each class's best similarity to the query:
+Each class is searched in its own index (``ClassIndexes``), so the cost is about one scan of the
+pool, not one filtered scan per class. The ranking is a round robin over the classes, ordered by each class's best similarity to the query:
 the best of every class, then the second best of every class, and so on; a class that runs out is
 skipped. A window of ``k`` therefore gives each of ``C`` classes ``k // C`` items and the ``k % C``
 classes most similar to the query one more; ``k_per_class = m`` is the window ``k = m * C``.
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from exemplar.errors import EmptyPool
+from exemplar.retrieval.class_index import round_robin
 from exemplar.retrieval.snapshot import Snapshot
 from exemplar.retrieval.strategies.base import Pick, SelectionOptions, register_strategy
 from exemplar.retrieval.strategies.topk import ranked_hits
@@ -25,28 +27,6 @@ def window_size(options: SelectionOptions, n_classes: int) -> int:
         return options.k_per_class * n_classes
     assert options.k is not None
     return options.k
-
-
-def round_robin(per_class: list[list[tuple[int, float]]], stop: int) -> list[tuple[int, float]]:
-    """Interleave per-class hit lists (each in score order), classes by their best score."""
-    order = sorted(
-        (c for c in range(len(per_class)) if per_class[c]),
-        key=lambda c: -per_class[c][0][1],
-    )
-    out: list[tuple[int, float]] = []
-    depth = 0
-    while len(out) < stop:
-        emitted = False
-        for c in order:
-            if depth < len(per_class[c]):
-                out.append(per_class[c][depth])
-                emitted = True
-                if len(out) == stop:
-                    break
-        if not emitted:
-            break
-        depth += 1
-    return out
 
 
 class Balanced:
@@ -62,19 +42,22 @@ class Balanced:
         options: SelectionOptions,
     ) -> list[list[Pick]]:
         assert queries is not None
-        labelled = snap.label_codes >= 0
-        mask = labelled if allowed is None else (allowed & labelled)
-        classes = np.unique(snap.label_codes[mask])
-        if not len(classes):
+        classes = snap.class_indexes()
+        # One search per class in that class's own index; a filter becomes a mask over its rows.
+        searched: list[tuple[int, np.ndarray | None, int]] = []
+        for code, rows in enumerate(classes.rows):
+            local = None if allowed is None else allowed[rows]
+            count = len(rows) if local is None else int(local.sum())
+            if count:
+                searched.append((code, local, count))
+        if not searched:
             raise EmptyPool(f"pool {snap.pool!r} has no labelled items to balance over", param="strategy")
-        k = window_size(options, len(classes))
+        k = window_size(options, len(searched))
         stop = options.offset + k
         has_self = any(r is not None for r in self_rows)
         per_query: list[list[list[tuple[int, float]]]] = [[] for _ in self_rows]
-        for code in classes:
-            class_mask = mask & (snap.label_codes == code)
-            depth = min(int(class_mask.sum()), stop + (1 if has_self else 0))
-            D, I = snap.index.search(queries, depth, class_mask)
+        for code, local, count in searched:
+            D, I = classes.search(code, queries, min(count, stop + (1 if has_self else 0)), local)
             for q, skip in enumerate(self_rows):
                 per_query[q].append(ranked_hits(D[q], I[q], skip)[:stop])
         out = []

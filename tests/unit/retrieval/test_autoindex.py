@@ -12,7 +12,9 @@ from tests.helpers import clustered_vectors
 
 @pytest.mark.parametrize(("n", "dim", "budget", "expected"), [
     (1_000, 512, 8 * 1024**3, "Flat"),
-    (99_999, 512, 8 * 1024**3, "Flat"),
+    (16_384, 512, 8 * 1024**3, "Flat"),
+    (16_385, 512, 8 * 1024**3, "HNSW32"),
+    (99_999, 64, 8 * 1024**3, "Flat"),
     (150_000, 512, 8 * 1024**3, "HNSW32"),
     (2_000_000, 512, 8 * 1024**3, "IVF4096,Flat"),
     (100_000_000, 512, 8 * 1024**3, "IVF32768,PQ64"),
@@ -25,7 +27,7 @@ def test_choice_by_size_and_memory(n: int, dim: int, budget: int, expected: str)
 
 def test_tuning_reaches_the_recall_target_and_records_it() -> None:
     V, _, _ = clustered_vectors(n=20_000, dim=32, n_labels=100, n_domains=3, seed=1)
-    policy = AutoIndexPolicy(exact_below=1_000, hnsw_below=1_000, target_recall=0.9)
+    policy = AutoIndexPolicy(exact_max_bytes=1_000 * 32 * 4, hnsw_below=1_000, target_recall=0.9)
     index, stats = build_index(V, "auto", policy)
     assert stats["factory"].startswith("IVF") and stats["requested"] == "auto"
     assert stats["recall_at_k"] >= 0.9 and stats["params"]["nprobe"] >= 1

@@ -134,7 +134,7 @@ def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders,
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(20))
     folder = pools.files.version_dir(pools.get("p").id, 1)
-    assert sorted(p.name for p in folder.iterdir()) == ["index.faiss", "uids.npy", "vectors.npy", "version.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["classes", "index.faiss", "uids.npy", "vectors.npy", "version.json"]
     assert not list(folder.parent.glob(".staging-*"))
     reopened = PoolService(pools.data_dir, encoders)
     try:

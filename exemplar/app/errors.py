@@ -4,6 +4,7 @@ Unexpected exceptions become the 500 envelope in ``RequestIdMiddleware``, where 
 
 from __future__ import annotations
 
+import json
 import math
 
 from fastapi import FastAPI, Request
@@ -54,10 +55,18 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+class EnvelopeResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error message may quote client input, and input can hold
+    text (lone surrogates) that has no UTF-8 form."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, type_: str, message: str, param: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorEnvelope(error=ErrorBody(type=type_, message=message, param=param))
-    return JSONResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id(), **(headers or {})})
+    return EnvelopeResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id(), **(headers or {})})
 
 
 def status_of(exc: ExemplarError) -> int:

@@ -59,7 +59,7 @@ def build_services(settings: Settings) -> Services:
     encoders = EncoderRegistry(
         device=settings.device, batch_size=settings.encode_batch_size, max_pixels=settings.max_image_pixels
     )
-    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s,
+    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s, keep_versions=settings.keep_versions,
                         index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
     selection = SelectionService(
         pools, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_items_per_request: int = Field(1024, ge=1, description="Most items in one POST .../items call.")
     default_encoder: str = Field("open_clip:exemplar-tiny", description="Encoder for pools created without one.")
     refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")
+    keep_versions: int = Field(20, ge=0, description="Ready versions kept per pool besides the current one, for "
+                               "rollback (older ones are pruned after each write); 0 keeps all.")
     source_roots: list[Path] = Field(
         default_factory=list,
         description="Folders that builds requested over HTTP may read sources and media from (JSON list). "

@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from exemplar.errors import Conflict, NotFound
 
-__all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "VersionRecord", "pid_alive"]
+__all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "StaleBase", "VersionRecord", "pid_alive"]
 
 SCHEMA_VERSION = 1
 
@@ -271,14 +271,24 @@ class Catalog:
         index: str,
         stats: dict[str, Any],
         activate: bool,
+        based_on: int | None | Literal["any"] = "any",
     ) -> None:
-        """Record a fully written version's new items, mark it ready and optionally make it current."""
+        """Record a fully written version's new items, mark it ready and optionally make it current.
+
+        ``based_on``: the version this one was derived from; if another writer (any process) made a
+        different version current meanwhile, nothing is recorded and ``StaleBase`` is raised, so the
+        writer can redo its change on the new current version instead of silently dropping that one.
+        """
         with self.transaction() as conn:
             state = conn.execute(
                 "SELECT state FROM versions WHERE pool_id = ? AND version = ?", (pool_id, version)
             ).fetchone()
             if state is None:
                 raise NotFound("pool was deleted while the version was written", param="pool")
+            if based_on != "any":
+                current = conn.execute("SELECT current_version FROM pools WHERE id = ?", (pool_id,)).fetchone()[0]
+                if current != based_on:
+                    raise StaleBase(f"version {based_on} is no longer current (now {current})", param="pool")
             conn.executemany(
                 "INSERT INTO items (pool_id, uid, item_id, label, text, image, media_root, domain, metadata) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",
@@ -314,6 +324,21 @@ class Catalog:
             if row[0] != "ready":
                 raise Conflict(f"version {version} is {row[0]}, only a ready version can be activated", param="version")
             conn.execute("UPDATE pools SET current_version = ?, revision = revision + 1 WHERE id = ?", (version, pool_id))
+
+    def prune_versions(self, pool_id: int, *, keep: int) -> list[int]:
+        """Mark all but the newest ``keep`` ready versions (and never the current one) ``pruned``;
+        returns them, for their files to be removed."""
+        with self.transaction() as conn:
+            current = conn.execute("SELECT current_version FROM pools WHERE id = ?", (pool_id,)).fetchone()
+            if current is None:
+                return []
+            ready = [r[0] for r in conn.execute(
+                "SELECT version FROM versions WHERE pool_id = ? AND state = 'ready' AND version IS NOT ? "
+                "ORDER BY version DESC", (pool_id, current[0]))]
+            pruned = ready[keep:]
+            conn.executemany("UPDATE versions SET state = 'pruned' WHERE pool_id = ? AND version = ?",
+                             [(pool_id, v) for v in pruned])
+        return pruned
 
     def abandon_dead_builds(self) -> list[tuple[int, int]]:
         """Mark ``building`` versions whose process is gone as failed; returns ``(pool_id, version)``."""
@@ -385,6 +410,12 @@ class Catalog:
         if len(out) != len(uids):
             raise RuntimeError(f"catalog holds {len(out)} of the {len(uids)} items of a version")
         return out
+
+
+class StaleBase(Conflict):
+    """A write derived from a version that another writer has replaced as current meanwhile."""
+
+    type = "conflict"
 
 
 def pid_alive(pid: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -74,13 +73,27 @@ def check_vector(values: Sequence[float] | np.ndarray, dim: int, *, param: str) 
         raise InvalidRequest(f"embedding has {vector.shape[0]} dimensions, the pool expects {dim}", param=param)
     if not np.all(np.isfinite(vector)):
         raise InvalidRequest("embedding contains NaN or infinite values", param=param)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0 or not math.isfinite(norm):
-        raise InvalidRequest("embedding has zero (or overflowing) length", param=param)
-    return (vector / norm).astype(np.float32)
+    peak = float(np.max(np.abs(vector))) if len(vector) else 0.0
+    if peak == 0.0:
+        raise InvalidRequest("embedding has zero length", param=param)
+    vector = vector / peak  # first to the unit cube: no overflow for huge values, no underflow for tiny ones
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def _check_unicode(value: str, param: str) -> None:
+    # JSON can carry lone surrogates (\ud800) that no UTF-8 store or response can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("text is not valid Unicode (a lone surrogate)", param=param) from None
 
 
 def validate_item_fields(item: NewItem, *, param: str) -> None:
+    for name in ("id", "label", "domain", "text", "image"):
+        value = getattr(item, name)
+        if isinstance(value, str):
+            _check_unicode(value, f"{param}.{name}")
+    _check_unicode(json.dumps(item.metadata, ensure_ascii=False), f"{param}.metadata")
     if not item.id or len(item.id) > MAX_ID_CHARS:
         raise InvalidRequest(f"item id must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.id")
     for name in ("label", "domain"):

@@ -15,9 +15,9 @@ from typing import Any
 
 import faiss
 
-from exemplar.errors import EmptyPool, InvalidRequest, choices
+from exemplar.errors import Conflict, EmptyPool, InvalidRequest, choices
 from exemplar.retrieval.autoindex import AutoIndexPolicy
-from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, VersionRecord
+from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, StaleBase, VersionRecord
 from exemplar.retrieval.files import write_bytes_atomic
 from exemplar.retrieval.index import AUTO, DEFAULT_INDEX
 from exemplar.retrieval.items import EMBED_MODES, NewItem, embed_items, media_name, validate_item_fields
@@ -29,6 +29,7 @@ __all__ = ["METRICS", "POOL_NAME", "PoolService", "PoolStats", "item_row"]
 
 log = logging.getLogger(__name__)
 
+WRITE_ATTEMPTS = 5
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 METRICS: tuple[str, ...] = ("ip",)
 
@@ -47,13 +48,14 @@ class PoolService:
     """The pool store. Writes are serialised per process; the catalog serialises processes."""
 
     def __init__(self, data_dir: Path, encoders: EncoderProvider, *, refresh_s: float = 1.0,
-                 index_policy: AutoIndexPolicy = AutoIndexPolicy()) -> None:
+                 index_policy: AutoIndexPolicy = AutoIndexPolicy(), keep_versions: int = 0) -> None:
         self.data_dir = data_dir
         self.index_policy = index_policy
         self.catalog = Catalog(data_dir / "catalog.sqlite3")
         self.files = VersionFiles(data_dir)
         self.encoders = encoders
         self.refresh_s = refresh_s
+        self.keep_versions = keep_versions
         self._write_lock = threading.Lock()
         self._load_lock = threading.Lock()
         # name -> (snapshot, when it was last checked against the catalog, pool id)
@@ -67,7 +69,8 @@ class PoolService:
         """Fail builds whose process died and remove version folders the catalog does not know."""
         for pool_id, version in self.catalog.abandon_dead_builds():
             log.warning("pool %s: version %s was left half-built by a dead process; marked failed", pool_id, version)
-        known = {p.id: {v.version for v in self.catalog.versions(p.id) if v.state != "failed"} for p in self.catalog.pools()}
+        known = {p.id: {v.version for v in self.catalog.versions(p.id) if v.state not in ("failed", "pruned")}
+                 for p in self.catalog.pools()}
         if not self.files.root.is_dir():
             return
         for pool_dir in self.files.root.iterdir():
@@ -176,15 +179,34 @@ class PoolService:
 
     def write(self, pool: PoolRecord, rows: Sequence[ItemRow], vectors: Any, *, source: str, replace_all: bool,
               index_spec: str | None = None) -> int:
-        with self._write_lock:
-            pool = self.catalog.pool(pool.name)
-            base = None if replace_all else self._current(pool.name, fresh=True)
-            version = write_version(
-                self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
-                source=source, index_spec=index_spec, index_policy=self.index_policy,
-            )
-            self._serving.pop(pool.name, None)
-        return version
+        """Write ``rows`` as a new current version: on top of the current one, or (``replace_all``)
+        alone. Another process may make a version current meanwhile; the addition is then redone on
+        top of that one, so neither writer's items go missing from the current version."""
+        for _ in range(WRITE_ATTEMPTS):
+            with self._write_lock:
+                pool = self.catalog.pool(pool.name)
+                base = None if replace_all else self._current(pool.name, fresh=True)
+                try:
+                    version = write_version(
+                        self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
+                        source=source, index_spec=index_spec, index_policy=self.index_policy, replace_all=replace_all,
+                    )
+                except StaleBase:
+                    log.info("pool %s: the current version changed during a write; writing again on top of it", pool.name)
+                    continue
+                finally:
+                    self._serving.pop(pool.name, None)
+                self._prune(pool.id)
+            return version
+        raise Conflict(f"pool {pool.name!r} kept changing while this write was made; retry it", param="pool")
+
+    def _prune(self, pool_id: int) -> None:
+        """Drop the files of ready versions beyond the newest ``keep_versions`` (never the current
+        one); their catalog rows stay, marked ``pruned``, so the history still reads true."""
+        if not self.keep_versions:
+            return
+        for version in self.catalog.prune_versions(pool_id, keep=self.keep_versions):
+            shutil.rmtree(self.files.version_dir(pool_id, version), ignore_errors=True)
 
     # serving -------------------------------------------------------------------------------------
 

@@ -75,6 +75,8 @@ def resolve_media(root: Path, reference: str) -> str:
     """Return ``reference`` normalised relative to ``root``, refusing anything that leaves it."""
     if not reference or "\x00" in reference:
         raise InvalidRequest("empty image path", param="image")
+    if "://" in reference:
+        raise InvalidRequest("image URLs are not fetched; give a path relative to the manifest", param="image")
     candidate = Path(reference)
     if candidate.is_absolute():
         raise InvalidRequest("absolute image paths are not allowed; give paths relative to the manifest", param="image")

@@ -67,6 +67,7 @@ def write_version(
     index_spec: str | None = None,
     index_policy: AutoIndexPolicy = AutoIndexPolicy(),
     activate: bool = True,
+    replace_all: bool = False,
 ) -> int:
     """Write ``base`` (minus the items that ``new_rows`` replace) plus ``new_rows`` as a new version.
 
@@ -117,6 +118,8 @@ def write_version(
             index=index.factory,
             stats={**_stats(labels, domains), "index": index_stats},
             activate=activate,
+            # A replacement stands on its own; an addition is only right on top of what it read.
+            based_on=(base.version if base is not None else pool.current_version) if activate and not replace_all else "any",
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

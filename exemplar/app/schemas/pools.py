@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
 from exemplar.app.schemas.common import Base64Image, StrictModel
 
@@ -25,7 +25,7 @@ class PoolCreate(StrictModel):
 
 class VersionOut(BaseModel):
     version: int
-    state: str = Field(description="'building', 'ready' or 'failed'.")
+    state: str = Field(description="'building', 'ready', 'failed' or 'pruned' (files removed under EXEMPLAR_KEEP_VERSIONS).")
     size: int
     index: str
     source: str
@@ -63,7 +63,7 @@ class ItemIn(StrictModel):
     text: str | None = None
     domain: str | None = None
     image: Base64Image | None = None
-    embedding: list[float] | None = Field(None, max_length=16384)
+    embedding: list[StrictFloat] | None = Field(None, max_length=16384)  # no "1" or true coerced into a vector
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

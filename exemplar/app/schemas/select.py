@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat
 
 from exemplar.app.schemas.common import Base64Image, StrictModel
 
@@ -14,7 +14,7 @@ __all__ = ["BatchSelectRequest", "BatchSelectResponse", "DemonstrationOut", "Que
 class QueryIn(StrictModel):
     image: Base64Image | None = None
     text: str | None = Field(None, max_length=20_000)
-    embedding: list[float] | None = Field(None, max_length=16384)
+    embedding: list[StrictFloat] | None = Field(None, max_length=16384)  # no "1" or true coerced into a vector
     item_id: str | None = Field(None, max_length=512)
 
 

@@ -213,3 +213,58 @@ def test_versions_written_elsewhere_are_picked_up_without_a_restart(pools: PoolS
             reader.snapshot("p")
     finally:
         reader.close()
+
+
+def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolService, monkeypatch) -> None:
+    """Two PoolServices on one data directory stand for two processes: the second commits while
+    the first is between reading its base and committing; neither's items go missing."""
+    from exemplar.retrieval import versions as versions_module
+
+    pools.create(name="race", encoder="precomputed:4")
+    pools.add_items("race", vec_items(4, dim=4))
+    other = PoolService(pools.data_dir, pools.encoders, refresh_s=0.0)
+    real_build_index = versions_module.build_index
+    raced: list[int] = []
+    started: list[bool] = []
+
+    def build_index_with_a_rival(*args, **kwargs):  # noqa: ANN002, ANN003
+        if not started:  # only the first write gets a rival (the rival's own write passes through here)
+            started.append(True)
+            raced.append(other.add_items("race", [NewItem(id="rival", label="x", embedding=[0, 0, 1, 1])]))
+        return real_build_index(*args, **kwargs)
+
+    monkeypatch.setattr(versions_module, "build_index", build_index_with_a_rival)
+    try:
+        version = pools.add_items("race", [NewItem(id="mine", label="y", embedding=[1, 1, 0, 0])])
+    finally:
+        other.close()
+    snap = pools.snapshot("race")
+    assert raced == [3] and version == 4 and snap.version == 4  # 2 was the first try, 3 the rival
+    assert {"rival", "mine"} <= set(snap.ids) and snap.size == 6
+    states = {v.version: v.state for v in pools.catalog.versions(pools.get("race").id)}
+    assert states == {1: "ready", 2: "failed", 3: "ready", 4: "ready"}
+
+
+def test_old_versions_are_pruned_beyond_keep_versions(tmp_path, encoders) -> None:  # noqa: ANN001
+    from exemplar.errors import Conflict
+
+    pools = PoolService(tmp_path / "data", encoders, refresh_s=0.0, keep_versions=2)
+    try:
+        pools.create(name="p", encoder="precomputed:4")
+        for i in range(5):
+            pools.add_items("p", vec_items(3, dim=4, start=3 * i, seed=i))
+        pool = pools.get("p")
+        states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
+        assert states == {1: "pruned", 2: "pruned", 3: "ready", 4: "ready", 5: "ready"}
+        on_disk = sorted(int(p.name) for p in (pools.files.pool_dir(pool.id) / "versions").iterdir())
+        assert on_disk == [3, 4, 5]
+        with pytest.raises(Conflict, match="pruned"):
+            pools.activate("p", 1)
+        pools.activate("p", 3)  # a rollback within the kept history; the current version is never pruned
+        pools.add_items("p", vec_items(1, dim=4, start=100))
+        states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
+        # 6 (on top of 3) is current; of the others only the newest two are kept
+        assert pools.get("p").current_version == 6 and pools.snapshot("p").size == 10
+        assert [states[v] for v in (3, 4, 5, 6)] == ["pruned", "ready", "ready", "ready"]
+    finally:
+        pools.close()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -75,25 +76,30 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     rng = random.Random(8)
     proc = start(data, port, log)
-    assert httpx.post(f"{base}/v1/pools", json={"name": "p", "encoder": "precomputed:4"}).status_code == 201
-    all_acknowledged: list[str] = []
-    for round_ in range(ROUNDS):
-        acknowledged, _ = writes_until_killed(base, proc, round_, kill_after_s=rng.uniform(0.3, 2.0))
-        assert acknowledged, "the kill came before any write; the test proves nothing"
-        all_acknowledged += acknowledged
-        with sqlite3.connect(data / "catalog.sqlite3") as conn:
-            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        proc = start(data, port, log)
-        with httpx.Client(base_url=base, timeout=30) as client:
-            stats = client.get("/v1/pools/p").json()
-            # Every acknowledged item is served; at most the one unacknowledged in-flight write is extra.
-            assert len(all_acknowledged) <= stats["size"] <= len(all_acknowledged) + round_ + 1
-            for item_id in all_acknowledged:
-                r = client.post("/v1/pools/p/select", json={"query": {"item_id": item_id}, "k": 1})
-                assert r.status_code == 200, (item_id, r.text)
-            states = {v["state"] for v in stats["versions"]}
-            assert states <= {"ready", "failed", "pruned"}, states
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    leftovers = [p for p in (data / "pools").rglob(".staging-*")]
-    assert not leftovers, leftovers
+    try:
+        assert httpx.post(f"{base}/v1/pools", json={"name": "p", "encoder": "precomputed:4"}).status_code == 201
+        all_acknowledged: list[str] = []
+        for round_ in range(ROUNDS):
+            acknowledged, _ = writes_until_killed(base, proc, round_, kill_after_s=rng.uniform(0.3, 2.0))
+            assert acknowledged, "the kill came before any write; the test proves nothing"
+            all_acknowledged += acknowledged
+            with closing(sqlite3.connect(data / "catalog.sqlite3")) as conn:
+                assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            proc = start(data, port, log)
+            with httpx.Client(base_url=base, timeout=30) as client:
+                stats = client.get("/v1/pools/p").json()
+                # Every acknowledged item is served; at most the one unacknowledged in-flight write is extra.
+                assert len(all_acknowledged) <= stats["size"] <= len(all_acknowledged) + round_ + 1
+                for item_id in all_acknowledged:
+                    r = client.post("/v1/pools/p/select", json={"query": {"item_id": item_id}, "k": 1})
+                    assert r.status_code == 200, (item_id, r.text)
+                states = {v["state"] for v in stats["versions"]}
+                assert states <= {"ready", "failed", "pruned"}, states
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        leftovers = [p for p in (data / "pools").rglob(".staging-*")]
+        assert not leftovers, leftovers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

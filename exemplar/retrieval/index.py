@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 
 from exemplar.errors import InvalidRequest
+from exemplar.retrieval.batching import SearchBatcher
 from exemplar.retrieval.files import write_bytes_atomic
 
 __all__ = ["DEFAULT_INDEX", "VectorIndex", "gpu_available", "normalize", "set_search_threads"]
@@ -62,6 +63,8 @@ class VectorIndex:
         # The raw vectors (row i = id i), for exact search over a filtered subset of an ANN index.
         self.vectors: Any = None  # an array, or anything that gathers rows with [rows]
         self._gpu_lock = threading.Lock()
+        # Concurrent unfiltered searches share FAISS calls (see batching.py).
+        self.batcher = SearchBatcher(lambda q, k: self.index.search(q, k))
 
     @property
     def ntotal(self) -> int:
@@ -133,7 +136,7 @@ class VectorIndex:
         if self.ntotal == 0:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
         if allowed is None:
-            return self.index.search(q, k)
+            return self.batcher.search(q, k)
         count = int(allowed.sum())
         # A small subset is searched exactly; a filter that keeps most rows (say, a few exclusions)
         # leaves the inverted lists or graph near the query well populated, so the index serves it.

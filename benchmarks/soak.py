@@ -121,11 +121,12 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, EXEMPLAR_DATA_DIR=str(root / "data"), EXEMPLAR_LOG_LEVEL="warning", PYTHONPATH=str(ROOT),
-               EXEMPLAR_KEEP_VERSIONS="5")
+               EXEMPLAR_KEEP_VERSIONS="10")
     server = subprocess.Popen([sys.executable, "-m", "exemplar", "serve", "--port", str(port)], env=env,
                               stdout=open(root / "serve.log", "w"), stderr=subprocess.STDOUT)
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
+    samples: dict[str, str] = {}  # the first body seen for each kind of error
     latencies: dict[str, list[float]] = {}
     memory: list[tuple[float, float]] = []
     lock = threading.Lock()
@@ -141,9 +142,10 @@ def main() -> None:
                     with lock:
                         kind, method, path, body, expected = mix.next(w)
                     t0 = time.perf_counter()
+                    text = ""
                     try:
                         r = client.request(method, path, json=body)
-                        status = r.status_code
+                        status, text = r.status_code, r.text[:300]
                     except httpx.TransportError as exc:
                         status = type(exc).__name__
                     elapsed = (time.perf_counter() - t0) * 1000
@@ -152,6 +154,7 @@ def main() -> None:
                         latencies.setdefault(kind, []).append(elapsed)
                         if status not in expected:
                             errors[f"{kind} -> {status}"] += 1
+                            samples.setdefault(f"{kind} -> {status}", text)
 
         def switcher() -> None:  # a rollback and a roll-forward every 30 s
             with httpx.Client(base_url=base, timeout=60) as client:
@@ -164,8 +167,12 @@ def main() -> None:
                             r = client.post(f"/v1/pools/soak/versions/{version}/activate")
                             with lock:
                                 counts["activate"] += 1
-                                if r.status_code != 200:
+                                # A version pruned between the listing and the call is refused, as it should be.
+                                if r.status_code == 409 and "pruned" in r.text:
+                                    counts["activate refused: pruned meanwhile"] += 1
+                                elif r.status_code != 200:
                                     errors[f"activate -> {r.status_code}"] += 1
+                                    samples.setdefault(f"activate -> {r.status_code}", r.text[:300])
 
         threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(args.workers)]
         threads.append(threading.Thread(target=switcher, daemon=True))
@@ -184,8 +191,10 @@ def main() -> None:
     log_errors = sum(1 for line in (root / "serve.log").read_text().splitlines() if "Traceback" in line)
     after_warmup = [m for t, m in memory if t >= 60] or [m for _, m in memory]
     report = {
-        "minutes": args.minutes, "workers": args.workers, "items": args.items, "requests": sum(counts.values()),
-        "rps": round(sum(counts.values()) / elapsed, 1), "errors": sum(errors.values()), "error_kinds": dict(errors),
+        "minutes": args.minutes, "workers": args.workers, "items": args.items,
+        "requests": sum(v for k, v in counts.items() if k != "activate refused: pruned meanwhile"),
+        "rps": round(sum(counts.values()) / elapsed, 1) if elapsed else 0.0, "errors": sum(errors.values()), "error_kinds": dict(errors),
+        "error_samples": samples, "activations_refused_pruned": counts["activate refused: pruned meanwhile"],
         "server_tracebacks": log_errors, "by_kind": {k: {"requests": counts[k], "p50_ms": round(percentile(v, 50), 2),
                                                          "p99_ms": round(percentile(v, 99), 2)} for k, v in latencies.items()},
         "activations": counts["activate"],
@@ -194,7 +203,10 @@ def main() -> None:
         "rss_samples": memory,
     }
     print(f"{report['requests']} requests in {elapsed:.0f} s ({report['rps']} req/s), errors {report['errors']} "
-          f"{report['error_kinds']}, server tracebacks {log_errors}")
+          f"{report['error_kinds']}, server tracebacks {log_errors}; activations {report['activations']} "
+          f"({report['activations_refused_pruned']} refused: pruned meanwhile)")
+    for kind, text in samples.items():
+        print(f"  first {kind}: {text}")
     print(f"server RSS MB: first {report['rss_mb']['first']}, after warm-up {report['rss_mb']['after_warmup']}, "
           f"last {report['rss_mb']['last']}, max {report['rss_mb']['max']}, drift {report['rss_mb']['drift_after_warmup']}")
     print("\n| request | count | p50 ms | p99 ms |\n|---|---|---|---|")

@@ -21,6 +21,7 @@ from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, StaleBase, 
 from exemplar.retrieval.files import write_bytes_atomic
 from exemplar.retrieval.index import AUTO, DEFAULT_INDEX
 from exemplar.retrieval.items import EMBED_MODES, NewItem, embed_items, media_name, validate_item_fields
+from exemplar.retrieval.locks import FairLock
 from exemplar.retrieval.ports import Encoder, EncoderProvider
 from exemplar.retrieval.snapshot import Snapshot
 from exemplar.retrieval.versions import VersionFiles, load_snapshot, write_version
@@ -56,7 +57,7 @@ class PoolService:
         self.encoders = encoders
         self.refresh_s = refresh_s
         self.keep_versions = keep_versions
-        self._write_lock = threading.Lock()
+        self._write_lock = FairLock()  # writes and activations in arrival order
         self._load_lock = threading.Lock()
         # name -> (snapshot, when it was last checked against the catalog, pool id)
         self._serving: dict[str, tuple[Snapshot, float, int]] = {}

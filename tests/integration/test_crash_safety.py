@@ -80,7 +80,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         assert httpx.post(f"{base}/v1/pools", json={"name": "p", "encoder": "precomputed:4"}).status_code == 201
         all_acknowledged: list[str] = []
         for round_ in range(ROUNDS):
-            acknowledged, _ = writes_until_killed(base, proc, round_, kill_after_s=rng.uniform(0.3, 2.0))
+            acknowledged, _ = writes_until_killed(base, proc, round_, kill_after_s=rng.uniform(0.8, 2.5))
             assert acknowledged, "the kill came before any write; the test proves nothing"
             all_acknowledged += acknowledged
             with closing(sqlite3.connect(data / "catalog.sqlite3")) as conn:

@@ -42,7 +42,7 @@ class SearchBatcher:
         self._lock = threading.Lock()
         self._queue: list[_Slot] = []
         self._busy = False
-        self.calls = 0  # FAISS calls made (for tests and metrics)
+        self.calls = 0  # FAISS calls made (for tests)
         self.batched = 0  # searches that shared a call with another
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -415,8 +415,6 @@ class Catalog:
 class StaleBase(Conflict):
     """A write derived from a version that another writer has replaced as current meanwhile."""
 
-    type = "conflict"
-
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this machine."""

@@ -6,9 +6,9 @@ inverted lists per class (own centroids, so a query far from a class still probe
 nearest lists) about what one global ``topk`` search costs.
 
 Exact where the pool's index is exact: a version whose global index is ``Flat`` gets ``Flat``
-class indexes. Otherwise classes of more than ``class_exact_max_bytes`` of vectors get ``IVF<n>,Flat`` with nprobe
-tuned jointly over the classes to reach the recall target on the per-class neighbours of sample
-queries drawn from the whole pool, which is what a balanced query asks for.
+class indexes. Otherwise classes of more than ``class_exact_max_bytes`` of vectors get
+``IVF<n>,Flat`` with one nprobe for all of them, tuned on what a balanced query returns: the round
+robin window over classes, against the same window from exact search.
 """
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ class RowsView:
     def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
         self.base = base
         self.rows = rows
-        self.shape = (len(rows), base.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def __getitem__(self, local: Any) -> np.ndarray:
         return np.asarray(self.base[self.rows[local]])
@@ -158,8 +154,7 @@ class ClassIndexes:
             for c in approximate:
                 ivf = faiss.extract_index_ivf(self.indexes[c].index)
                 ivf.nprobe = min(nprobe, ivf.nlist)
-                D, local = self.indexes[c].index.search(queries, depth)
-                hits[c] = (D, np.where(local >= 0, self.rows[c][np.maximum(local, 0)], -1))
+                hits[c] = self.search(c, queries, depth)
             got = windows(hits)
             best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / max(sum(len(t) for t in truth), 1))
             if best[1] >= policy.target_recall:

@@ -49,13 +49,13 @@ class Snapshot:
     revision: int = 0
     adapter: AdapterView | None = None
     media_dir: Path | None = None  # where images uploaded through the API live
-    classes: ClassIndexes | None = None  # per-label indexes over ``vectors`` (balanced)
+    # per-label indexes over ``vectors`` (balanced); attached by load_snapshot and in_adapter_space
+    classes: ClassIndexes | None = None
 
     @classmethod
     def from_rows(
         cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow],
         revision: int = 0, adapter: AdapterView | None = None, media_dir: Path | None = None,
-        classes: ClassIndexes | None = None,
     ) -> "Snapshot":
         label_codes, labels = label_codes_of([r.label for r in rows])
         domain_codes, domains = label_codes_of([r.domain for r in rows])
@@ -79,7 +79,6 @@ class Snapshot:
             revision=revision,
             adapter=adapter,
             media_dir=media_dir,
-            classes=classes,
         )
 
     def image_root(self, row: int) -> Path | None:
@@ -92,12 +91,6 @@ class Snapshot:
             raise Conflict(f"version {self.version} of pool {self.pool!r} has no adapter")
         return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index,
                                    classes=self.adapter.class_indexes(self.label_codes, len(self.labels)))
-
-    def class_indexes(self) -> ClassIndexes:
-        """The per-label indexes (built exactly on the spot for a snapshot made without them)."""
-        if self.classes is not None:
-            return self.classes
-        return ClassIndexes.build(np.asarray(self.vectors), self.label_codes, len(self.labels), approximate=False)
 
     @property
     def size(self) -> int:

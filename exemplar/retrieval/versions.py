@@ -119,7 +119,7 @@ def write_version(
             stats={**_stats(labels, domains), "index": index_stats},
             activate=activate,
             # A replacement stands on its own; an addition is only right on top of what it read.
-            based_on=(base.version if base is not None else pool.current_version) if activate and not replace_all else "any",
+            based_on=(base.version if base is not None else None) if activate and not replace_all else "any",
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -42,7 +42,8 @@ class Balanced:
         options: SelectionOptions,
     ) -> list[list[Pick]]:
         assert queries is not None
-        classes = snap.class_indexes()
+        classes = snap.classes
+        assert classes is not None, "snapshots are served with their class indexes"
         # One search per class in that class's own index; a filter becomes a mask over its rows.
         searched: list[tuple[int, np.ndarray | None, int]] = []
         for code, rows in enumerate(classes.rows):

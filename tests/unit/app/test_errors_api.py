@@ -11,32 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.helpers import png_b64
-
-
-def envelope(r, status: int, type_: str, param: str | None = "any") -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"type", "message", "param"}
-    assert body["error"]["type"] == type_, body
-    assert body["error"]["message"]
-    if param != "any":
-        assert body["error"]["param"] == param, body
-    assert r.headers["x-request-id"]
-    return body["error"]
-
-
-@pytest.fixture
-def pools(client: TestClient) -> None:
-    client.post("/v1/pools", json={"name": "vec", "encoder": "precomputed:4"})
-    client.post("/v1/pools/vec/items", json={"items": [
-        {"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}, {"id": "b", "label": "y", "embedding": [0, 1, 0, 0]}]})
-    client.post("/v1/pools", json={"name": "img", "encoder": "open_clip:exemplar-tiny"})
-    client.post("/v1/pools/img/items", json={"items": [{"id": "r", "label": "red", "image": png_b64()}]})
-    client.post("/v1/pools", json={"name": "empty", "encoder": "precomputed:4"})
-
-
-def snapshot_state(client: TestClient) -> list:
-    return [client.get(f"/v1/pools/{p}").json() for p in ("vec", "img", "empty")]
+from tests.unit.app.envelopes import envelope, pool_states
 
 
 def big_png_b64() -> str:
@@ -81,27 +56,27 @@ CASES = [
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "type_", "param"), CASES, ids=[f"{c[1]}-{c[3]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_is_a_clear_4xx_and_changes_nothing(client: TestClient, pools, method, path, body, status, type_, param) -> None:
-    before = snapshot_state(client)
+def test_bad_input_is_a_clear_4xx_and_changes_nothing(client: TestClient, seeded_pools, method, path, body, status, type_, param) -> None:
+    before = pool_states(client)
     r = client.request(method.upper(), path, json=body) if body is not None else client.request(method.upper(), path)
     envelope(r, status, type_, param)
-    assert snapshot_state(client) == before
+    assert pool_states(client) == before
     assert [p["name"] for p in client.get("/v1/pools").json()["pools"]] == ["empty", "img", "vec"]
 
 
-def test_nan_and_infinite_vectors(client: TestClient, pools) -> None:
+def test_nan_and_infinite_vectors(client: TestClient, seeded_pools) -> None:
     for value in ("NaN", "Infinity", "-Infinity"):
         raw = '{"query": {"embedding": [%s, 0, 0, 0]}}' % value
         r = client.post("/v1/pools/vec/select", content=raw, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, r.text
         assert r.json()["error"]["type"] in ("invalid_request", "invalid_json")
     raw = '{"items": [{"id": "n", "embedding": [NaN, 0, 0, 0]}]}'
-    before = snapshot_state(client)
+    before = pool_states(client)
     r = client.post("/v1/pools/vec/items", content=raw, headers={"content-type": "application/json"})
-    assert 400 <= r.status_code < 500 and snapshot_state(client) == before
+    assert 400 <= r.status_code < 500 and pool_states(client) == before
 
 
-def test_malformed_json_and_wrong_content_type(client: TestClient, pools) -> None:
+def test_malformed_json_and_wrong_content_type(client: TestClient, seeded_pools) -> None:
     headers = {"content-type": "application/json"}
     envelope(client.post("/v1/pools/vec/select", content=b"{bad", headers=headers), 400, "invalid_json", None)
     envelope(client.post("/v1/pools/vec/select", content=b"[1, 2]", headers=headers), 400, "invalid_json", None)
@@ -110,8 +85,8 @@ def test_malformed_json_and_wrong_content_type(client: TestClient, pools) -> Non
                          headers={"content-type": "text/plain"}), 415, "unsupported_media_type", None)
 
 
-def test_oversized_body_is_refused(client: TestClient, pools) -> None:
-    before = snapshot_state(client)
+def test_oversized_body_is_refused(client: TestClient, seeded_pools) -> None:
+    before = pool_states(client)
     huge = {"items": [{"id": f"i{i}", "embedding": [1.0, 0.0, 0.0, 0.0], "text": "x" * 1000} for i in range(400)]}
     envelope(client.post("/v1/pools/vec/items", json=huge), 413, "payload_too_large", None)
 
@@ -122,7 +97,7 @@ def test_oversized_body_is_refused(client: TestClient, pools) -> None:
 
     r = client.post("/v1/pools/vec/items", content=chunks(), headers={"content-type": "application/json"})
     envelope(r, 413, "payload_too_large", None)
-    assert snapshot_state(client) == before
+    assert pool_states(client) == before
 
 
 def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None:
@@ -130,7 +105,7 @@ def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None
     envelope(client.put("/v1/pools"), 405, "method_not_allowed", None)
 
 
-def test_internal_errors_hide_details_and_carry_the_request_id(client: TestClient, pools, monkeypatch) -> None:
+def test_internal_errors_hide_details_and_carry_the_request_id(client: TestClient, seeded_pools, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("secret database path /srv/x")
 

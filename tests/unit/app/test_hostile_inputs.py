@@ -15,21 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.helpers import png_b64, png_bytes
-from tests.unit.app.test_errors_api import envelope
-
-
-@pytest.fixture
-def pools(client: TestClient) -> None:
-    client.post("/v1/pools", json={"name": "vec", "encoder": "precomputed:4"})
-    client.post("/v1/pools/vec/items", json={"items": [
-        {"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}, {"id": "b", "label": "y", "embedding": [0, 1, 0, 0]}]})
-    client.post("/v1/pools", json={"name": "img", "encoder": "open_clip:exemplar-tiny"})
-    client.post("/v1/pools/img/items", json={"items": [{"id": "r", "label": "red", "image": png_b64()}]})
-
-
-def state(client: TestClient) -> list:
-    return [client.get(f"/v1/pools/{p}").json() for p in ("vec", "img")]
+from tests.helpers import png_bytes
+from tests.unit.app.envelopes import envelope, pool_states
 
 
 def encoded(data: bytes) -> str:
@@ -72,14 +59,14 @@ BAD_IMAGES = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_IMAGES))
-def test_bad_image_bytes_as_query_and_as_item(client: TestClient, pools, name: str) -> None:
-    before = state(client)
+def test_bad_image_bytes_as_query_and_as_item(client: TestClient, seeded_pools, name: str) -> None:
+    before = pool_states(client)
     r = client.post("/v1/pools/img/select", json={"query": {"image": encoded(BAD_IMAGES[name])}})
     error = envelope(r, 400, r.json()["error"]["type"], "query.image")
     assert error["type"] in ("invalid_image", "invalid_request")
     r = client.post("/v1/pools/img/items", json={"items": [{"id": "bad", "label": "x", "image": encoded(BAD_IMAGES[name])}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "items[0].image", r.text
-    assert state(client) == before
+    assert pool_states(client) == before
 
 
 ODD_STRINGS = {
@@ -95,37 +82,37 @@ ODD_STRINGS = {
 
 @pytest.mark.parametrize("name", sorted(ODD_STRINGS))
 @pytest.mark.parametrize("field", ["id", "label", "domain"])
-def test_odd_ids_and_labels_are_accepted_or_refused_cleanly(client: TestClient, pools, name: str, field: str) -> None:
+def test_odd_ids_and_labels_are_accepted_or_refused_cleanly(client: TestClient, seeded_pools, name: str, field: str) -> None:
     value = ODD_STRINGS[name]
     item = {"id": "odd", "label": "x", "embedding": [0, 0, 1, 0], field: value}
     raw = json.dumps({"items": [item]}, ensure_ascii=True)  # lone surrogates travel as \\ud800 escapes
-    before = state(client)
+    before = pool_states(client)
     r = client.post("/v1/pools/vec/items", content=raw, headers={"content-type": "application/json"})
     assert r.status_code in (201, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"]["param"] == f"items[0].{field}"
-        assert state(client) == before
+        assert pool_states(client) == before
         return
     # Accepted: stored and returned exactly as given, and the pool still serves.
     r = client.post("/v1/pools/vec/select", json={"query": {"embedding": [0, 0, 1, 0]}, "k": 1})
     assert r.status_code == 200 and r.json()["demonstrations"][0][field] == value
 
 
-def test_duplicate_ids_in_one_request_change_nothing(client: TestClient, pools) -> None:
-    before = state(client)
+def test_duplicate_ids_in_one_request_change_nothing(client: TestClient, seeded_pools) -> None:
+    before = pool_states(client)
     items = [{"id": "dup", "embedding": [1, 1, 0, 0]}, {"id": "dup", "embedding": [0, 1, 1, 0]}]
     envelope(client.post("/v1/pools/vec/items", json={"items": items}), 400, "invalid_request", "items[1].id")
-    assert state(client) == before
+    assert pool_states(client) == before
 
 
-def test_huge_numbers_and_wrong_types_in_vectors(client: TestClient, pools) -> None:
-    before = state(client)
+def test_huge_numbers_and_wrong_types_in_vectors(client: TestClient, seeded_pools) -> None:
+    before = pool_states(client)
     for embedding in ([1e309, 0, 0, 0], ["1", 0, 0, 0], [[1], 0, 0, 0], [True, 0, 0, 0], [None, 0, 0, 0],
                       [0.0, -0.0, 0, 0]):
         raw = '{"items": [{"id": "h", "embedding": %s}]}' % json.dumps(embedding).replace("Infinity", "1e309")
         r = client.post("/v1/pools/vec/items", content=raw, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (embedding, r.text)
-    assert state(client) == before
+    assert pool_states(client) == before
     # Huge and tiny (subnormal) components are directions like any other: no overflow, no underflow.
     items = [{"id": "big", "embedding": [1e200, 1e200, 1e200, 1e200]}, {"id": "tiny", "embedding": [0, 0, 1e-320, 0]}]
     assert client.post("/v1/pools/vec/items", json={"items": items}).status_code == 201
@@ -162,17 +149,17 @@ def recorder() -> Iterator[str]:
 
 @pytest.mark.parametrize("url", ["{base}/a.png", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.png",
                                  "file:///etc/passwd", "gopher://127.0.0.1:6379/_INFO"])
-def test_urls_as_images_are_refused_and_never_fetched(client: TestClient, pools, recorder: str, url: str) -> None:
+def test_urls_as_images_are_refused_and_never_fetched(client: TestClient, seeded_pools, recorder: str, url: str) -> None:
     url = url.format(base=recorder)
-    before = state(client)
+    before = pool_states(client)
     r = client.post("/v1/pools/img/select", json={"query": {"image": url}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "query.image", r.text
     r = client.post("/v1/pools/img/items", json={"items": [{"id": "u", "label": "x", "image": url}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "items[0].image", r.text
-    assert _Recorder.hits == [] and state(client) == before
+    assert _Recorder.hits == [] and pool_states(client) == before
 
 
-def test_manifest_paths_that_escape_the_media_root_are_row_errors(client: TestClient, pools, tmp_path: Path,
+def test_manifest_paths_that_escape_the_media_root_are_row_errors(client: TestClient, seeded_pools, tmp_path: Path,
                                                                    settings, recorder: str) -> None:
     """Through an HTTP build (sources allowed under one root): '..', absolute paths, a symlink out of
     the root and a URL are each reported as a bad row; the good row is built; nothing is fetched."""

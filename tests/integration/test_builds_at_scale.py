@@ -88,14 +88,17 @@ def test_a_build_killed_with_sigkill_resumes(tmp_path: Path) -> None:
 
 
 QUERIER = """
-import json, sys, time, httpx
-base, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import json, os, sys, time, httpx
+base, out, stop_file, max_seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 results = []
-deadline = time.monotonic() + seconds
+deadline = time.monotonic() + max_seconds
 with httpx.Client(base_url=base, timeout=10) as client:
-    while time.monotonic() < deadline and len(results) < 20000:
+    # until the test says stop (after its switches), so a slow machine cannot end the queries early
+    while time.monotonic() < deadline and not os.path.exists(stop_file) and len(results) < 50000:
         r = client.post("/v1/pools/vec/select", json={"query": {"embedding": [1, 0, 0, 0, 0, 0, 0, 0]}, "k": 3})
         results.append([r.status_code, r.json().get("version")])
+        if len(results) == 1:
+            open(stop_file + ".started", "w").close()
 open(out, "w").write(json.dumps(results))
 """
 
@@ -111,10 +114,13 @@ def test_versions_switch_without_a_failed_request(tmp_path: Path) -> None:
     with running(["-m", "exemplar", "serve", "--port", str(port)], f"{base}/readyz", tmp_path / "serve.log",
                  env={"EXEMPLAR_DATA_DIR": str(data), "EXEMPLAR_REFRESH_S": "0.2"}):
         out = tmp_path / "queries.json"
-        querier = subprocess.Popen([sys.executable, "-c", QUERIER, base, str(out), "12"])
+        stop = tmp_path / "stop"
+        querier = subprocess.Popen([sys.executable, "-c", QUERIER, base, str(out), str(stop), "240"])
         more = tmp_path / "more.jsonl"
         more.write_text("\n".join(rows(200, start=300)) + "\n")
-        time.sleep(1)
+        deadline = time.monotonic() + 60
+        while not Path(f"{stop}.started").exists() and time.monotonic() < deadline:  # its first answer is from v1
+            time.sleep(0.05)
         # a new version built by another process, picked up by the server without a restart
         subprocess.run([*EXEMPLAR, "build", "vec", str(more), "--mode", "upsert"], env=env_for(data), check=True,
                        capture_output=True, timeout=300)
@@ -122,6 +128,7 @@ def test_versions_switch_without_a_failed_request(tmp_path: Path) -> None:
         for version in (1, 2, 1, 2):  # rollbacks and roll-forwards through the API
             assert httpx.post(f"{base}/v1/pools/vec/versions/{version}/activate", timeout=30).status_code == 200
             time.sleep(0.7)
+        stop.touch()
         assert querier.wait(timeout=60) == 0
     results = json.loads(out.read_text())
     statuses = {status for status, _ in results}

@@ -38,16 +38,26 @@ def oracle_topk(V: np.ndarray, q: np.ndarray, *, k: int, offset: int = 0, allowe
 
 def oracle_balanced(V: np.ndarray, labels: list[str], q: np.ndarray, *, k: int | None = None,
                     k_per_class: int | None = None, offset: int = 0, allowed: np.ndarray | None = None,
-                    skip: int | None = None) -> list[int]:
-    """Round robin over classes ordered by their best score: the definition, spelled out slowly."""
+                    skip: int | None = None, scope: list[str] | None = None, fill: bool = False) -> list[int]:
+    """Round robin over the classes in ``scope`` (default: every label) ordered by their best score,
+    position ``p`` being depth ``p // C`` of class ``p % C``: the definition, spelled out slowly.
+    Without ``fill`` a class that has run out leaves its slots empty; with it the others take them."""
     rows = np.arange(len(V)) if allowed is None else np.flatnonzero(allowed)
     rows = rows[rows != skip] if skip is not None else rows
     per_class = {}
-    for label in sorted({labels[r] for r in rows}):
-        members = np.array([r for r in rows if labels[r] == label])
+    for label in sorted(set(labels) if scope is None else set(scope)):
+        members = np.array([r for r in rows if labels[r] == label], dtype=np.int64)
         per_class[label] = _ranked(V, q, members)
-    classes = sorted(per_class, key=lambda c: -float(V[per_class[c][0]] @ q))
+    with_items = sorted((c for c in per_class if per_class[c]), key=lambda c: -float(V[per_class[c][0]] @ q))
+    classes = with_items + [c for c in sorted(per_class) if not per_class[c]]
     total = k if k_per_class is None else k_per_class * len(classes)
+    if not fill:
+        out = []
+        for position in range(offset, offset + total):
+            ranked, depth = per_class[classes[position % len(classes)]], position // len(classes)
+            if depth < len(ranked):
+                out.append(ranked[depth])
+        return out
     sequence = []
     depth = 0
     while len(sequence) < offset + total and any(depth < len(per_class[c]) for c in classes):

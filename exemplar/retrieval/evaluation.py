@@ -142,10 +142,11 @@ def evaluate_lodo(
             if strategy_name == "random":
                 # A fresh draw per query: one shared draw would make every query's demos the same.
                 picks = [strategy.select(source, queries[i : i + 1], [None], allowed,
-                                         dataclasses.replace(options, seed=seed + i))[0] for i in range(len(queries))]
+                                         dataclasses.replace(options, seed=seed + i))[0].picks
+                         for i in range(len(queries))]
             else:
                 opts = dataclasses.replace(options, invariant_base=base or "balanced")
-                picks = strategy.select(source, queries, [None] * len(queries), allowed, opts)
+                picks = [w.picks for w in strategy.select(source, queries, [None] * len(queries), allowed, opts)]
             fold = np.array([_scores(snap, p, int(snap.label_codes[row])) for p, row in zip(picks, query_rows)])
             per_fold[name][spec] = {m: float(fold[:, j].mean()) for j, m in enumerate(METRICS)}
             for j, metric in enumerate(METRICS):

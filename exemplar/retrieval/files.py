@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
-__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic", "write_npy_atomic"]
+__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,12 +27,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def publish_dir(staging: Path, final: Path) -> None:

@@ -76,9 +76,8 @@ class VectorIndex:
         """Build the faiss index described by ``factory`` over ``vectors`` (trained on a seeded
         sample of at most ``max_train_points`` of them when given)."""
         n, dim = vectors.shape
-        resolved = factory
         try:
-            index = faiss.index_factory(dim, resolved, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
             raise InvalidRequest(f"invalid faiss index factory string {factory!r}", param="index") from exc
         data = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -91,12 +90,12 @@ class VectorIndex:
                 index.train(train)
             except RuntimeError as exc:
                 raise InvalidRequest(
-                    f"index {resolved!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
+                    f"index {factory!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
                     param="index",
                 ) from exc
         if n:
             index.add(data)
-        built = cls(index, resolved)
+        built = cls(index, factory)
         built.vectors = data
         return built
 

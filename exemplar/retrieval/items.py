@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -19,7 +20,7 @@ __all__ = [
     "EMBED_MODES",
     "ItemError",
     "NewItem",
-    "Prepared",
+    "DecodedItems",
     "check_vector",
     "embed_items",
     "encode_prepared",
@@ -80,6 +81,9 @@ def check_vector(values: Sequence[float] | np.ndarray, dim: int, *, param: str) 
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_unicode(value: str, param: str) -> None:
     # JSON can carry lone surrogates (\ud800) that no UTF-8 store or response can hold.
     try:
@@ -93,6 +97,12 @@ def validate_item_fields(item: NewItem, *, param: str) -> None:
         value = getattr(item, name)
         if isinstance(value, str):
             _check_unicode(value, f"{param}.{name}")
+    for name in ("id", "label", "domain"):
+        value = getattr(item, name)
+        # Identifiers end up in log lines, CSV exports and metrics: no NUL, newline or other control.
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise InvalidRequest(f"{name} must not contain control characters (NUL, newlines, tabs...)",
+                                 param=f"{param}.{name}")
     _check_unicode(json.dumps(item.metadata, ensure_ascii=False), f"{param}.metadata")
     if not item.id or len(item.id) > MAX_ID_CHARS:
         raise InvalidRequest(f"item id must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.id")
@@ -106,16 +116,28 @@ def validate_item_fields(item: NewItem, *, param: str) -> None:
         raise InvalidRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes", param=f"{param}.metadata")
 
 
-_SIGNATURES = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
+# (leading bytes, file extension, media type) of the image formats recognised by their content
+_SIGNATURES = (
+    (b"\x89PNG", "png", "image/png"),
+    (b"\xff\xd8\xff", "jpg", "image/jpeg"),
+    (b"GIF8", "gif", "image/gif"),
+    (b"BM", "bmp", "image/bmp"),
+)
+
+
+def sniff_image(data: bytes) -> tuple[str, str] | None:
+    """``(extension, media type)`` of image bytes, from their content; None when not recognised."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp", "image/webp"
+    for magic, ext, mime in _SIGNATURES:
+        if data.startswith(magic):
+            return ext, mime
+    return None
 
 
 def image_extension(data: bytes) -> str:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for magic, ext in _SIGNATURES:
-        if data.startswith(magic):
-            return ext
-    return "img"
+    sniffed = sniff_image(data)
+    return sniffed[0] if sniffed else "img"
 
 
 def media_name(data: bytes) -> str:
@@ -160,7 +182,7 @@ def _embed_precomputed(dim: int, items: Sequence[NewItem], chunk: range, errors:
 
 
 @dataclasses.dataclass
-class Prepared:
+class DecodedItems:
     """Items checked and decoded, ready for the encoder: ``kept`` indices and their decoded images."""
 
     kept: list[int]
@@ -187,7 +209,7 @@ def _prepare_one(encoder: Encoder, embed: str, item: NewItem) -> tuple[object | 
 def prepare_items(
     encoder: Encoder, embed: str, items: Sequence[NewItem], chunk: range, errors: list[ItemError],
     pool: Executor | None = None,
-) -> Prepared:
+) -> DecodedItems:
     """Check and decode ``items[chunk]`` (in parallel on ``pool`` when given); errors are appended."""
     work = [items[i] for i in chunk]
     results = list(pool.map(lambda item: _prepare_one(encoder, embed, item), work)) if pool else [
@@ -201,7 +223,7 @@ def prepare_items(
         kept.append(i)
         if image is not None:
             images.append(image)
-    return Prepared(kept, images)
+    return DecodedItems(kept, images)
 
 
 def encode_prepared(encoder: Encoder, embed: str, items: Sequence[NewItem], prepared: Prepared) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Jobs: long work (adapter training; builds later) run in background threads, recorded in the
-catalog with state, progress and errors, and cancellable."""
+"""Jobs: long work (builds, adapter training) run in a background thread, recorded in the catalog
+with state, progress, result and errors, cancellable, and resumed or failed after a crash."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from exemplar.errors import Conflict, ExemplarError, NotFound
 from exemplar.retrieval.catalog import Catalog, pid_alive
 
-__all__ = ["JOB_STATES", "JobCancelled", "JobContext", "JobRecord", "JobService"]
+__all__ = ["JobCancelled", "JobContext", "JobRecord", "JobService", "JobState"]
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 _FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -34,7 +34,7 @@ class JobRecord:
     id: str
     kind: str
     pool: str
-    state: str
+    state: JobState
     params: dict[str, Any]
     progress: dict[str, Any]
     result: dict[str, Any] | None

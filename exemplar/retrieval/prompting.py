@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar.errors import InvalidRequest
+from exemplar.retrieval.items import sniff_image
 
 __all__ = ["DemoContent", "PromptTemplate", "build_messages", "data_uri", "render"]
 
@@ -53,20 +54,9 @@ class DemoContent:
 def data_uri(data: bytes, name: str = "") -> str:
     mime = mimetypes.guess_type(name)[0] if name else None
     if mime is None or not mime.startswith("image/"):
-        mime = _sniff(data)
+        sniffed = sniff_image(data)
+        mime = sniffed[1] if sniffed else "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def _sniff(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data.startswith(b"GIF8"):
-        return "image/gif"
-    return "application/octet-stream"
 
 
 def read_image(root: Path, reference: str) -> bytes:

@@ -55,6 +55,8 @@ class SelectionResult:
     strategy: str
     demonstrations: list[Demonstration]
     timing_ms: dict[str, float]
+    # label -> slots of the per-class quota that the class could not fill in this window
+    shortfall: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +118,7 @@ class SelectionService:
         any number of windows from the same version and ranking."""
         started = time.perf_counter()
         strategy = get_strategy(strategy_name)
-        self._check_options(options)
+        self._check_options(options, strategy)
         if not queries:
             raise InvalidRequest("no queries given", param="queries")
         if len(queries) > self.limits.max_queries:
@@ -137,10 +139,10 @@ class SelectionService:
 
     def run(self, prepared: "Prepared", options: SelectionOptions) -> list[SelectionResult]:
         started = time.perf_counter()
-        self._check_options(options)
+        self._check_options(options, prepared.strategy)
         snap = prepared.snap
         try:
-            picks = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
+            windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
             adapted = self.pools.catalog.adapted_versions(self.pools.get(snap.pool).id)
             if not adapted:
@@ -157,19 +159,23 @@ class SelectionService:
                 version=snap.version,
                 encoder=snap.encoder,
                 strategy=prepared.strategy.name,
-                demonstrations=[_demonstration(snap, p) for p in arrange(query_picks, options.order, snap, options.seed)],
+                demonstrations=[_demonstration(snap, p) for p in arrange(window.picks, options.order, snap, options.seed)],
                 timing_ms=timing,
+                shortfall={snap.labels[code]: n for code, n in sorted(window.shortfall.items())},
             )
-            for query_picks in picks
+            for window in windows
         ]
 
-    def _check_options(self, options: SelectionOptions) -> None:
+    def _check_options(self, options: SelectionOptions, strategy: Strategy) -> None:
         limits = self.limits
-        if options.k_per_class is not None:
-            if not 1 <= options.k_per_class <= limits.max_k:
-                raise InvalidRequest(f"k_per_class must be between 1 and {limits.max_k}", param="k_per_class")
-        elif options.k is None or not 1 <= options.k <= limits.max_k:
+        # k_per_class, when given, sets the window and k is not used; each is checked on its own.
+        if options.k_per_class is not None and not 1 <= options.k_per_class <= limits.max_k:
+            raise InvalidRequest(f"k_per_class must be between 1 and {limits.max_k}", param="k_per_class")
+        if options.k is not None and options.k_per_class is None and not 1 <= options.k <= limits.max_k:
             raise InvalidRequest(f"k must be between 1 and {limits.max_k}", param="k")
+        if options.k is None and options.k_per_class is None:
+            raise InvalidRequest(f"give k (1 to {limits.max_k}), or k_per_class for per-class quotas", param="k")
+        strategy.check(options)
         if options.invariant_base not in ("balanced", "topk"):
             raise InvalidRequest("invariant_base must be 'balanced' or 'topk'", param="invariant_base")
         if not 0 <= options.offset <= limits.max_offset:

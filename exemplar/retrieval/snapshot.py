@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,13 +110,3 @@ class Snapshot:
     def metadata_of(self, row: int) -> dict[str, Any]:
         raw = self.metadata[row]
         return json.loads(raw) if raw else {}
-
-    def histograms(self) -> dict[str, dict[str, int]]:
-        def hist(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
-            counts = Counter(codes.tolist())
-            out = {names[c]: n for c, n in sorted(counts.items()) if c >= 0}
-            if counts.get(-1):
-                out["(none)"] = counts[-1]
-            return out
-
-        return {"labels": hist(self.label_codes, self.labels), "domains": hist(self.domain_codes, self.domains)}

@@ -3,10 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from exemplar.app.errors import ErrorEnvelope
-from exemplar.app.routes.select import demonstration_out, to_query
+from exemplar.app.routes.select import demonstration_out
 from exemplar.app.schemas.infer import InferRequest, InferResponse, InferRoundOut
 from exemplar.app.services import QUERY, InferDep
-from exemplar.retrieval import SelectionOptions
 from exemplar.retrieval.infer import InferOptions
 from exemplar.retrieval.prompting import PromptTemplate
 
@@ -19,17 +18,13 @@ router = APIRouter(prefix="/v1/pools", tags=["infer"], responses={
 @router.post("/{pool}/infer", summary="Confidence-based iterative re-selection (VideoICL) against a configured MLLM",
              dependencies=[QUERY])
 def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
-    select = SelectionOptions(
-        k=body.window, labels=tuple(body.labels) if body.labels is not None else None,
-        domains=tuple(body.domains) if body.domains is not None else None, exclude_ids=tuple(body.exclude_ids),
-        order=body.order, seed=body.seed, offset=body.offset, invariant_base=body.invariant_base,
-    )
+    select = body.selection_options(k=body.window)
     options = InferOptions(
         mllm=body.mllm, window=body.window, max_rounds=body.max_rounds, threshold=body.threshold,
         confidence=body.confidence, max_tokens=body.max_tokens, temperature=body.temperature,
         template=PromptTemplate(**body.prompt.model_dump()),
     )
-    result = service.infer(pool, to_query(body.query), body.strategy, select, options)
+    result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
     return InferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy, mllm=result.mllm,
         answer=result.answer, confidence=result.confidence, stopped=result.stopped, chosen_round=result.chosen_round,

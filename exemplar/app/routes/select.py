@@ -11,12 +11,11 @@ from exemplar.app.schemas.select import (
     BatchSelectRequest,
     BatchSelectResponse,
     DemonstrationOut,
-    QueryIn,
     SelectRequest,
     SelectResponse,
 )
 from exemplar.app.services import QUERY, ObsDep, SelectionDep
-from exemplar.retrieval import Demonstration, Query, SelectionOptions, SelectionResult
+from exemplar.retrieval import Demonstration, SelectionResult
 
 router = APIRouter(prefix="/v1/pools", tags=["select"], responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
@@ -29,20 +28,6 @@ def model_response(model: BaseModel) -> Response:
     return Response(content=model.model_dump_json(), media_type="application/json")
 
 
-def to_query(q: QueryIn) -> Query:
-    return Query(image=q.image, text=q.text, embedding=q.embedding, item_id=q.item_id)
-
-
-def _options(body: SelectRequest | BatchSelectRequest) -> SelectionOptions:
-    return SelectionOptions(
-        k=body.k, k_per_class=body.k_per_class,
-        labels=tuple(body.labels) if body.labels is not None else None,
-        domains=tuple(body.domains) if body.domains is not None else None,
-        exclude_ids=tuple(body.exclude_ids), order=body.order, seed=body.seed, offset=body.offset,
-        invariant_base=body.invariant_base,
-    )
-
-
 def demonstration_out(d: Demonstration) -> DemonstrationOut:
     # Built from the core's own typed values: nothing to validate, and a batch has hundreds of them.
     return DemonstrationOut.model_construct(**vars(d))
@@ -53,6 +38,7 @@ def _response(result: SelectionResult, started: float) -> SelectResponse:
     return SelectResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,
         demonstrations=[demonstration_out(d) for d in result.demonstrations], timing_ms=timing,
+        shortfall=result.shortfall,
     )
 
 
@@ -60,7 +46,7 @@ def _response(result: SelectionResult, started: float) -> SelectResponse:
              response_model=SelectResponse)
 def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
     started = time.perf_counter()
-    result = selection.select(pool, to_query(body.query), body.strategy, _options(body))
+    result = selection.select(pool, body.query.to_query(), body.strategy, body.to_options())
     response = _response(result, started)
     obs.observe_selection(result.pool, result.strategy, response.timing_ms, (d.label for d in result.demonstrations))
     return model_response(response)
@@ -70,7 +56,7 @@ def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep)
              response_model=BatchSelectResponse)
 def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
     started = time.perf_counter()
-    results = selection.select_batch(pool, [to_query(q) for q in body.queries], body.strategy, _options(body),
+    results = selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy, body.to_options(),
                                      shared=body.shared)
     response = BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])
     for result, out in zip(results, response.results):

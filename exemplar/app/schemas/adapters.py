@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from exemplar.app.schemas.common import StrictModel
+from exemplar.retrieval.jobs import JobState
 
 __all__ = ["AdapterTrainRequest", "JobList", "JobOut"]
 
@@ -36,7 +37,7 @@ class JobOut(BaseModel):
     id: str
     kind: str
     pool: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: JobState
     params: dict[str, Any]
     progress: dict[str, Any] = Field(description="done, total, rate_per_s and job-specific fields.")
     result: dict[str, Any] | None

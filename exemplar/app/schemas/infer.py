@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from exemplar.app.schemas.common import StrictModel
-from exemplar.app.schemas.select import DemonstrationOut, QueryIn
+from exemplar.app.schemas.select import DemonstrationOut, QueryIn, SelectionFieldsIn
 
 __all__ = ["InferRequest", "InferResponse", "InferRoundOut", "PromptIn"]
 
@@ -21,7 +21,7 @@ class PromptIn(StrictModel):
     include_images: bool = True
 
 
-class InferRequest(StrictModel):
+class InferRequest(SelectionFieldsIn):
     query: QueryIn = Field(description="image (base64), text, or item_id; shown to the model last.")
     mllm: str = Field(description="A configured endpoint name (EXEMPLAR_MLLM_ENDPOINTS).")
     strategy: str = "topk"
@@ -29,13 +29,6 @@ class InferRequest(StrictModel):
     max_rounds: int = Field(4, description="Rounds at most (VideoICL: 4).")
     threshold: float = Field(0.5, description="Stop when the confidence is strictly above this (VideoICL: 0.5).")
     confidence: Literal["min_token_prob", "mean_token_logprob", "first_token_prob", "label_prob"] = "min_token_prob"
-    labels: list[str] | None = None
-    domains: list[str] | None = None
-    exclude_ids: list[str] = Field(default_factory=list, max_length=10_000)
-    order: Literal["most_similar_first", "most_similar_last", "shuffle", "class_grouped"] = "most_similar_first"
-    seed: int = 0
-    offset: int = Field(0, description="Where the first window starts in the ranking.")
-    invariant_base: Literal["balanced", "topk"] = "balanced"
     prompt: PromptIn = Field(default_factory=PromptIn)
     max_tokens: int = 16
     temperature: float = 0.0

@@ -7,8 +7,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, StrictFloat
 
 from exemplar.app.schemas.common import Base64Image, StrictModel
+from exemplar.retrieval import Query, SelectionOptions
 
-__all__ = ["BatchSelectRequest", "BatchSelectResponse", "DemonstrationOut", "QueryIn", "SelectRequest", "SelectResponse"]
+__all__ = [
+    "BatchSelectRequest",
+    "BatchSelectResponse",
+    "DemonstrationOut",
+    "QueryIn",
+    "SelectOptionsIn",
+    "SelectRequest",
+    "SelectResponse",
+    "SelectionFieldsIn",
+]
 
 
 class QueryIn(StrictModel):
@@ -17,11 +27,13 @@ class QueryIn(StrictModel):
     embedding: list[StrictFloat] | None = Field(None, max_length=16384)  # no "1" or true coerced into a vector
     item_id: str | None = Field(None, max_length=512)
 
+    def to_query(self) -> Query:
+        return Query(image=self.image, text=self.text, embedding=self.embedding, item_id=self.item_id)
 
-class SelectOptionsIn(StrictModel):
-    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random', 'invariant'.")
-    k: int | None = Field(8, description="Demonstrations per query (ignored when k_per_class is set).")
-    k_per_class: int | None = Field(None, description="balanced: exactly this many per class.")
+
+class SelectionFieldsIn(StrictModel):
+    """Filters and layout shared by every request that selects (select, select/batch, infer)."""
+
     labels: list[str] | None = Field(None, description="Only items with these labels.")
     domains: list[str] | None = Field(None, description="Only items from these domains.")
     exclude_ids: list[str] = Field(default_factory=list, max_length=10_000)
@@ -31,6 +43,33 @@ class SelectOptionsIn(StrictModel):
     invariant_base: Literal["balanced", "topk"] = Field(
         "balanced", description="invariant: per-class quotas ('balanced') or global nearest ('topk') in the adapter space."
     )
+    fill: bool = Field(
+        False, description="Per-class quotas (balanced, invariant, random with k_per_class): when a class has fewer "
+        "items than its quota, let the other classes take its slots. Either way the response's 'shortfall' says "
+        "which classes came up short."
+    )
+
+    def selection_options(self, *, k: int | None, k_per_class: int | None = None) -> SelectionOptions:
+        """The one mapping from the wire to the core's options."""
+        return SelectionOptions(
+            k=k, k_per_class=k_per_class,
+            labels=tuple(self.labels) if self.labels is not None else None,
+            domains=tuple(self.domains) if self.domains is not None else None,
+            exclude_ids=tuple(self.exclude_ids), order=self.order, seed=self.seed, offset=self.offset,
+            invariant_base=self.invariant_base, fill=self.fill,
+        )
+
+
+class SelectOptionsIn(SelectionFieldsIn):
+    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random', 'invariant'.")
+    k: int | None = Field(8, description="Demonstrations per query (not used when k_per_class is set).")
+    k_per_class: int | None = Field(
+        None, description="Exactly this many per class: 'balanced', 'invariant' with invariant_base 'balanced', and "
+        "'random' (a seeded class-balanced sample). Refused by 'topk' and invariant_base 'topk'."
+    )
+
+    def to_options(self) -> SelectionOptions:
+        return self.selection_options(k=self.k, k_per_class=self.k_per_class)
 
 
 class SelectRequest(SelectOptionsIn):
@@ -63,6 +102,10 @@ class SelectResponse(BaseModel):
     strategy: str
     demonstrations: list[DemonstrationOut]
     timing_ms: dict[str, float]
+    shortfall: dict[str, int] = Field(
+        default_factory=dict, description="Per-class quotas: label -> slots its class could not fill in this window "
+        "(it has fewer matching items). Empty when every quota was met."
+    )
 
 
 class BatchSelectResponse(BaseModel):

@@ -17,8 +17,11 @@ __all__ = [
     "Pick",
     "SelectionOptions",
     "Strategy",
+    "Window",
     "get_strategy",
     "list_strategies",
+    "per_class_strategies",
+    "refuse_k_per_class",
     "register_strategy",
 ]
 
@@ -39,6 +42,9 @@ class SelectionOptions:
     seed: int = 0
     offset: int = 0
     invariant_base: Literal["balanced", "topk"] = "balanced"
+    # Per-class quotas: a class with fewer items than its quota leaves its slots empty (and the
+    # result says so, ``Window.shortfall``) unless ``fill`` lets the other classes take them.
+    fill: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +56,21 @@ class Pick:
     rank: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One query's selection: ``picks`` in rank order and, for per-class quotas, how many items each
+    class (by label code) was short of its quota in this window."""
+
+    picks: list[Pick]
+    shortfall: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
 class Strategy(Protocol):
     name: str
     needs_query: bool
+
+    def check(self, options: SelectionOptions) -> None:
+        """Refuse options this strategy gives no meaning to (``InvalidRequest``)."""
 
     def select(
         self,
@@ -61,8 +79,8 @@ class Strategy(Protocol):
         self_rows: Sequence[int | None],
         allowed: np.ndarray | None,
         options: SelectionOptions,
-    ) -> list[list[Pick]]:
-        """One list of picks per query, in rank order; ``self_rows`` are never picked for their query."""
+    ) -> list[Window]:
+        """One window per query, picks in rank order; ``self_rows`` are never picked for their query."""
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -85,3 +103,18 @@ def get_strategy(name: str) -> Strategy:
         raise InvalidRequest(
             f"unknown strategy {name!r}; valid strategies: {choices(_REGISTRY)}", param="strategy"
         ) from None
+
+
+def per_class_strategies() -> list[str]:
+    """What takes ``k_per_class``, for error messages."""
+    return [f"{name} ({_REGISTRY[name].per_class_note})" if getattr(_REGISTRY[name], "per_class_note", "") else name
+            for name in sorted(_REGISTRY) if getattr(_REGISTRY[name], "takes_k_per_class", False)]
+
+
+def refuse_k_per_class(name: str, options: SelectionOptions, why: str) -> None:
+    if options.k_per_class is not None:
+        raise InvalidRequest(
+            f"strategy {name!r} does not take k_per_class ({why}); it is taken by "
+            f"{', '.join(per_class_strategies())}",
+            param="k_per_class",
+        )

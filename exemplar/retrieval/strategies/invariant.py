@@ -10,16 +10,27 @@ import numpy as np
 
 from exemplar.retrieval.adapters import AdapterMissing
 from exemplar.retrieval.snapshot import Snapshot
-from exemplar.retrieval.strategies.base import Pick, SelectionOptions, get_strategy, register_strategy
+from exemplar.retrieval.strategies.base import (
+    SelectionOptions,
+    Window,
+    get_strategy,
+    refuse_k_per_class,
+    register_strategy,
+)
 
-__all__ = ["INVARIANT_BASES", "Invariant"]
-
-INVARIANT_BASES: tuple[str, ...] = ("balanced", "topk")
+__all__ = ["Invariant"]
 
 
 class Invariant:
     name = "invariant"
     needs_query = True
+    takes_k_per_class = True
+    per_class_note = "with invariant_base 'balanced'"
+
+    def check(self, options: SelectionOptions) -> None:
+        if options.invariant_base == "topk":
+            refuse_k_per_class(self.name, options, "with invariant_base 'topk' it selects the k nearest items "
+                                                   "overall in the adapter space")
 
     def select(
         self,
@@ -28,8 +39,9 @@ class Invariant:
         self_rows: Sequence[int | None],
         allowed: np.ndarray | None,
         options: SelectionOptions,
-    ) -> list[list[Pick]]:
-        assert queries is not None
+    ) -> list[Window]:
+        if queries is None:
+            raise ValueError("invariant needs query vectors")
         if snap.adapter is None:
             raise AdapterMissing(
                 f"version {snap.version} of pool {snap.pool!r} has no CCI adapter: train one with "

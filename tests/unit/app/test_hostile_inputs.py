@@ -80,6 +80,11 @@ ODD_STRINGS = {
 }
 
 
+# Identifiers refuse what cannot be one (too long, not Unicode, control characters that break log
+# lines and exports); anything else printable is an identifier like any other.
+REFUSED_AS_IDENTIFIERS = {"very-long", "lone-surrogate", "nul", "newlines"}
+
+
 @pytest.mark.parametrize("name", sorted(ODD_STRINGS))
 @pytest.mark.parametrize("field", ["id", "label", "domain"])
 def test_odd_ids_and_labels_are_accepted_or_refused_cleanly(client: TestClient, seeded_pools, name: str, field: str) -> None:
@@ -88,11 +93,11 @@ def test_odd_ids_and_labels_are_accepted_or_refused_cleanly(client: TestClient, 
     raw = json.dumps({"items": [item]}, ensure_ascii=True)  # lone surrogates travel as \\ud800 escapes
     before = pool_states(client)
     r = client.post("/v1/pools/vec/items", content=raw, headers={"content-type": "application/json"})
-    assert r.status_code in (201, 400), r.text
-    if r.status_code == 400:
-        assert r.json()["error"]["param"] == f"items[0].{field}"
+    if name in REFUSED_AS_IDENTIFIERS:
+        envelope(r, 400, "invalid_request", f"items[0].{field}")
         assert pool_states(client) == before
         return
+    assert r.status_code == 201, r.text
     # Accepted: stored and returned exactly as given, and the pool still serves.
     r = client.post("/v1/pools/vec/select", json={"query": {"embedding": [0, 0, 1, 0]}, "k": 1})
     assert r.status_code == 200 and r.json()["demonstrations"][0][field] == value
@@ -184,3 +189,68 @@ def test_manifest_paths_that_escape_the_media_root_are_row_errors(client: TestCl
     errors = {e["item_id"]: e["message"] for e in job["result"]["errors"]}
     assert set(errors) == {"up", "abs", "link", "url"} and "not fetched" in errors["url"]
     assert client.get("/v1/pools/files").json()["size"] == 1 and _Recorder.hits == []
+
+
+@pytest.fixture
+def adapted_pool(client: TestClient) -> str:
+    """Three classes in two domains, with a trained adapter, so every strategy can answer."""
+    from exemplar.samples import domain_dominant_embeddings
+    from tests.helpers import wait_job
+
+    V, labels, domains = domain_dominant_embeddings(per_class_per_domain=6, dim=8, seed=3)
+    client.post("/v1/pools", json={"name": "three", "encoder": "precomputed:8"})
+    items = [{"id": f"t{i:03d}", "label": labels[i], "domain": domains[i], "embedding": V[i].tolist()}
+             for i in range(len(V))]
+    assert client.post("/v1/pools/three/items", json={"items": items}).status_code == 201
+    job = wait_job(client, client.post("/v1/pools/three/adapters", json={"epochs": 2}).json()["id"])
+    assert job["state"] == "succeeded", job
+    return "three"
+
+
+ABSENT = object()
+K_VALUES = [ABSENT, None, 0, 3, 1_000]
+STRATEGIES = [("topk", None), ("balanced", None), ("random", None), ("invariant", "balanced"), ("invariant", "topk")]
+
+
+def _expected(strategy: str, base: str | None, k: object, k_per_class: object) -> tuple[int, str | None]:
+    """The documented meaning: (status, param of the error) for one combination."""
+    per_class = k_per_class not in (ABSENT, None)
+    if per_class:
+        if k_per_class != 3 and k_per_class != 1:  # 0 or over the limit
+            return 400, "k_per_class"
+        if strategy == "topk" or base == "topk":
+            return 400, "k_per_class"
+        return 200, None  # k is not used when k_per_class is set
+    if k is None or k == 0 or k == 1_000:
+        return 400, "k"
+    return 200, None
+
+
+@pytest.mark.parametrize("strategy,base", STRATEGIES)
+def test_every_k_and_k_per_class_combination_has_one_meaning(client: TestClient, adapted_pool: str, strategy: str,
+                                                            base: str | None) -> None:
+    labels = {lab for lab in client.get(f"/v1/pools/{adapted_pool}").json()["labels"]}
+    n_labels = len(labels)
+    for k in K_VALUES:
+        for k_per_class in [ABSENT, None, 0, 1, 1_000]:
+            body: dict = {"query": {"item_id": "t000"}, "strategy": strategy}
+            if base:
+                body["invariant_base"] = base
+            if k is not ABSENT:
+                body["k"] = k
+            if k_per_class is not ABSENT:
+                body["k_per_class"] = k_per_class
+            r = client.post(f"/v1/pools/{adapted_pool}/select", json=body)
+            status, param = _expected(strategy, base, k, k_per_class)
+            if status != 200:
+                envelope(r, status, "invalid_request", param)
+                continue
+            assert r.status_code == 200, (body, r.text)
+            demos = r.json()["demonstrations"]
+            if k_per_class not in (ABSENT, None):
+                counts = {lab: sum(d["label"] == lab for d in demos) for lab in labels}
+                assert counts == {lab: k_per_class for lab in labels}, body
+                assert len(demos) == k_per_class * n_labels
+            else:
+                assert len(demos) == (8 if k is ABSENT else k), body
+            assert "t000" not in {d["id"] for d in demos}

@@ -33,7 +33,8 @@ def test_select_matches_the_oracle_over_http(client: TestClient, pool) -> None:
     body = r.json()
     assert ranked(body) == oracle_balanced(stored, labels, stored[17], k_per_class=2, skip=17)
     assert Counter(d["label"] for d in body["demonstrations"]) == {lab: 2 for lab in set(labels)}
-    assert set(body) == {"pool", "version", "encoder", "strategy", "demonstrations", "timing_ms"}
+    assert set(body) == {"pool", "version", "encoder", "strategy", "demonstrations", "timing_ms", "shortfall"}
+    assert body["shortfall"] == {}
     assert set(body["demonstrations"][0]) == {"id", "label", "text", "image", "domain", "score", "rank", "metadata"}
     r = client.post("/v1/pools/v/select", json={"query": {"embedding": q.tolist()}, "strategy": "topk", "k": 6, "offset": 3})
     assert ranked(r.json()) == oracle_topk(stored, stored[17], k=6, offset=3)

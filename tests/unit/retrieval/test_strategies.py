@@ -179,7 +179,9 @@ def test_invalid_options_are_refused(vector_pool, selection: SelectionService) -
         selection.select(name, q, "topk", SelectionOptions(exclude_ids=tuple(f"v{i:04d}" for i in range(len(V)))))
 
 
-def test_balanced_fills_from_other_classes_when_one_runs_out(pools, selection: SelectionService) -> None:
+@pytest.fixture
+def skewed(pools):
+    """Three classes, one of them with only two items."""
     from exemplar.retrieval import NewItem
     from tests.helpers import clustered_vectors
 
@@ -187,10 +189,84 @@ def test_balanced_fills_from_other_classes_when_one_runs_out(pools, selection: S
     labels = ["rare"] * 2 + ["a"] * 19 + ["b"] * 19
     pools.create(name="skewed", encoder="precomputed:16")
     pools.add_items("skewed", [NewItem(id=f"v{i:04d}", label=labels[i], embedding=V[i]) for i in range(40)])
+    return V, labels
+
+
+def test_balanced_reports_a_class_short_of_its_quota_instead_of_filling(skewed, selection: SelectionService) -> None:
+    V, labels = skewed
     result = selection.select("skewed", Query(embedding=V[0].tolist()), "balanced", SelectionOptions(k_per_class=4))
+    assert Counter(d.label for d in result.demonstrations) == {"rare": 2, "a": 4, "b": 4}
+    assert result.shortfall == {"rare": 2}
+    assert rank_order(result) == ids(oracle_balanced(V, labels, V[0], k_per_class=4))
+    # The holes keep their places in the ranking, so the next window continues it without overlap.
+    following = selection.select("skewed", Query(embedding=V[0].tolist()), "balanced",
+                                 SelectionOptions(k_per_class=4, offset=12))
+    assert following.shortfall == {"rare": 4}
+    assert rank_order(following) == ids(oracle_balanced(V, labels, V[0], k_per_class=4, offset=12))
+    assert not set(rank_order(following)) & set(rank_order(result))
+
+
+def test_balanced_fill_lets_other_classes_take_the_slots(skewed, selection: SelectionService) -> None:
+    V, labels = skewed
+    result = selection.select("skewed", Query(embedding=V[0].tolist()), "balanced",
+                              SelectionOptions(k_per_class=4, fill=True))
     counts = Counter(d.label for d in result.demonstrations)
     assert counts["rare"] == 2 and counts["a"] + counts["b"] == 10 and len(result.demonstrations) == 12
-    assert rank_order(result) == ids(oracle_balanced(V, labels, V[0], k_per_class=4))
+    assert result.shortfall == {"rare": 2}  # said even when filled
+    assert rank_order(result) == ids(oracle_balanced(V, labels, V[0], k_per_class=4, fill=True))
+
+
+def test_balanced_counts_a_filtered_out_class_as_short(skewed, selection: SelectionService) -> None:
+    V, labels = skewed
+    result = selection.select("skewed", Query(embedding=V[5].tolist()), "balanced",
+                              SelectionOptions(k_per_class=2, exclude_ids=("v0000", "v0001")))
+    assert Counter(d.label for d in result.demonstrations) == {"a": 2, "b": 2}
+    assert result.shortfall == {"rare": 2}
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_random_k_per_class_is_a_seeded_class_balanced_sample(vector_pool, selection: SelectionService, m: int) -> None:
+    name, V, labels, _ = vector_pool
+    options = SelectionOptions(k=None, k_per_class=m, seed=7)
+    result = selection.select(name, Query(), "random", options)
+    assert Counter(d.label for d in result.demonstrations) == {label: m for label in set(labels)}
+    assert result.shortfall == {}
+    again = selection.select(name, Query(), "random", options)
+    assert rank_order(again) == rank_order(result)
+    other = selection.select(name, Query(), "random", SelectionOptions(k_per_class=m, seed=8))
+    assert rank_order(other) != rank_order(result)
+    # Restricted to some labels, only those; the next window is disjoint from the first.
+    wanted = tuple(sorted(set(labels)))[:2]
+    first = selection.select(name, Query(), "random", SelectionOptions(k_per_class=m, labels=wanted))
+    second = selection.select(name, Query(), "random", SelectionOptions(k_per_class=m, labels=wanted, offset=2 * m))
+    assert Counter(d.label for d in first.demonstrations) == {label: m for label in wanted}
+    assert not set(rank_order(first)) & set(rank_order(second))
+
+
+def test_random_k_per_class_leaves_out_the_query_item(vector_pool, selection: SelectionService) -> None:
+    name, V, labels, _ = vector_pool
+    result = selection.select(name, Query(item_id="v0003"), "random", SelectionOptions(k_per_class=50, seed=1))
+    assert "v0003" not in rank_order(result)
+    assert all(d.score is not None for d in result.demonstrations)
+
+
+@pytest.mark.parametrize("strategy,base", [("topk", "balanced"), ("invariant", "topk")])
+def test_k_per_class_is_refused_where_it_has_no_meaning(vector_pool, selection: SelectionService, strategy: str,
+                                                        base: str) -> None:
+    name, V, _, _ = vector_pool
+    with pytest.raises(InvalidRequest) as raised:
+        selection.select(name, Query(item_id="v0001"), strategy,
+                         SelectionOptions(k=None, k_per_class=1, invariant_base=base))  # type: ignore[arg-type]
+    assert raised.value.param == "k_per_class"
+    assert "balanced" in raised.value.message and "random" in raised.value.message
+
+
+@pytest.mark.parametrize("strategy", ["topk", "balanced", "random"])
+def test_no_k_and_no_k_per_class_is_a_clear_error(vector_pool, selection: SelectionService, strategy: str) -> None:
+    name, _, _, _ = vector_pool
+    with pytest.raises(InvalidRequest) as raised:
+        selection.select(name, Query(item_id="v0001"), strategy, SelectionOptions(k=None))
+    assert raised.value.param == "k"
 
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF16,Flat"])

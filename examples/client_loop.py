@@ -5,6 +5,9 @@ asks an OpenAI-compatible model with those demonstrations and the query, and sto
 answer's confidence (the minimum over generated tokens of the top token probability) is strictly
 above the threshold; otherwise the most confident answer wins. Needs only httpx.
 
+With --item-id the query turn carries that item's image (and its text where the server can give it);
+images go to the model inline as data URIs unless --image-base-url says where your pipeline serves them.
+
     python examples/client_loop.py --server http://127.0.0.1:8000 --pool demo --item-id site-a-circle-0000 \\
         --mllm-url http://127.0.0.1:8001/v1 --model Qwen2-VL-7B
 """
@@ -12,6 +15,7 @@ above the threshold; otherwise the most confident answer wins. Needs only httpx.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 
@@ -30,12 +34,41 @@ def turn(text: str | None, image_url: str | None) -> dict:
     return {"role": "user", "content": content + ([{"type": "text", "text": text}] if text else [])}
 
 
+def fetch_image(http: httpx.Client, server: str, pool: str, item_id: str) -> str | None:
+    """The item's image as a data URI, so the model needs no access to where the pool's images live."""
+    r = http.get(f"{server}/v1/pools/{pool}/items/{item_id}/image")
+    if r.status_code == 404:  # a text-only item, or its image file is gone
+        return None
+    r.raise_for_status()
+    mime = r.headers.get("content-type", "application/octet-stream").split(";")[0]
+    return f"data:{mime};base64,{base64.b64encode(r.content).decode()}"
+
+
+def fetch_item(http: httpx.Client, server: str, pool: str, item_id: str) -> dict:
+    """The item's fields plus ``image_url``; servers without the item endpoint (404/405) give only the image."""
+    r = http.get(f"{server}/v1/pools/{pool}/items/{item_id}")
+    if r.status_code in (404, 405):
+        item = {"id": item_id, "text": None}
+    else:
+        r.raise_for_status()
+        item = r.json()
+    return dict(item, image_url=fetch_image(http, server, pool, item_id))
+
+
+def demo_image(http: httpx.Client, args: argparse.Namespace, demo: dict) -> str | None:
+    if not demo["image"]:
+        return None
+    if args.image_base_url:
+        return f"{args.image_base_url}/{demo['image']}"
+    return fetch_image(http, args.server, args.pool, demo["id"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8000")
     parser.add_argument("--pool", default="demo")
     parser.add_argument("--item-id", help="query by an item of the pool")
-    parser.add_argument("--text", help="query text")
+    parser.add_argument("--text", help="query text (with --item-id: sent instead of the item's own text)")
     parser.add_argument("--mllm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1")
     parser.add_argument("--model", default="default")
     parser.add_argument("--strategy", default="topk")
@@ -43,12 +76,19 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=4)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--image-base-url", default=None,
-                        help="where your pipeline serves pool images (demonstration 'image' is appended)")
+                        help="where your pipeline serves pool images (demonstration 'image' is appended); "
+                             "without it, demonstration images are sent inline")
     args = parser.parse_args()
+    if not (args.item_id or args.text):
+        parser.error("give --item-id or --text")
     query = {"item_id": args.item_id} if args.item_id else {"text": args.text}
 
     rounds = []
     with httpx.Client(timeout=60) as http:
+        item = fetch_item(http, args.server, args.pool, args.item_id) if args.item_id else {}
+        query_turn = turn(args.text or item.get("text"), item.get("image_url"))
+        if not query_turn["content"]:
+            raise SystemExit(f"item {args.item_id!r} has no image or text to show the model; pass --text")
         for r in range(args.max_rounds):
             selection = http.post(f"{args.server}/v1/pools/{args.pool}/select", json={
                 "query": query, "strategy": args.strategy, "k": args.window, "offset": r * args.window,
@@ -59,9 +99,8 @@ def main() -> None:
                 break
             messages = []
             for d in demos:
-                image = f"{args.image_base_url}/{d['image']}" if args.image_base_url and d["image"] else None
-                messages += [turn(d["text"], image), {"role": "assistant", "content": d["label"]}]
-            messages.append(turn(args.text or "", None))
+                messages += [turn(d["text"], demo_image(http, args, d)), {"role": "assistant", "content": d["label"]}]
+            messages.append(query_turn)
             reply = http.post(f"{args.mllm_url}/chat/completions", json={
                 "model": args.model, "messages": messages, "max_tokens": 16, "temperature": 0,
                 "logprobs": True, "top_logprobs": 5,

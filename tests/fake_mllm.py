@@ -9,8 +9,9 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400).
 
-Every request is recorded (the demonstration labels and the number of images) and listed by
-``GET /requests``; ``POST /reset`` clears the record and the counters.
+Every request is recorded (the demonstration labels, the number of images, and the image URLs and
+texts of the last user turn, i.e. the query) and listed by ``GET /requests``; ``POST /reset`` clears
+the record and the counters.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ def _demos(messages: list[dict[str, Any]]) -> tuple[list[str], int, str]:
     return labels, images, texts[-1] if texts else ""
 
 
+def _query_turn(messages: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The last user turn's parts: what a client showed the model as the query itself."""
+    users = [m for m in messages if m.get("role") == "user"]
+    content = users[-1].get("content") if users else []
+    parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    return {"images": [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"],
+            "texts": [p["text"] for p in parts if p.get("type") == "text"]}
+
+
 def _completion(model: str, answer: str, prob: float, logprobs: bool = True) -> dict[str, Any]:
     """One answer token of probability ``prob``, the most likely one as under greedy decoding: the
     remaining mass is spread over alternatives no likelier than it."""
@@ -63,8 +73,10 @@ def _completion(model: str, answer: str, prob: float, logprobs: bool = True) -> 
 async def chat(request: Request) -> Any:  # noqa: ANN401
     body = await request.json()
     model = str(body.get("model", "majority"))
-    labels, images, query_text = _demos(body.get("messages", []))
+    messages = body.get("messages", [])
+    labels, images, query_text = _demos(messages)
     _state["requests"].append({"model": model, "labels": labels, "images": images, "query_text": query_text,
+                               "query": _query_turn(messages),
                                "logprobs": body.get("logprobs"), "top_logprobs": body.get("top_logprobs"),
                                "authorization": request.headers.get("authorization")})
     _state["calls"][model] += 1

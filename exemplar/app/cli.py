@@ -105,9 +105,10 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
 @_data_dir
 @click.option("--encoder", default=None, help="Encoder spec, when the pool is created by this build "
               "[env EXEMPLAR_DEFAULT_ENCODER; default open_clip:exemplar-tiny].")
-@click.option("--embed", type=click.Choice(["image", "text", "image+text"]), default="image", show_default=True)
+@click.option("--embed", type=click.Choice(["image", "text", "image+text"]), default=None,
+              help="What is embedded, when the pool is created by this build [default: image].")
 @click.option("--index", "index_spec", default=None,
-              help="FAISS factory string or 'auto' (default: the pool's; 'auto' for a new pool).")
+              help="FAISS factory string or 'auto', when the pool is created by this build [default: auto].")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "imagefolder", "webdataset"]),
               default=None, help="Source format (default: from the file name; a folder is an image folder, or "
               "WebDataset when it holds .tar shards).")
@@ -120,7 +121,7 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
               help="Encode here or on Ray Data [env EXEMPLAR_EXECUTOR].")
 @click.option("--ray-address", default=None, help="Ray cluster address [env EXEMPLAR_RAY_ADDRESS].")
-def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str, index_spec: str | None,
+def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str | None, index_spec: str | None,
           fmt: str | None, media_root: Path | None, mode: str, shard_size: int, workers: int, executor: str | None,
           ray_address: str | None) -> None:
     """Build a new version of POOL from SOURCE (a .jsonl, .csv or .parquet manifest, WebDataset .tar
@@ -132,24 +133,29 @@ def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, e
     from exemplar.retrieval import BuildSpec
 
     services = build_services(settings)  # resumes builds whose process died
+    created = False
     try:
         try:
-            services.pools.get(pool)
+            _check_same_pool(services.pools.get(pool), encoder=encoder, embed=embed, index=index_spec)
         except NotFound:
-            services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed, index=index_spec or "auto")
-            click.echo(f"created pool {pool!r} with encoder {settings.default_encoder}", err=True)
+            services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed or "image",
+                                  index=index_spec or "auto")
+            created = True
         active = services.jobs.list(pool=pool, states=("queued", "running"), kinds=("build",))
         if active:
             job = active[0]
             click.echo(f"resuming build {job.id} of {job.params['source']}", err=True)
         else:
             spec = BuildSpec(pool=pool, source=str(source.resolve()), format=fmt, mode=mode,  # type: ignore[arg-type]
-                             media_root=str(media_root.resolve()) if media_root else None, index=index_spec,
+                             media_root=str(media_root.resolve()) if media_root else None,
                              shard_size=shard_size, batch_size=max(settings.encode_batch_size, 256), workers=workers)
             job = services.builds.start(spec)
+        if created:
+            click.echo(f"created pool {pool!r} with encoder {settings.default_encoder}", err=True)
         job = _follow(services, job.id, f"building {pool}")
         if job.state != "succeeded":
             raise click.ClickException(f"build {job.state}: {json.dumps(job.errors)}")
+        created = False
         result = job.result or {}
         for err in result.get("errors", [])[:20]:
             click.echo(f"skipped row {err['line']} ({err['item_id']}): {err['message']}", err=True)
@@ -158,7 +164,26 @@ def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, e
     except ExemplarError as exc:
         _fail(exc)
     finally:
+        if created:  # a build that did not succeed leaves no pool behind it
+            services.pools.delete(pool)
         services.close()
+
+
+def _check_same_pool(record: Any, *, encoder: str | None, embed: str | None, index: str | None) -> None:  # noqa: ANN401 - PoolRecord
+    """Options that define a pool must match the existing pool's: a build never changes them silently."""
+    given = {
+        "--encoder": (encoder.strip() if encoder else None, record.encoder),
+        "--embed": (embed, record.embed),
+        "--index": (index, record.index),
+    }
+    differ = [f"{flag} {value!r} (the pool has {have!r})" for flag, (value, have) in given.items()
+              if value is not None and value != have]
+    if differ:
+        raise click.ClickException(
+            f"pool {record.name!r} exists with encoder {record.encoder!r}, embed {record.embed!r} and index "
+            f"{record.index!r}; this build asks for {', '.join(differ)}. Build into a new pool name, or delete the "
+            f"pool first (DELETE /v1/pools/{record.name}) to rebuild it with other settings."
+        )
 
 
 def _follow(services: Any, job_id: str, label: str) -> Any:  # noqa: ANN401 - Services, JobRecord
@@ -201,14 +226,26 @@ def _follow(services: Any, job_id: str, label: str) -> Any:  # noqa: ANN401 - Se
               default="most_similar_first", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--offset", type=int, default=0, show_default=True)
+@click.option("--invariant-base", type=click.Choice(["balanced", "topk"]), default="balanced", show_default=True)
+@click.option("--fill", is_flag=True, help="Per-class quotas: let other classes take the slots of a class that runs out.")
 def select(pool: str, data_dir: Path | None, text: str | None, image: Path | None, item_id: str | None,
            embedding: str | None, strategy: str, k: int, k_per_class: int | None, labels: tuple[str, ...],
-           domains: tuple[str, ...], exclude_ids: tuple[str, ...], order: str, seed: int, offset: int) -> None:
+           domains: tuple[str, ...], exclude_ids: tuple[str, ...], order: str, seed: int, offset: int,
+           invariant_base: str, fill: bool) -> None:
     """Select demonstrations from POOL (in-process, no server needed) and print them as JSON."""
     settings = _settings(data_dir=data_dir)
-    from exemplar.app.services import build_services
-    from exemplar.retrieval import Query, SelectionOptions
+    import pydantic
 
+    from exemplar.app.schemas.select import SelectOptionsIn
+    from exemplar.app.services import build_services
+    from exemplar.retrieval import Query
+
+    try:  # the same wire model and mapping as the HTTP API
+        options = SelectOptionsIn(strategy=strategy, k=k, k_per_class=k_per_class, labels=list(labels) or None,
+                                  domains=list(domains) or None, exclude_ids=list(exclude_ids), order=order,
+                                  seed=seed, offset=offset, invariant_base=invariant_base, fill=fill).to_options()
+    except pydantic.ValidationError as exc:
+        raise click.UsageError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
     services = build_services(settings)
     try:
         query = Query(
@@ -217,12 +254,10 @@ def select(pool: str, data_dir: Path | None, text: str | None, image: Path | Non
             embedding=json.loads(embedding) if embedding else None,
             item_id=item_id,
         )
-        options = SelectionOptions(k=k, k_per_class=k_per_class, labels=labels or None, domains=domains or None,
-                                   exclude_ids=exclude_ids, order=order, seed=seed, offset=offset)  # type: ignore[arg-type]
         result = services.selection.select(pool, query, strategy, options)
         click.echo(json.dumps({
             "pool": result.pool, "version": result.version, "encoder": result.encoder, "strategy": result.strategy,
-            "demonstrations": [vars(d) for d in result.demonstrations],
+            "demonstrations": [vars(d) for d in result.demonstrations], "shortfall": result.shortfall,
         }, indent=2))
     except ExemplarError as exc:
         _fail(exc)

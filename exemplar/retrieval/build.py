@@ -199,14 +199,17 @@ class BuildRunner:
         stage = None
         encoded_now = 0
 
-        def report(force: bool = False, shards: int = 0) -> None:
+        def report(force: bool = False, shards: int = 0, final: bool = False) -> None:
             elapsed = max(time.monotonic() - started, 1e-9)
             rate = encoded_now / elapsed
-            remaining = (total - counts["read"]) if total is not None else None
-            ctx.progress(force=force, done=counts["read"], total=total, encoded=counts["encoded"],
+            done = counts["read"]
+            # count_rows is an estimate (a CSV field may span lines): a low one grows with the rows
+            # actually read, and once the source is exhausted those rows are the total.
+            shown = done if final else max(total, done) if total is not None else None
+            eta = (shown - done) / rate if shown is not None and rate > 0 else None
+            ctx.progress(force=force, done=done, total=shown, encoded=counts["encoded"],
                          skipped=counts["skipped"], shards_done=shards, resumed_shards=resumed,
-                         rate_per_s=round(rate, 1),
-                         eta_s=round(remaining / rate, 1) if remaining is not None and rate > 0 else None)
+                         rate_per_s=round(rate, 1), eta_s=round(eta, 1) if eta is not None else None)
 
         try:
             k = -1
@@ -269,7 +272,7 @@ class BuildRunner:
             if stage is not None:
                 stage.close()
         ctx.check()
-        report(force=True, shards=shards)
+        report(force=True, shards=shards, final=True)
         rows: list[ItemRow] = []
         parts: list[np.ndarray] = []
         for k in range(shards):

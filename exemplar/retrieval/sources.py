@@ -153,17 +153,22 @@ def _rows(records: Iterator[tuple[int, dict[str, Any] | Exception]], root: Path)
             yield SourceRow(None, RowError(line, item_id, exc.message), line)
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines: shared with ``count_rows`` so the count matches what is read."""
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield line, exc
-                continue
-            yield line, record if isinstance(record, dict) else ValueError("not an object")
+            if text.strip():
+                yield line, text
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    for line, text in _jsonl_lines(path):
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield line, exc
+            continue
+        yield line, record if isinstance(record, dict) else ValueError("not an object")
 
 
 def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
@@ -291,15 +296,27 @@ def read_source(path: Path, fmt: str | None = None, media_root: Path | None = No
     return _rows(readers[fmt](path), root)
 
 
+def _csv_lines(path: Path) -> int:
+    # csv skips empty lines, not lines of spaces; a last line without a newline still counts.
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.rstrip(b"\r\n"))
+
+
 def count_rows(path: Path, fmt: str | None = None) -> int | None:
-    """How many rows a source has, when that is cheap to know (for progress and ETA)."""
+    """How many rows a source has, when that is cheap to know (for progress and ETA).
+
+    Exact for JSONL (its non-blank lines, as read), Parquet and image folders. For CSV it is an
+    approximation: non-empty lines less the header, so a quoted field spanning lines counts twice
+    and lines ended by bare carriage returns count short. Build progress therefore takes the count
+    as an estimate and settles the total from the rows actually read.
+    """
     fmt = fmt or detect_format(path)
     if not (path.is_file() or path.is_dir()):
         return None  # a pipe or device: reading it to count would consume it
-    if fmt in ("jsonl", "csv"):
-        with open(path, "rb") as fh:
-            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-        return max(0, lines - (1 if fmt == "csv" else 0))
+    if fmt == "jsonl":
+        return sum(1 for _ in _jsonl_lines(path))
+    if fmt == "csv":
+        return max(0, _csv_lines(path) - 1)
     if fmt == "parquet":
         return int(_open_parquet(path).metadata.num_rows)
     if fmt == "imagefolder":

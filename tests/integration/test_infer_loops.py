@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -45,9 +46,11 @@ def test_server_driven_loop(server: str, fake_mllm: str) -> None:
 
 
 def test_client_driven_loop_example_runs(server: str, fake_mllm: str) -> None:
+    httpx.post(f"{fake_mllm}/reset")
+    item_id = "site-b-square-0001"
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "client_loop.py"), "--server", server, "--pool", "shapes",
-         "--item-id", "site-b-square-0001", "--mllm-url", f"{fake_mllm}/v1", "--model", "majority"],
+         "--item-id", item_id, "--mllm-url", f"{fake_mllm}/v1", "--model", "majority"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -56,3 +59,16 @@ def test_client_driven_loop_example_runs(server: str, fake_mllm: str) -> None:
     flat = [i for w in windows for i in w]
     assert len(flat) == len(set(flat)) and all(len(w) == 2 for w in windows)
     assert out["answer"] in {"circle", "square", "triangle", "cross"}
+
+    # The query turn must show the model the item itself: its image inline, and its text where the
+    # server exposes the item's fields (the example falls back to the image alone where it does not).
+    image = httpx.get(f"{server}/v1/pools/shapes/items/{item_id}/image")
+    assert image.status_code == 200
+    expected_image = f"data:{image.headers['content-type']};base64,{base64.b64encode(image.content).decode()}"
+    fields = httpx.get(f"{server}/v1/pools/shapes/items/{item_id}")
+    expected_texts = [fields.json()["text"]] if fields.status_code == 200 else []
+    seen = httpx.get(f"{fake_mllm}/requests").json()
+    assert len(seen) == len(out["rounds"])
+    for request in seen:
+        assert request["query"] == {"images": [expected_image], "texts": expected_texts}
+        assert request["images"] == 3  # two demonstrations and the query, all inline

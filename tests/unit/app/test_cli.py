@@ -85,3 +85,53 @@ def test_sample_adapt_and_eval(runner: CliRunner, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
     shapes = runner.invoke(main, ["sample", "shapes", str(tmp_path / "shapes"), "--per-class", "1"])
     assert shapes.exit_code == 0 and Path(shapes.stdout.strip()).is_file()
+
+
+def _pools(data: Path) -> list[str]:
+    from exemplar.retrieval.catalog import Catalog
+
+    catalog = Catalog(data / "catalog.sqlite3")
+    try:
+        return [p.name for p in catalog.pools()]
+    finally:
+        catalog.close()
+
+
+def test_a_build_that_fails_creates_no_pool(runner: CliRunner, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = runner.invoke(main, ["build", "derm", str(tmp_path / "missing.jsonl"), "--data-dir", str(data)])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert _pools(data) == []
+
+
+def test_build_options_that_differ_from_the_existing_pool_are_refused(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=1)
+    data = tmp_path / "data"
+    assert runner.invoke(main, ["build", "derm", str(manifest), "--data-dir", str(data)]).exit_code == 0
+    for option in (["--encoder", "open_clip:ViT-B-32@laion2b_s34b_b79k"], ["--embed", "text"], ["--index", "HNSW32"]):
+        result = runner.invoke(main, ["build", "derm", str(manifest), "--data-dir", str(data), *option])
+        assert result.exit_code != 0, option
+        assert f"{option[0]} {option[1]!r}" in result.output and "open_clip:exemplar-tiny" in result.output
+        assert "new pool name" in result.output
+    # The same settings as the pool's are fine; the pool still has its one build's version.
+    same = ["--encoder", "open_clip:exemplar-tiny", "--embed", "image", "--index", "auto", "--mode", "upsert"]
+    result = runner.invoke(main, ["build", "derm", str(manifest), "--data-dir", str(data), *same])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["version"] == 2
+
+
+@pytest.mark.parametrize("strategy,extra,per_label", [("random", ["--k-per-class", "1"], 1),
+                                                      ("balanced", ["--k-per-class", "1"], 1)])
+def test_select_k_per_class_from_the_command_line(runner: CliRunner, tmp_path: Path, strategy: str, extra: list[str],
+                                                  per_label: int) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=1)
+    data = tmp_path / "data"
+    assert runner.invoke(main, ["build", "p", str(manifest), "--data-dir", str(data)]).exit_code == 0
+    result = runner.invoke(main, ["select", "p", "--data-dir", str(data), "--item-id", "site-a-circle-0000",
+                                  "--strategy", strategy, *extra])
+    assert result.exit_code == 0, result.output
+    labels = [d["label"] for d in json.loads(result.stdout)["demonstrations"]]
+    assert sorted(labels) == sorted(set(labels)) * per_label and len(set(labels)) == 4
+    refused = runner.invoke(main, ["select", "p", "--data-dir", str(data), "--item-id", "site-a-circle-0000",
+                                   "--strategy", "topk", "--k-per-class", "1"])
+    assert refused.exit_code != 0 and "k_per_class" in refused.output

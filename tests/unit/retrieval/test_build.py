@@ -12,7 +12,7 @@ import pytest
 
 from exemplar.errors import InvalidRequest, NotFound
 from exemplar.retrieval import PoolService, build_pool
-from exemplar.retrieval.sources import read_source, resolve_media
+from exemplar.retrieval.sources import count_rows, read_source, resolve_media
 from tests.helpers import png_bytes
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -134,6 +134,27 @@ def test_missing_or_unknown_sources_are_refused(pools: PoolService, tmp_path: Pa
     with pytest.raises(InvalidRequest, match="header"):
         list(read_source(tmp_path / "noheader.csv"))
     assert pools.get("p").current_version is None
+
+
+IRREGULAR_MANIFESTS = {
+    "no-final-newline.jsonl": '{"id": "a"}\n{"id": "b"}\n{"id": "c"}',
+    "blank-lines.jsonl": '\n{"id": "a"}\n\n  \n{"id": "b"}\r\n{"id": "c"}\n\n',
+    "no-final-newline.csv": "id,label\na,x\nb,y\nc,z",
+    "blank-lines.csv": "id,label\r\na,x\r\n\r\nb,y\n\nc,z\n\n",
+}
+
+
+@pytest.mark.parametrize("name", IRREGULAR_MANIFESTS)
+def test_count_rows_counts_the_rows_read(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(IRREGULAR_MANIFESTS[name].encode())
+    assert count_rows(path) == len(list(read_source(path))) == 3
+
+
+def test_count_rows_of_empty_manifests(tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "header-only.csv").write_text("id,label")
+    assert count_rows(tmp_path / "empty.jsonl") == count_rows(tmp_path / "header-only.csv") == 0
 
 
 @pytest.mark.parametrize("ref", ["../a.png", "/abs.png", "a/../../b.png", ""])

@@ -152,3 +152,48 @@ class _Quiet:
 
     def progress(self, **values) -> None:  # noqa: ANN003
         return None
+
+
+class _Recording(_Quiet):
+    """Keeps every progress report, including those a job's context would not write."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict] = []
+
+    def progress(self, **values) -> None:  # noqa: ANN003
+        values.pop("force", None)
+        self.reports.append(values)
+
+
+def assert_progress_settles(reports: list[dict], rows: int) -> None:
+    assert all(r["eta_s"] is None or r["eta_s"] >= 0 for r in reports), reports
+    assert all(r["total"] is None or r["done"] <= r["total"] for r in reports), reports
+    assert (reports[-1]["done"], reports[-1]["total"], reports[-1]["eta_s"]) == (rows, rows, 0.0)
+
+
+@pytest.mark.parametrize("layout", ["no final newline", "blank lines"])
+def test_progress_of_manifests_with_irregular_lines(pools: PoolService, jobs: JobService, tmp_path: Path,
+                                                   layout: str) -> None:
+    pools.create(name="p", encoder="precomputed:8")
+    pools.create(name="q", encoder="precomputed:8")
+    lines = vector_manifest(tmp_path / "m.jsonl", 25).read_text().splitlines()
+    text = "\n".join(lines) if layout == "no final newline" else "\n".join([*lines[:7], "", "  ", *lines[7:], ""])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(text)
+    recorder = _Recording()
+    BuildRunner(pools, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
+    assert_progress_settles(recorder.reports, 25)
+    job = jobs.wait(BuildService(pools, jobs).start(BuildSpec(pool="q", source=str(manifest), shard_size=10)).id)
+    assert job.state == "succeeded" and (job.progress["done"], job.progress["total"]) == (25, 25)
+
+
+@pytest.mark.parametrize("counted", [5, 100, None], ids=["low", "high", "unknown"])
+def test_progress_total_is_settled_by_the_rows_read(pools: PoolService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    counted: int | None) -> None:
+    # A CSV row may span lines, so the up-front count is only an estimate.
+    monkeypatch.setattr("exemplar.retrieval.build.count_rows", lambda path, fmt=None: counted)
+    pools.create(name="p", encoder="precomputed:8")
+    manifest = vector_manifest(tmp_path / "m.jsonl", 25)
+    recorder = _Recording()
+    BuildRunner(pools, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
+    assert_progress_settles(recorder.reports, 25)

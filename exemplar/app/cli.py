@@ -267,6 +267,59 @@ def select(pool: str, data_dir: Path | None, text: str | None, image: Path | Non
         services.close()
 
 
+@main.group()
+def items() -> None:
+    """Read, list and delete a pool's items (in-process, no server needed)."""
+
+
+def _with_pools(data_dir: Path | None, work: Any) -> None:  # noqa: ANN401 - a callable of PoolService
+    from exemplar.app.services import build_services
+
+    services = build_services(_settings(data_dir=data_dir))
+    try:
+        click.echo(json.dumps(work(services.pools), indent=2))
+    except ExemplarError as exc:
+        _fail(exc)
+    finally:
+        services.close()
+
+
+@items.command(name="get")
+@click.argument("pool")
+@click.argument("item_id")
+@_data_dir
+def items_get(pool: str, item_id: str, data_dir: Path | None) -> None:
+    """Print one item of POOL's current version as JSON."""
+    _with_pools(data_dir, lambda pools: vars(pools.item(pool, item_id)))
+
+
+@items.command(name="list")
+@click.argument("pool")
+@_data_dir
+@click.option("--label", "labels", multiple=True, help="Only these labels (repeatable).")
+@click.option("--domain", "domains", multiple=True, help="Only these domains (repeatable).")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--cursor", default=None, help="next_cursor of the previous page.")
+def items_list(pool: str, data_dir: Path | None, labels: tuple[str, ...], domains: tuple[str, ...], limit: int,
+               cursor: str | None) -> None:
+    """Print one page of POOL's items (oldest write first) with the cursor of the next page."""
+    def page(pools: Any) -> dict[str, Any]:  # noqa: ANN401 - PoolService
+        got = pools.list_items(pool, labels=labels or None, domains=domains or None, limit=limit, cursor=cursor)
+        return {"version": got.version, "matching": got.matching, "next_cursor": got.next_cursor,
+                "items": [vars(i) for i in got.items]}
+
+    _with_pools(data_dir, page)
+
+
+@items.command(name="delete")
+@click.argument("pool")
+@click.argument("item_ids", nargs=-1, required=True)
+@_data_dir
+def items_delete(pool: str, item_ids: tuple[str, ...], data_dir: Path | None) -> None:
+    """Delete ITEM_IDS from POOL as one new version; ids it does not hold are reported."""
+    _with_pools(data_dir, lambda pools: vars(pools.delete_items(pool, list(item_ids))))
+
+
 def _adapter_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:

@@ -15,7 +15,7 @@ from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from exemplar.app.observability import AccessMiddleware
 from exemplar.app.openapi import install_openapi
-from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, pools, select
+from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, items, pools, select
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
@@ -62,6 +62,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(pools.router)
+    app.include_router(items.router)
     app.include_router(select.router)
     app.include_router(adapters.router)
     app.include_router(builds.router)

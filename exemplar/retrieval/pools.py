@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import logging
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import numpy as np
 
-from exemplar.errors import Conflict, EmptyPool, InvalidRequest, choices
+from exemplar.errors import Conflict, EmptyPool, InvalidRequest, NotFound, choices
 from exemplar.retrieval.autoindex import AutoIndexPolicy
 from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, StaleBase, VersionRecord
 from exemplar.retrieval.files import write_bytes_atomic
@@ -26,7 +29,7 @@ from exemplar.retrieval.ports import Encoder, EncoderProvider
 from exemplar.retrieval.snapshot import Snapshot
 from exemplar.retrieval.versions import VersionFiles, load_snapshot, write_version
 
-__all__ = ["METRICS", "POOL_NAME", "PoolService", "PoolStats", "item_row"]
+__all__ = ["METRICS", "POOL_NAME", "DeletedItems", "ItemPage", "PoolService", "PoolStats", "StoredItem", "item_row"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,38 @@ class PoolStats:
     domains: dict[str, int]
     versions: list[VersionRecord]
     adapter: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredItem:
+    """An item as the current version holds it."""
+
+    id: str
+    label: str | None
+    text: str | None
+    image: str | None
+    domain: str | None
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemPage:
+    """One page of a pool's items in a stable order (oldest write first); ``next_cursor`` continues it."""
+
+    version: int | None
+    items: list[StoredItem]
+    matching: int  # items of the version that pass the filters, on every page
+    next_cursor: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletedItems:
+    version: int | None  # the version without them (unchanged when none of the ids was there)
+    deleted: list[str]
+    missing: list[str]
+
+
+MAX_PAGE = 1000
 
 
 class PoolService:
@@ -179,10 +214,10 @@ class PoolService:
             write_bytes_atomic(target, item.image_bytes)
 
     def write(self, pool: PoolRecord, rows: Sequence[ItemRow], vectors: Any, *, source: str, replace_all: bool,
-              index_spec: str | None = None) -> int:
-        """Write ``rows`` as a new current version: on top of the current one, or (``replace_all``)
-        alone. Another process may make a version current meanwhile; the addition is then redone on
-        top of that one, so neither writer's items go missing from the current version."""
+              index_spec: str | None = None, remove_ids: frozenset[str] = frozenset()) -> int:
+        """Write ``rows`` as a new current version: on top of the current one (less ``remove_ids``),
+        or (``replace_all``) alone. Another process may make a version current meanwhile; the change
+        is then redone on top of that one, so neither writer's items go missing from the current version."""
         for _ in range(WRITE_ATTEMPTS):
             with self._write_lock:
                 pool = self.catalog.pool(pool.name)
@@ -191,6 +226,7 @@ class PoolService:
                     version = write_version(
                         self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
                         source=source, index_spec=index_spec, index_policy=self.index_policy, replace_all=replace_all,
+                        remove_ids=remove_ids,
                     )
                 except StaleBase:
                     log.info("pool %s: the current version changed during a write; writing again on top of it", pool.name)
@@ -200,6 +236,56 @@ class PoolService:
                 self._prune(pool.id)
             return version
         raise Conflict(f"pool {pool.name!r} kept changing while this write was made; retry it", param="pool")
+
+    # items ---------------------------------------------------------------------------------------
+
+    def item(self, name: str, item_id: str) -> StoredItem:
+        snap = self._current(name)
+        row = snap.row_of.get(item_id) if snap is not None else None
+        if snap is None or row is None:
+            raise NotFound(f"item {item_id!r} is not in the current version of pool {name!r}", param="item_id")
+        return _stored_item(snap, row)
+
+    def list_items(self, name: str, *, labels: Sequence[str] | None = None, domains: Sequence[str] | None = None,
+                   limit: int = 100, cursor: str | None = None) -> ItemPage:
+        """Items of the current version, oldest write first. Rows are kept in the order of their
+        uids (assigned increasingly at each write), so a cursor (the last uid seen) stays valid
+        across versions: later additions come at the end, and a replaced item moves there."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+        after = _decode_cursor(cursor)
+        snap = self._current(name)
+        if snap is None:
+            return ItemPage(None, [], 0, None)
+        mask = np.ones(snap.size, bool)
+        for wanted, codes, names in ((labels, snap.label_codes, snap.labels), (domains, snap.domain_codes, snap.domains)):
+            if wanted:
+                lookup = {n: c for c, n in enumerate(names)}
+                mask &= np.isin(codes, [lookup[w] for w in wanted if w in lookup])
+        start = int(np.searchsorted(snap.uids, after, side="right")) if after is not None else 0
+        rows = np.flatnonzero(mask[start:])[: limit + 1] + start
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(int(snap.uids[rows[-1]])) if more else None
+        return ItemPage(snap.version, [_stored_item(snap, int(r)) for r in rows], int(mask.sum()), next_cursor)
+
+    def delete_items(self, name: str, ids: Sequence[str]) -> DeletedItems:
+        """Remove ``ids`` from the pool as one new version; ids it does not hold are reported, and
+        when it holds none of them nothing is written."""
+        if not ids:
+            raise InvalidRequest("no ids given", param="ids")
+        pool = self.catalog.pool(name)
+        wanted = list(dict.fromkeys(ids))
+        snap = self._current(name, fresh=True)
+        present = [i for i in wanted if snap is not None and i in snap.row_of]
+        missing = [i for i in wanted if snap is None or i not in snap.row_of]
+        if not present:
+            return DeletedItems(pool.current_version, [], missing)
+        # Another writer may remove or add some of them meanwhile: ``write`` redoes the removal on
+        # the version that is current then, and an id gone by then is simply not there to remove.
+        version = self.write(pool, [], np.empty((0, pool.dim), np.float32), source="delete",
+                             replace_all=False, remove_ids=frozenset(present))
+        return DeletedItems(version, present, missing)
 
     def _prune(self, pool_id: int) -> None:
         """Drop the files of ready versions beyond the newest ``keep_versions`` (never the current
@@ -261,3 +347,24 @@ def item_row(item: NewItem) -> ItemRow:
         domain=item.domain,
         metadata=json.dumps(item.metadata) if item.metadata else None,
     )
+
+
+def _stored_item(snap: Snapshot, row: int) -> StoredItem:
+    return StoredItem(id=snap.ids[row], label=snap.label_of(row), text=snap.texts[row], image=snap.images[row],
+                      domain=snap.domain_of(row), metadata=snap.metadata_of(row))
+
+
+def _encode_cursor(uid: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": uid}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+        if isinstance(after, int) and not isinstance(after, bool):
+            return after
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        pass
+    raise InvalidRequest("cursor is not one this server gave out", param="cursor")

@@ -68,8 +68,10 @@ def write_version(
     index_policy: AutoIndexPolicy = AutoIndexPolicy(),
     activate: bool = True,
     replace_all: bool = False,
+    remove_ids: frozenset[str] = frozenset(),
 ) -> int:
-    """Write ``base`` (minus the items that ``new_rows`` replace) plus ``new_rows`` as a new version.
+    """Write ``base`` (minus the items that ``new_rows`` replace and those in ``remove_ids``) plus
+    ``new_rows`` as a new version.
 
     ``new_rows`` carry placeholder uids; real ones are reserved here. Nothing is visible to readers
     until the files are durable and the catalog transaction commits; a failure leaves the serving
@@ -83,7 +85,7 @@ def write_version(
             ItemRow(first_uid + i, r.item_id, r.label, r.text, r.image, r.media_root, r.domain, r.metadata)
             for i, r in enumerate(new_rows)
         ]
-        replaced = {r.item_id for r in rows}
+        replaced = {r.item_id for r in rows} | remove_ids
         if base is not None and base.size:
             keep = np.fromiter((item_id not in replaced for item_id in base.ids), bool, base.size)
             uids = np.concatenate([base.uids[keep], np.fromiter((r.uid for r in rows), np.int64, len(rows))])
@@ -92,7 +94,7 @@ def write_version(
             domains = [base.domain_of(i) for i in np.flatnonzero(keep)] + [r.domain for r in rows]
         else:
             uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
-            vectors = np.ascontiguousarray(new_vectors, dtype=np.float32)
+            vectors = np.ascontiguousarray(new_vectors, dtype=np.float32).reshape(len(rows), pool.dim)
             labels = [r.label for r in rows]
             domains = [r.domain for r in rows]
         index, index_stats = build_index(vectors, index_spec or pool.index, index_policy)

@@ -135,3 +135,21 @@ def test_select_k_per_class_from_the_command_line(runner: CliRunner, tmp_path: P
     refused = runner.invoke(main, ["select", "p", "--data-dir", str(data), "--item-id", "site-a-circle-0000",
                                    "--strategy", "topk", "--k-per-class", "1"])
     assert refused.exit_code != 0 and "k_per_class" in refused.output
+
+
+def test_items_get_list_and_delete(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=1)
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert runner.invoke(main, ["build", "p", str(manifest), *data]).exit_code == 0
+    got = runner.invoke(main, ["items", "get", "p", "site-a-circle-0000", *data])
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["label"] == "circle"
+    first = json.loads(runner.invoke(main, ["items", "list", "p", "--limit", "5", *data]).stdout)
+    rest = json.loads(runner.invoke(main, ["items", "list", "p", "--cursor", first["next_cursor"], *data]).stdout)
+    ids = [i["id"] for i in first["items"] + rest["items"]]
+    assert len(ids) == len(set(ids)) == first["matching"] == 12 and rest["next_cursor"] is None
+    deleted = runner.invoke(main, ["items", "delete", "p", "site-a-circle-0000", "ghost", *data])
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(deleted.stdout) == {"version": 2, "deleted": ["site-a-circle-0000"], "missing": ["ghost"]}
+    gone = runner.invoke(main, ["items", "get", "p", "site-a-circle-0000", *data])
+    assert gone.exit_code != 0 and "not_found" in gone.output

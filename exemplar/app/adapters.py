@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.encoders.cci import CCIConfig, train_cci
+from exemplar.encoders.cci_config import CCIConfig
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.adapters import Adapter, TrainedAdapter
 
@@ -42,6 +42,9 @@ class CCITrainer:
         on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> TrainedAdapter:
+        # The trainer imports torch: a server pays for that at its first training job, not at start-up.
+        from exemplar.encoders.cci import train_cci
+
         config = cci_config(params, self.device)
         result = train_cci(vectors, labels, domains, config, on_epoch=on_epoch, should_stop=should_stop)
         best = result.history[result.best_epoch] if result.best_epoch >= 0 else {}

@@ -13,8 +13,9 @@ import numpy as np
 import open_clip
 import torch
 
+from exemplar.encoders.devices import resolve_device
 from exemplar.encoders.images import DEFAULT_MAX_PIXELS, decode_image
-from exemplar.encoders.spec import EncoderSpec
+from exemplar.encoders.spec import TINY_ARCH, EncoderSpec
 from exemplar.encoders.weights import resolve_tag_checkpoint
 from exemplar.errors import EncoderUnavailable, InvalidRequest, choices
 
@@ -22,7 +23,6 @@ __all__ = ["OpenClipEncoder", "RANDOM_SEED", "TINY_ARCH", "register_tiny", "reso
 
 log = logging.getLogger(__name__)
 
-TINY_ARCH = "exemplar-tiny"
 RANDOM_SEED = 0
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
 _register_lock = threading.Lock()
@@ -36,14 +36,6 @@ def register_tiny() -> None:
         if not _registered:
             open_clip.add_model_config(_CONFIG_DIR)
             _registered = True
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EncoderUnavailable(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
 
 
 @contextlib.contextmanager

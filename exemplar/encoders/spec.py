@@ -9,9 +9,12 @@ from typing import Literal
 
 from exemplar.errors import InvalidRequest, choices
 
-__all__ = ["EncoderSpec", "SCHEMES", "parse_spec"]
+__all__ = ["EncoderSpec", "SCHEMES", "TINY_ARCH", "parse_spec"]
 
 SCHEMES = ("open_clip", "precomputed")
+# Exemplar's own open_clip architecture (random weights unless a checkpoint is given); named here,
+# not in open_clip_encoder, so that parsing and listing specs need no torch.
+TINY_ARCH = "exemplar-tiny"
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 MAX_PRECOMPUTED_DIM = 16384
 

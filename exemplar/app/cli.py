@@ -320,6 +320,25 @@ def items_delete(pool: str, item_ids: tuple[str, ...], data_dir: Path | None) ->
     _with_pools(data_dir, lambda pools: vars(pools.delete_items(pool, list(item_ids))))
 
 
+@main.command()
+@click.argument("pool")
+@_data_dir
+def compact(pool: str, data_dir: Path | None) -> None:
+    """Merge POOL's small segments and purge its deleted rows now (it also happens after writes)."""
+    from exemplar.app.services import build_services
+
+    services = build_services(_settings(data_dir=data_dir))
+    try:
+        job = services.jobs.wait(services.compaction.start(pool).id, timeout_s=24 * 3600)
+        if job.state != "succeeded":
+            raise click.ClickException(f"compaction {job.state}: {json.dumps(job.errors)}")
+        click.echo(json.dumps(job.result, indent=2))
+    except ExemplarError as exc:
+        _fail(exc)
+    finally:
+        services.close()
+
+
 def _adapter_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:

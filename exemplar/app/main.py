@@ -15,7 +15,7 @@ from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from exemplar.app.observability import AccessMiddleware
 from exemplar.app.openapi import install_openapi
-from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, items, pools, select
+from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, items, maintenance, pools, select
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
@@ -63,6 +63,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(pools.router)
     app.include_router(items.router)
+    app.include_router(maintenance.router)
     app.include_router(select.router)
     app.include_router(adapters.router)
     app.include_router(builds.router)

@@ -15,6 +15,8 @@ from exemplar.encoders import EncoderRegistry
 from exemplar.retrieval import AdapterService, BuildService, JobService, PoolService, SelectionLimits, SelectionService
 from exemplar.retrieval.autoindex import AutoIndexPolicy
 from exemplar.retrieval.infer import InferService
+from exemplar.retrieval.maintenance import CompactionService
+from exemplar.retrieval.store.compaction import CompactionPolicy
 from exemplar.retrieval.mllm import MLLMRegistry
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "QUERY",
     "AdaptersDep",
     "BuildsDep",
+    "CompactionDep",
     "InferDep",
     "JobsDep",
     "ObsDep",
@@ -45,6 +48,7 @@ class Services:
     mllms: MLLMRegistry
     infer: InferService
     builds: BuildService
+    compaction: CompactionService
     auth: Authenticator
     obs: Observability
     ready: bool = False
@@ -68,10 +72,13 @@ def build_services(settings: Settings) -> Services:
     adapters = AdapterService(pools, jobs, CCITrainer(settings.device))
     mllms = MLLMRegistry(settings.mllm_endpoints)
     builds = BuildService(pools, jobs, stage=shard_stage(settings))
+    compaction = CompactionService(pools, jobs, CompactionPolicy(merge_factor=settings.compaction_merge_factor),
+                                   automatic=settings.compaction)
     # Builds left running by a process that died resume here from their last completed shard.
     jobs.recover({BuildService.KIND: builds.work})
     services = Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
                         adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds,
+                        compaction=compaction,
                         auth=Authenticator(settings.api_keys), obs=Observability())
     services.obs.add_state_collector(StateCollector(services))
     return services
@@ -119,6 +126,10 @@ def get_builds(request: Request) -> BuildService:
     return get_services(request).builds
 
 
+def get_compaction(request: Request) -> CompactionService:
+    return get_services(request).compaction
+
+
 def get_obs(request: Request) -> Observability:
     return get_services(request).obs
 
@@ -134,4 +145,5 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 InferDep = Annotated[InferService, Depends(get_infer)]
 BuildsDep = Annotated[BuildService, Depends(get_builds)]
+CompactionDep = Annotated[CompactionService, Depends(get_compaction)]
 ObsDep = Annotated[Observability, Depends(get_obs)]

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")
     keep_versions: int = Field(20, ge=0, description="Ready versions kept per pool besides the current one, for "
                                "rollback (older ones are pruned after each write); 0 keeps all.")
+    compaction: bool = Field(True, description="Merge a pool's small segments in the background after writes.")
+    compaction_merge_factor: int = Field(8, ge=2, le=1000, description="Segments of one size tier merged at once "
+                                         "(a pool keeps about this many per power of ten of its size).")
     source_roots: list[Path] = Field(
         default_factory=list,
         description="Folders that builds requested over HTTP may read sources and media from (JSON list). "

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
 import numpy as np
 
 from exemplar.errors import InvalidRequest
-from exemplar.retrieval.adapters import AdapterTrainer, TrainedAdapter, remove_other_adapters, write_adapter
+from exemplar.retrieval.adapters import AdapterTrainer, TrainedAdapter, write_adapter
+from exemplar.retrieval.store.segments import write_adapter_vectors
 from exemplar.retrieval.jobs import JobContext, JobRecord, JobService
 from exemplar.retrieval.pools import PoolService
 from exemplar.retrieval.snapshot import Snapshot
@@ -38,6 +40,18 @@ class AdapterService:
         return self.jobs.submit("adapter", pool, {"version": snap.version, **params},
                                 lambda ctx: self._train(snap, params, ctx))
 
+    def _remove_replaced(self, pool_id: int, snap: Snapshot, *, keep: int) -> None:
+        """Remove the files of the version's earlier adapters that no kept version inherited."""
+        catalog = self.pools.catalog
+        inherited = {m.get("adapter") for _, state, m in catalog.version_manifests(pool_id)
+                     if m is not None and state not in ("failed", "pruned")}
+        for old in catalog.adapter_ids(pool_id, snap.version):
+            if old == keep or old in inherited:
+                continue
+            shutil.rmtree(self.pools.files.adapters_dir(pool_id) / str(old), ignore_errors=True)
+            for part in snap.space.parts if snap.space is not None else ():
+                shutil.rmtree(part.segment.folder / "adapters" / str(old), ignore_errors=True)
+
     def _train(self, snap: Snapshot, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         pool = self.pools.get(snap.pool)
         catalog = self.pools.catalog
@@ -54,13 +68,17 @@ class AdapterService:
             trained = self.trainer(vectors, labels, domains, params, on_epoch=on_epoch, should_stop=ctx.cancelled)
             ctx.check()
             info = {**trained.info, "version": snap.version, "adapter_id": adapter_id, "trained_at": time.time()}
-            version_dir = self.pools.files.version_dir(pool.id, snap.version)
-            write_adapter(version_dir, adapter_id, TrainedAdapter(trained.adapter, info), np.asarray(snap.vectors))
+            files = self.pools.files
+            write_adapter(files.adapters_dir(pool.id) / str(adapter_id), TrainedAdapter(trained.adapter, info))
+            # Every segment of the version gets its rows mapped (segments shared with later versions
+            # too: a version written on top of this one inherits the adapter with its manifest).
+            for part in snap.space.parts if snap.space is not None else ():
+                write_adapter_vectors(part.segment.folder, adapter_id, trained.adapter.apply(part.segment.vectors))
             catalog.commit_adapter(pool.id, adapter_id, info)
         except BaseException:
             catalog.fail_adapter(adapter_id)
             raise
-        remove_other_adapters(self.pools.files.version_dir(pool.id, snap.version), keep=[adapter_id])
+        self._remove_replaced(pool.id, snap, keep=adapter_id)
         ctx.progress(force=True, done=len(trained.info.get("history", [])), total=epochs)
         return {"pool": snap.pool, "version": snap.version, "adapter_id": adapter_id,
                 **{k: v for k, v in info.items() if k not in ("history",)}}

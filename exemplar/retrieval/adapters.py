@@ -16,14 +16,20 @@ import numpy as np
 from exemplar.errors import Conflict
 from exemplar.retrieval.class_index import ClassIndexes
 from exemplar.retrieval.files import publish_dir
-from exemplar.retrieval.index import VectorIndex
 
-__all__ = ["Adapter", "AdapterMissing", "AdapterTrainer", "AdapterView", "TrainedAdapter", "load_adapter_view", "write_adapter"]
+__all__ = [
+    "Adapter",
+    "AdapterMissing",
+    "AdapterTrainer",
+    "AdapterView",
+    "TrainedAdapter",
+    "load_adapter_weights",
+    "remove_other_adapters",
+    "write_adapter",
+]
 
 WEIGHTS = "weights.npz"
 META = "adapter.json"
-VECTORS = "vectors.npy"
-INDEX = "index.faiss"
 
 
 class AdapterMissing(Conflict):
@@ -98,8 +104,8 @@ class AdapterView:
 
     adapter_id: int
     adapter: Adapter
-    vectors: np.ndarray
-    index: VectorIndex
+    vectors: Any  # the rows mapped into the adapter space: an array, or a view over segments
+    index: Any  # VectorIndex-like, over ``vectors``
     info: dict[str, Any]
     _classes: list[ClassIndexes] = dataclasses.field(default_factory=list, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
@@ -113,41 +119,32 @@ class AdapterView:
             return self._classes[0]
 
 
-def adapter_dir(version_dir: Path, adapter_id: int) -> Path:
-    return version_dir / "adapters" / str(adapter_id)
-
-
-def write_adapter(version_dir: Path, adapter_id: int, trained: TrainedAdapter, vectors: np.ndarray) -> None:
-    """Write weights, adapted vectors and their index durably under ``adapters/<id>``."""
-    final = adapter_dir(version_dir, adapter_id)
-    staging = final.with_name(f".staging-{adapter_id}")
+def write_adapter(folder: Path, trained: TrainedAdapter) -> None:
+    """Write an adapter's weights and what its training recorded, durably, at ``folder``
+    (``<pool>/adapters/<id>``); its vectors live with each segment (``write_adapter_vectors``)."""
+    staging = folder.with_name(f".staging-{folder.name}")
     try:
         staging.mkdir(parents=True, exist_ok=True)
-        adapted = trained.adapter.apply(vectors) if len(vectors) else np.empty((0, trained.adapter.out_dim), np.float32)
         trained.adapter.save(staging / WEIGHTS)
-        np.save(staging / VECTORS, adapted, allow_pickle=False)
-        VectorIndex.build(adapted, "Flat").save(staging / INDEX)
         (staging / META).write_text(json.dumps(trained.info))
-        publish_dir(staging, final)
+        publish_dir(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
-def load_adapter_view(version_dir: Path, adapter_id: int) -> AdapterView:
-    folder = adapter_dir(version_dir, adapter_id)
-    return AdapterView(
-        adapter_id=adapter_id,
-        adapter=Adapter.load(folder / WEIGHTS),
-        vectors=np.load(folder / VECTORS, allow_pickle=False),
-        index=VectorIndex.load(folder / INDEX, "Flat"),
-        info=json.loads((folder / META).read_text()),
-    )
+def load_adapter_weights(candidates: Sequence[Path]) -> tuple[Adapter, dict[str, Any]]:
+    """Weights and info from the first of ``candidates`` that holds them (a pool's adapters
+    folder, or a version folder from before segments)."""
+    for folder in candidates:
+        if (folder / WEIGHTS).is_file():
+            return Adapter.load(folder / WEIGHTS), json.loads((folder / META).read_text())
+    raise FileNotFoundError(f"no adapter weights in {', '.join(map(str, candidates))}")
 
 
-def remove_other_adapters(version_dir: Path, keep: Sequence[int]) -> None:
-    root = version_dir / "adapters"
+def remove_other_adapters(root: Path, keep: Sequence[int]) -> None:
+    """Remove adapter folders under ``root`` (a pool's adapters folder, or a segment's) but ``keep``."""
     for child in root.iterdir() if root.is_dir() else ():
         if not child.name.isdigit() or int(child.name) not in keep:
             shutil.rmtree(child, ignore_errors=True)

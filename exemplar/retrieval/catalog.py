@@ -1,7 +1,9 @@
 """The SQLite catalog: pools, items, versions. WAL mode, one connection behind a lock.
 
-Versions are immutable. An item row is one content of one item; a version lists the rows it holds
-(``uids.npy`` in its folder), so a rollback followed by a write never resurrects or loses rows.
+Versions are immutable in content. A version is a manifest (JSON in ``versions.manifest``): the
+segments it is made of and, per segment, the file of its deleted rows. Versions written before
+segments existed have no manifest: their folder ``versions/<v>`` is their one segment, and their
+item rows live in the ``items`` table (one row per content of an item, listed by ``uids.npy``).
 A version row is reserved as ``building`` before its files are written and becomes ``ready`` in the
 same transaction that records its items and, optionally, switches the pool's ``current`` pointer.
 """
@@ -23,7 +25,7 @@ from exemplar.errors import Conflict, NotFound
 
 __all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "StaleBase", "VersionRecord", "pid_alive"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -49,6 +51,7 @@ CREATE TABLE IF NOT EXISTS versions (
     stats TEXT NOT NULL DEFAULT '{}',
     pid INTEGER,
     created_at REAL NOT NULL,
+    manifest TEXT,
     PRIMARY KEY (pool_id, version)
 );
 CREATE TABLE IF NOT EXISTS adapters (
@@ -121,6 +124,7 @@ class VersionRecord:
     source: str
     stats: dict[str, Any]
     created_at: float
+    manifest: dict[str, Any] | None = None  # None: a version from before segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +170,7 @@ def _version(row: sqlite3.Row) -> VersionRecord:
         source=row["source"],
         stats=json.loads(row["stats"] or "{}"),
         created_at=row["created_at"],
+        manifest=json.loads(row["manifest"]) if row["manifest"] else None,
     )
 
 
@@ -180,7 +185,15 @@ class Catalog:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
-        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a catalog written by an older release up to this schema (idempotent, one transaction)."""
+        with self.transaction() as conn:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
+            if "manifest" not in columns:  # schema 1: versions were full copies, read as one segment each
+                conn.execute("ALTER TABLE versions ADD COLUMN manifest TEXT")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -272,6 +285,7 @@ class Catalog:
         stats: dict[str, Any],
         activate: bool,
         based_on: int | None | Literal["any"] = "any",
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         """Record a fully written version's new items, mark it ready and optionally make it current.
 
@@ -298,14 +312,38 @@ class Catalog:
                 ),
             )
             conn.execute(
-                "UPDATE versions SET state = 'ready', size = ?, index_spec = ?, stats = ?, pid = NULL "
+                "UPDATE versions SET state = 'ready', size = ?, index_spec = ?, stats = ?, pid = NULL, manifest = ? "
                 "WHERE pool_id = ? AND version = ?",
-                (size, index, json.dumps(stats), pool_id, version),
+                (size, index, json.dumps(stats), json.dumps(manifest) if manifest is not None else None,
+                 pool_id, version),
             )
             if activate:
                 conn.execute(
                     "UPDATE pools SET current_version = ?, revision = revision + 1 WHERE id = ?", (version, pool_id)
                 )
+
+    def replace_manifest(self, pool_id: int, version: int, *, expected: dict[str, Any] | None,
+                         manifest: dict[str, Any], stats: dict[str, Any] | None = None) -> bool:
+        """Swap a ready version's manifest for one with the same items (compaction); only if it is
+        still ``expected``. Serving processes reload (the pool's revision is bumped)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT manifest, stats, state FROM versions WHERE pool_id = ? AND version = ?",
+                               (pool_id, version)).fetchone()
+            if row is None or row["state"] != "ready":
+                return False
+            current = json.loads(row["manifest"]) if row["manifest"] else None
+            if current != expected:
+                return False
+            conn.execute("UPDATE versions SET manifest = ?, stats = ? WHERE pool_id = ? AND version = ?",
+                         (json.dumps(manifest), json.dumps(stats) if stats is not None else row["stats"],
+                          pool_id, version))
+            conn.execute("UPDATE pools SET revision = revision + 1 WHERE id = ?", (pool_id,))
+        return True
+
+    def version_manifests(self, pool_id: int) -> list[tuple[int, str, dict[str, Any] | None]]:
+        """``(version, state, manifest)`` of every version of a pool, for retention."""
+        rows = self.query("SELECT version, state, manifest FROM versions WHERE pool_id = ? ORDER BY version", (pool_id,))
+        return [(r["version"], r["state"], json.loads(r["manifest"]) if r["manifest"] else None) for r in rows]
 
     def fail_version(self, pool_id: int, version: int) -> None:
         with self.transaction() as conn:
@@ -386,6 +424,10 @@ class Catalog:
             (pool_id, version),
         )
         return _adapter(rows[0]) if rows else None
+
+    def adapter_ids(self, pool_id: int, version: int) -> list[int]:
+        rows = self.query("SELECT id FROM adapters WHERE pool_id = ? AND version = ? ORDER BY id", (pool_id, version))
+        return [r[0] for r in rows]
 
     def adapted_versions(self, pool_id: int) -> list[int]:
         rows = self.query(

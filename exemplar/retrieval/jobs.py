@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from exemplar.errors import Conflict, ExemplarError, NotFound
 from exemplar.retrieval.catalog import Catalog, pid_alive
@@ -112,9 +112,21 @@ class JobService:
                 self._finish(row["id"], "failed", errors=[{"message": "interrupted: the process running it stopped"}])
         return resumed
 
-    def submit(self, kind: str, pool: str, params: dict[str, Any], work: Work) -> JobRecord:
+    @overload
+    def submit(self, kind: str, pool: str, params: dict[str, Any], work: Work) -> JobRecord: ...
+
+    @overload
+    def submit(self, kind: str, pool: str, params: dict[str, Any], work: Work, *, unique: bool) -> JobRecord | None: ...
+
+    def submit(self, kind: str, pool: str, params: dict[str, Any], work: Work, *, unique: bool = False) -> JobRecord | None:
+        """Record a job and run it here; with ``unique``, only when no job of that kind is queued or
+        running for the pool in any process (None otherwise)."""
         job_id = uuid.uuid4().hex
         with self.catalog.transaction() as conn:
+            if unique and conn.execute(
+                "SELECT 1 FROM jobs WHERE kind = ? AND pool = ? AND state IN ('queued', 'running')", (kind, pool)
+            ).fetchone():
+                return None
             conn.execute(
                 "INSERT INTO jobs (id, kind, pool, state, params, pid, created_at) VALUES (?,?,?,?,?,?,?)",
                 (job_id, kind, pool, "queued", json.dumps(params), os.getpid(), time.time()),

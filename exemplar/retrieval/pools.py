@@ -11,7 +11,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from exemplar.retrieval.items import EMBED_MODES, NewItem, embed_items, media_na
 from exemplar.retrieval.locks import FairLock
 from exemplar.retrieval.ports import Encoder, EncoderProvider
 from exemplar.retrieval.snapshot import Snapshot
-from exemplar.retrieval.versions import VersionFiles, load_snapshot, write_version
+from exemplar.retrieval.store.retention import collect_garbage
+from exemplar.retrieval.versions import SegmentCache, VersionFiles, load_snapshot, write_version
 
 __all__ = ["METRICS", "POOL_NAME", "DeletedItems", "ItemPage", "PoolService", "PoolStats", "StoredItem", "item_row"]
 
@@ -89,6 +90,7 @@ class PoolService:
         self.index_policy = index_policy
         self.catalog = Catalog(data_dir / "catalog.sqlite3")
         self.files = VersionFiles(data_dir)
+        self.segments = SegmentCache()
         self.encoders = encoders
         self.refresh_s = refresh_s
         self.keep_versions = keep_versions
@@ -96,27 +98,25 @@ class PoolService:
         self._load_lock = threading.Lock()
         # name -> (snapshot, when it was last checked against the catalog, pool id)
         self._serving: dict[str, tuple[Snapshot, float, int]] = {}
+        self._after_write: list[Callable[[str], object]] = []
         self._cleanup()
 
     def close(self) -> None:
         self.catalog.close()
 
     def _cleanup(self) -> None:
-        """Fail builds whose process died and remove version folders the catalog does not know."""
+        """Fail builds whose process died and remove files no kept version uses (staging folders
+        of writes that died, segments of failed or pruned versions, pools that were deleted)."""
         for pool_id, version in self.catalog.abandon_dead_builds():
             log.warning("pool %s: version %s was left half-built by a dead process; marked failed", pool_id, version)
-        known = {p.id: {v.version for v in self.catalog.versions(p.id) if v.state not in ("failed", "pruned")}
-                 for p in self.catalog.pools()}
+        known = {p.id for p in self.catalog.pools()}
         if not self.files.root.is_dir():
             return
         for pool_dir in self.files.root.iterdir():
             if not pool_dir.name.isdigit() or int(pool_dir.name) not in known:
                 shutil.rmtree(pool_dir, ignore_errors=True)
-                continue
-            versions_dir = pool_dir / "versions"
-            for child in versions_dir.iterdir() if versions_dir.is_dir() else ():
-                if not child.name.isdigit() or int(child.name) not in known[int(pool_dir.name)]:
-                    shutil.rmtree(child, ignore_errors=True)
+        for pool_id in known:
+            collect_garbage(self.catalog, self.files, pool_id)
 
     # pools ---------------------------------------------------------------------------------------
 
@@ -169,6 +169,7 @@ class PoolService:
         with self._write_lock:
             pool = self.catalog.delete_pool(name)
             self._serving.pop(name, None)
+            self.segments.forget_pool(pool.id)
             shutil.rmtree(self.files.pool_dir(pool.id), ignore_errors=True)
 
     def encoder_for(self, pool: PoolRecord) -> Encoder:
@@ -234,6 +235,11 @@ class PoolService:
                 finally:
                     self._serving.pop(pool.name, None)
                 self._prune(pool.id)
+            for callback in self._after_write:
+                try:
+                    callback(pool.name)
+                except Exception:  # noqa: BLE001 - upkeep must never fail the write it follows
+                    log.exception("pool %s: a post-write task failed", pool.name)
             return version
         raise Conflict(f"pool {pool.name!r} kept changing while this write was made; retry it", param="pool")
 
@@ -287,13 +293,20 @@ class PoolService:
                              replace_all=False, remove_ids=frozenset(present))
         return DeletedItems(version, present, missing)
 
+    def on_write(self, callback: Callable[[str], object]) -> None:
+        """Call ``callback(pool name)`` after every committed write (compaction hooks in here)."""
+        self._after_write.append(callback)
+
+    def collect_garbage(self, pool_id: int) -> list[str]:
+        return collect_garbage(self.catalog, self.files, pool_id)
+
     def _prune(self, pool_id: int) -> None:
-        """Drop the files of ready versions beyond the newest ``keep_versions`` (never the current
-        one); their catalog rows stay, marked ``pruned``, so the history still reads true."""
-        if not self.keep_versions:
-            return
-        for version in self.catalog.prune_versions(pool_id, keep=self.keep_versions):
-            shutil.rmtree(self.files.version_dir(pool_id, version), ignore_errors=True)
+        """Mark ready versions beyond the newest ``keep_versions`` (never the current one) pruned
+        (their catalog rows stay, so the history still reads true) and remove the segments and
+        deletion files that no kept version uses any more."""
+        if self.keep_versions:
+            self.catalog.prune_versions(pool_id, keep=self.keep_versions)
+        collect_garbage(self.catalog, self.files, pool_id)
 
     # serving -------------------------------------------------------------------------------------
 
@@ -321,7 +334,9 @@ class PoolService:
             if cached is not None and cached[2] == pool.id and cached[0].revision == pool.revision:
                 snap = cached[0]
             else:
-                snap = load_snapshot(self.catalog, self.files, pool, pool.current_version)
+                snap = load_snapshot(self.catalog, self.files, pool, pool.current_version, self.segments)
+                if snap.manifest is not None:
+                    self.segments.keep_only(pool.id, (s.name for s in snap.manifest.segments))
             self._serving[name] = (snap, now, pool.id)
             return snap
 

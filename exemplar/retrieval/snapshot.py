@@ -6,15 +6,16 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from exemplar.errors import Conflict
 from exemplar.retrieval.adapters import AdapterView
-from exemplar.retrieval.catalog import ItemRow
-from exemplar.retrieval.class_index import ClassIndexes
-from exemplar.retrieval.index import VectorIndex
+
+if TYPE_CHECKING:
+    from exemplar.retrieval.serving.composite import RowSpace
+    from exemplar.retrieval.store.manifest import Manifest
 
 __all__ = ["Snapshot", "label_codes_of"]
 
@@ -29,56 +30,36 @@ def label_codes_of(values: Sequence[str | None]) -> tuple[np.ndarray, tuple[str,
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Snapshot:
+    """A version as strategies see it: its live rows numbered ``0..size-1`` across its segments.
+
+    ``vectors`` and ``index`` are the one segment's own when the version is one segment with no
+    deletions, else views over every segment (``serving/composite.py``); item fields are read row
+    by row (``ids[row]``, ``texts[row]``...), and ``row_of`` finds an item id's row.
+    """
+
     pool: str
     version: int
     encoder: str
-    vectors: np.ndarray  # (n, dim) float32, L2-normalised, row i <-> uids[i]
-    index: VectorIndex
-    uids: np.ndarray
-    ids: tuple[str, ...]
-    texts: tuple[str | None, ...]
-    images: tuple[str | None, ...]
-    media_roots: tuple[str | None, ...]
-    metadata: tuple[str | None, ...]
+    vectors: Any  # (n, dim) float32, L2-normalised: an array or a view gathering rows with [rows]
+    index: Any  # VectorIndex-like: search(queries, k, allowed) -> D, I over rows
+    uids: np.ndarray  # ascending
+    ids: Sequence[str]
+    texts: Sequence[str | None]
+    images: Sequence[str | None]
+    media_roots: Sequence[str | None]
+    metadata: Sequence[str | None]
     label_codes: np.ndarray
     labels: tuple[str, ...]
     domain_codes: np.ndarray
     domains: tuple[str, ...]
-    row_of: dict[str, int]
+    row_of: Any  # Mapping-like: get(id), ``in``, [id]
     revision: int = 0
     adapter: AdapterView | None = None
     media_dir: Path | None = None  # where images uploaded through the API live
-    # per-label indexes over ``vectors`` (balanced); attached by load_snapshot and in_adapter_space
-    classes: ClassIndexes | None = None
-
-    @classmethod
-    def from_rows(
-        cls, *, pool: str, version: int, encoder: str, vectors: np.ndarray, index: VectorIndex, rows: Sequence[ItemRow],
-        revision: int = 0, adapter: AdapterView | None = None, media_dir: Path | None = None,
-    ) -> "Snapshot":
-        label_codes, labels = label_codes_of([r.label for r in rows])
-        domain_codes, domains = label_codes_of([r.domain for r in rows])
-        return cls(
-            pool=pool,
-            version=version,
-            encoder=encoder,
-            vectors=vectors,
-            index=index,
-            uids=np.fromiter((r.uid for r in rows), np.int64, len(rows)),
-            ids=tuple(r.item_id for r in rows),
-            texts=tuple(r.text for r in rows),
-            images=tuple(r.image for r in rows),
-            media_roots=tuple(r.media_root for r in rows),
-            metadata=tuple(r.metadata for r in rows),
-            label_codes=label_codes,
-            labels=labels,
-            domain_codes=domain_codes,
-            domains=domains,
-            row_of={r.item_id: i for i, r in enumerate(rows)},
-            revision=revision,
-            adapter=adapter,
-            media_dir=media_dir,
-        )
+    # per-label search (balanced): ``rows[c]`` and ``search(c, queries, k, allowed)``
+    classes: Any = None
+    manifest: Manifest | None = None
+    space: RowSpace | None = None
 
     def image_root(self, row: int) -> Path | None:
         root = self.media_roots[row]

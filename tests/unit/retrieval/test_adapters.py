@@ -11,6 +11,7 @@ import torch
 from exemplar.app.adapters import CCITrainer
 from exemplar.encoders.cci import CCIConfig, build_head
 from exemplar.errors import InvalidRequest
+from exemplar.retrieval.pools import item_row
 from exemplar.retrieval import (
     Adapter,
     AdapterMissing,
@@ -85,25 +86,37 @@ def test_training_job_stores_the_adapter_with_its_version(pools, adapters, shift
         reopened.close()
 
 
-def test_invariant_without_an_adapter_for_the_current_version(pools, adapters, shifted_pool) -> None:
+def test_additions_are_mapped_through_the_adapter_and_a_new_build_needs_one(pools, adapters, shifted_pool) -> None:
     selection = SelectionService(pools)
     with pytest.raises(AdapterMissing, match="no CCI adapter"):
         selection.select(shifted_pool, Query(item_id="s0001"), "invariant", SelectionOptions())
     assert adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 3}).id).state == "succeeded"
-    pools.add_items(shifted_pool, [NewItem(id="extra", label="class-0", domain="domain-0", embedding=np.ones(32))])
+    extra = np.ones(32)
+    pools.add_items(shifted_pool, [NewItem(id="extra", label="class-0", domain="domain-0", embedding=extra)])
+    # The new item was mapped at write time: in the adapter space it is its own query's nearest.
+    found = selection.select(shifted_pool, Query(embedding=extra.tolist()), "invariant",
+                             SelectionOptions(k=1, invariant_base="topk"))
+    assert found.version == 2 and found.demonstrations[0].id == "extra"
+    assert found.demonstrations[0].score == pytest.approx(1.0, abs=1e-5)
+    # A full rebuild starts without an adapter; the message names the versions that have one.
+    pools.write(pools.get(shifted_pool), [item_row(NewItem(id="only", label="class-0", embedding=extra))],
+                np.asarray([extra / np.linalg.norm(extra)], np.float32), source="test", replace_all=True)
     with pytest.raises(AdapterMissing, match=r"adapters exist for version\(s\) 1"):
-        selection.select(shifted_pool, Query(item_id="s0001"), "invariant", SelectionOptions())
-    pools.activate(shifted_pool, 1)
-    assert selection.select(shifted_pool, Query(item_id="s0001"), "invariant", SelectionOptions()).version == 1
+        selection.select(shifted_pool, Query(item_id="only"), "invariant", SelectionOptions())
+    pools.activate(shifted_pool, 2)
+    assert selection.select(shifted_pool, Query(item_id="s0001"), "invariant", SelectionOptions()).version == 2
 
 
 def test_retraining_replaces_the_adapter(pools, adapters, shifted_pool) -> None:
     first = adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 2, "seed": 1}).id).result["adapter_id"]
     second = adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 2, "seed": 2}).id).result["adapter_id"]
     assert pools.stats(shifted_pool).adapter["id"] == second != first
-    folder = pools.files.version_dir(pools.get(shifted_pool).id, 1) / "adapters"
-    assert sorted(p.name for p in folder.iterdir()) == [str(second)]
-    assert pools.snapshot(shifted_pool).adapter.adapter_id == second
+    snap = pools.snapshot(shifted_pool)
+    assert snap.adapter.adapter_id == second
+    pool_id = pools.get(shifted_pool).id
+    assert sorted(p.name for p in pools.files.adapters_dir(pool_id).iterdir()) == [str(second)]
+    for part in snap.space.parts:
+        assert sorted(p.name for p in (part.segment.folder / "adapters").iterdir()) == [str(second)]
 
 
 def test_bad_training_requests(pools, adapters, shifted_pool) -> None:

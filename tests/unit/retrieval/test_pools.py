@@ -133,9 +133,12 @@ def test_empty_pool_is_refused(pools: PoolService) -> None:
 def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders, tmp_path: Path) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(20))
-    folder = pools.files.version_dir(pools.get("p").id, 1)
-    assert sorted(p.name for p in folder.iterdir()) == ["classes", "index.faiss", "uids.npy", "vectors.npy", "version.json"]
+    folder = pools.files.segment_dir(pools.get("p").id, "s1")
+    # 20 vectors are scanned exactly: the segment has no index of its own
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "items.arrow", "segment.json", "uids.npy", "vectors.npy"]
     assert not list(folder.parent.glob(".staging-*"))
+    assert pools.catalog.version(pools.get("p").id, 1).manifest == {
+        "segments": [{"name": "s1", "deletes": None, "deleted": 0, "rows": 20}], "adapter": None}
     reopened = PoolService(pools.data_dir, encoders)
     try:
         a, b = pools.snapshot("p"), reopened.snapshot("p")
@@ -148,12 +151,12 @@ def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders,
 def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monkeypatch: pytest.MonkeyPatch) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(3))
-    from exemplar.retrieval import versions
+    from exemplar.retrieval.store import segments
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(versions, "publish_dir", explode)
+    monkeypatch.setattr(segments, "publish_dir", explode)
     with pytest.raises(OSError):
         pools.add_items("p", vec_items(3, start=100))
     monkeypatch.undo()
@@ -161,7 +164,8 @@ def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monk
     assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i2"]
     states = {v.version: v.state for v in pools.stats("p").versions}
     assert states == {1: "ready", 2: "failed"}
-    assert not pools.files.version_dir(pools.get("p").id, 2).exists()
+    segments_dir = pools.files.segments_dir(pools.get("p").id)
+    assert sorted(p.name for p in segments_dir.iterdir()) == ["s1"]
     assert pools.add_items("p", vec_items(1, start=7)) == 3
 
 
@@ -187,13 +191,13 @@ def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, enco
     proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(pools.data_dir)], env=env, timeout=120)
     assert proc.returncode == 9
     pool_id = 1
-    assert (pools.data_dir / "pools" / str(pool_id) / "versions" / "2").exists(), "files written before the kill"
+    assert (pools.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists(), "files written before the kill"
     reopened = PoolService(pools.data_dir, encoders)
     try:
         assert reopened.get("p").current_version == 1
         assert sorted(reopened.snapshot("p").ids) == ["i0", "i1", "i2"]
         assert {v.version: v.state for v in reopened.stats("p").versions} == {1: "ready", 2: "failed"}
-        assert not (pools.data_dir / "pools" / str(pool_id) / "versions" / "2").exists()
+        assert not (pools.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists()
     finally:
         reopened.close()
 
@@ -223,17 +227,17 @@ def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolServic
     pools.create(name="race", encoder="precomputed:4")
     pools.add_items("race", vec_items(4, dim=4))
     other = PoolService(pools.data_dir, pools.encoders, refresh_s=0.0)
-    real_build_index = versions_module.build_index
+    real_write_segment = versions_module.write_segment
     raced: list[int] = []
     started: list[bool] = []
 
-    def build_index_with_a_rival(*args, **kwargs):  # noqa: ANN002, ANN003
+    def write_segment_with_a_rival(*args, **kwargs):  # noqa: ANN002, ANN003
         if not started:  # only the first write gets a rival (the rival's own write passes through here)
             started.append(True)
             raced.append(other.add_items("race", [NewItem(id="rival", label="x", embedding=[0, 0, 1, 1])]))
-        return real_build_index(*args, **kwargs)
+        return real_write_segment(*args, **kwargs)
 
-    monkeypatch.setattr(versions_module, "build_index", build_index_with_a_rival)
+    monkeypatch.setattr(versions_module, "write_segment", write_segment_with_a_rival)
     try:
         version = pools.add_items("race", [NewItem(id="mine", label="y", embedding=[1, 1, 0, 0])])
     finally:
@@ -251,20 +255,22 @@ def test_old_versions_are_pruned_beyond_keep_versions(tmp_path, encoders) -> Non
     pools = PoolService(tmp_path / "data", encoders, refresh_s=0.0, keep_versions=2)
     try:
         pools.create(name="p", encoder="precomputed:4")
-        for i in range(5):
-            pools.add_items("p", vec_items(3, dim=4, start=3 * i, seed=i))
+        for i in range(5):  # each write replaces the same three items
+            pools.add_items("p", vec_items(3, dim=4, start=0, seed=i))
         pool = pools.get("p")
         states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
         assert states == {1: "pruned", 2: "pruned", 3: "ready", 4: "ready", 5: "ready"}
-        on_disk = sorted(int(p.name) for p in (pools.files.pool_dir(pool.id) / "versions").iterdir())
-        assert on_disk == [3, 4, 5]
+        # A segment goes when no kept version lists it: each version here is its own one segment.
+        on_disk = sorted(p.name for p in pools.files.segments_dir(pool.id).iterdir())
+        assert on_disk == ["s3", "s4", "s5"]
+        assert not list(pools.files.deletes_dir(pool.id).glob("s1-*")) and not list(pools.files.deletes_dir(pool.id).glob("s2-*"))
         with pytest.raises(Conflict, match="pruned"):
             pools.activate("p", 1)
         pools.activate("p", 3)  # a rollback within the kept history; the current version is never pruned
         pools.add_items("p", vec_items(1, dim=4, start=100))
         states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
         # 6 (on top of 3) is current; of the others only the newest two are kept
-        assert pools.get("p").current_version == 6 and pools.snapshot("p").size == 10
+        assert pools.get("p").current_version == 6 and pools.snapshot("p").size == 4
         assert [states[v] for v in (3, 4, 5, 6)] == ["pruned", "ready", "ready", "ready"]
     finally:
         pools.close()

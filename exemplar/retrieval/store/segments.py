@@ -1,0 +1,272 @@
+"""Immutable segments: the unit a pool version is made of.
+
+A segment folder holds its items in row order:
+
+```
+vectors.npy    (n, dim) float32, L2-normalised, memory-mapped when served
+uids.npy       (n,) int64, ascending: the item's uid (a new one for every write of an item)
+items.arrow    Arrow IPC file (uncompressed, memory-mapped): uid, id, label, domain, text, image,
+               media_root, metadata (JSON text), read lazily row by row
+ids.npy        (n, 2) uint64, [hash of id, row] sorted by hash: id -> row without loading the ids
+index.faiss    an ANN index over vectors.npy, only when the segment is large enough to need one
+classes/       per-class indexes (``ClassIndexes``) of large segments
+adapters/<id>/vectors.npy   the rows mapped through adapter ``id``
+segment.json   rows, dim, index factory and parameters, stats
+```
+
+Small segments (the few items of an API write) have no index: they are scanned exactly. A version
+folder written before segments existed (``versions/<v>/``) reads as a segment too; its items come
+from the catalog's ``items`` table (see ``LegacyItems``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from exemplar.retrieval.autoindex import AutoIndexPolicy, build_index
+from exemplar.retrieval.catalog import ItemRow
+from exemplar.retrieval.class_index import ClassIndexes
+from exemplar.retrieval.files import publish_dir, write_bytes_atomic
+from exemplar.retrieval.index import AUTO, VectorIndex
+
+__all__ = [
+    "ITEM_FIELDS",
+    "LoadedSegment",
+    "SegmentItems",
+    "exact_scan",
+    "id_hashes",
+    "load_segment",
+    "needs_index",
+    "write_segment",
+]
+
+VECTORS = "vectors.npy"
+UIDS = "uids.npy"
+ITEMS = "items.arrow"
+IDS = "ids.npy"
+INDEX = "index.faiss"
+CLASSES = "classes"
+META = "segment.json"
+ADAPTERS = "adapters"
+
+ITEM_FIELDS = ("item_id", "label", "domain", "text", "image", "media_root", "metadata")
+_SCHEMA = pa.schema([("uid", pa.int64())] + [(name, pa.string()) for name in ITEM_FIELDS])
+
+
+def id_hashes(ids: Sequence[str]) -> np.ndarray:
+    """64-bit hashes of item ids (stable across processes, unlike ``hash``)."""
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little") for i in ids),
+        np.uint64, len(ids),
+    )
+
+
+def _id_table(ids: Sequence[str]) -> np.ndarray:
+    hashes = id_hashes(ids)
+    order = np.argsort(hashes, kind="stable")
+    return np.stack([hashes[order], order.astype(np.uint64)], axis=1)
+
+
+def needs_index(spec: str, nbytes: int, policy: AutoIndexPolicy, *, build_requested: bool) -> bool:
+    """Whether a segment gets an index: always for a build that names a factory (the pool's own
+    index), otherwise only when its vectors are too many to scan exactly within budget."""
+    if spec != AUTO and spec != "Flat" and build_requested:
+        return True
+    return nbytes > policy.exact_max_bytes
+
+
+def write_segment(
+    folder: Path, rows: Sequence[ItemRow], vectors: np.ndarray, *, index_spec: str,
+    policy: AutoIndexPolicy, build_requested: bool = False,
+    adapters: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Write a segment durably at ``folder`` (through a staging folder beside it); returns its
+    stats. Its index follows ``needs_index``; the rows of an adapter are written mapped through it."""
+    staging = folder.with_name(f".staging-{folder.name}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        np.save(staging / VECTORS, vectors, allow_pickle=False)
+        uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
+        np.save(staging / UIDS, uids, allow_pickle=False)
+        columns = [pa.array(uids, pa.int64())] + [
+            pa.array([getattr(r, name) for r in rows], pa.string()) for name in ITEM_FIELDS
+        ]
+        with pa.OSFile(str(staging / ITEMS), "wb") as sink, pa.ipc.new_file(sink, _SCHEMA) as writer:
+            writer.write_table(pa.Table.from_arrays(columns, schema=_SCHEMA))
+        np.save(staging / IDS, _id_table([r.item_id for r in rows]), allow_pickle=False)
+        stats: dict[str, Any] = {"rows": len(rows), "dim": int(vectors.shape[1]), "created_at": time.time()}
+        if needs_index(index_spec, vectors.nbytes, policy, build_requested=build_requested):
+            index, index_stats = build_index(vectors, index_spec, policy)
+            index.save(staging / INDEX)
+            labels = [r.label for r in rows]
+            names = sorted({lab for lab in labels if lab is not None})
+            codes = _codes(labels, names)
+            classes = ClassIndexes.build(vectors, codes, len(names), approximate=not index.exact, policy=policy)
+            classes.save(staging / CLASSES, names)
+            stats["index"] = {**index_stats, "classes": classes.stats}
+        else:
+            stats["index"] = {"factory": "Flat", "exact": True, "recall_at_k": 1.0, "params": {},
+                              "scan": "exact over the memory-mapped vectors"}
+        for adapter_id, apply in (adapters or {}).items():
+            write_adapter_vectors(staging, adapter_id, apply(vectors))
+        (staging / META).write_text(json.dumps(stats))
+        publish_dir(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return stats
+
+
+def write_adapter_vectors(folder: Path, adapter_id: int, adapted: np.ndarray) -> None:
+    target = folder / ADAPTERS / str(adapter_id) / VECTORS
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = _npy_bytes(np.ascontiguousarray(adapted, dtype=np.float32))
+    write_bytes_atomic(target, buffer)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def _codes(values: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(names)}
+    return np.fromiter((lookup.get(v, -1) if v is not None else -1 for v in values), np.int32, len(values))
+
+
+class SegmentItems:
+    """Item columns of a segment, read row by row from the memory-mapped Arrow file."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._columns = {name: table.column(name) for name in ITEM_FIELDS}
+        self._lock = threading.Lock()
+        self._cache: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._columns["item_id"])
+
+    def value(self, field: str, row: int) -> Any:  # noqa: ANN401 - a column's Python value
+        return self._columns[field][row].as_py()
+
+    def column(self, field: str) -> pa.ChunkedArray:
+        return self._columns[field]
+
+
+class LegacyItems(SegmentItems):
+    """The items of a version folder from before segments, from the catalog's rows."""
+
+    def __init__(self, rows: Sequence[ItemRow]) -> None:
+        arrays = {name: pa.array([getattr(r, name) for r in rows], pa.string()) for name in ITEM_FIELDS}
+        super().__init__(pa.table(arrays))
+
+
+@dataclasses.dataclass(eq=False)
+class LoadedSegment:
+    """A segment as a process serves it; shared by every snapshot whose manifest lists it."""
+
+    name: str
+    folder: Path
+    vectors: np.ndarray  # memory-mapped
+    uids: np.ndarray
+    items: SegmentItems
+    id_table: np.ndarray
+    index: VectorIndex | None  # None: scanned exactly
+    classes: ClassIndexes | None  # None: class rows are scanned exactly
+    stats: dict[str, Any]
+    _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def size(self) -> int:
+        return len(self.uids)
+
+    def find(self, item_id: str, digest: int) -> list[int]:
+        """Rows of this segment that hold ``item_id`` (at most one, unless written twice)."""
+        hashes = self.id_table[:, 0]
+        lo = int(np.searchsorted(hashes, np.uint64(digest), side="left"))
+        hi = int(np.searchsorted(hashes, np.uint64(digest), side="right"))
+        return [int(r) for r in self.id_table[lo:hi, 1] if self.items.value("item_id", int(r)) == item_id]
+
+    def adapter_vectors(self, adapter_id: int) -> np.ndarray | None:
+        with self._lock:
+            if adapter_id not in self._adapters:
+                path = self.folder / ADAPTERS / str(adapter_id) / VECTORS
+                if not path.is_file():
+                    return None
+                self._adapters[adapter_id] = np.load(path, mmap_mode="r", allow_pickle=False)
+            return self._adapters[adapter_id]
+
+
+def load_segment(name: str, folder: Path, *, legacy_rows: Callable[[np.ndarray], Sequence[ItemRow]] | None = None,
+                 legacy_index: tuple[str, dict[str, int] | None] | None = None) -> LoadedSegment:
+    """Open a segment for serving: vectors and items memory-mapped, the index loaded when there is one.
+    A pre-segment version folder needs ``legacy_rows`` (its rows from the catalog) and ``legacy_index``."""
+    vectors = np.load(folder / VECTORS, mmap_mode="r", allow_pickle=False)
+    uids = np.load(folder / UIDS, allow_pickle=False)
+    if (folder / ITEMS).is_file():
+        table = pa.ipc.open_file(pa.memory_map(str(folder / ITEMS), "r")).read_all()
+        items: SegmentItems = SegmentItems(table)
+        id_table = np.load(folder / IDS, allow_pickle=False)
+        stats = json.loads((folder / META).read_text())
+        factory, params = stats["index"].get("factory", "Flat"), stats["index"].get("params")
+    else:
+        if legacy_rows is None or legacy_index is None:
+            raise RuntimeError(f"segment {name} has no items file and no catalog rows were given")
+        rows = legacy_rows(uids)
+        items = LegacyItems(rows)
+        id_table = _id_table([r.item_id for r in rows])
+        factory, params = legacy_index
+        stats = {"rows": len(uids), "dim": int(vectors.shape[1]), "legacy": True}
+    index = None
+    classes = None
+    if (folder / INDEX).is_file():
+        index = VectorIndex.load(folder / INDEX, factory, params)
+        index.vectors = vectors
+        index.to_gpu()
+        labels = _label_names(items)
+        classes = ClassIndexes.load(folder / CLASSES, vectors, labels)
+        if classes is None:  # written before per-class indexes existed
+            classes = ClassIndexes.build(vectors, _codes(items.column("label").to_pylist(), labels), len(labels),
+                                         approximate=not index.exact)
+    return LoadedSegment(name=name, folder=folder, vectors=vectors, uids=uids, items=items, id_table=id_table,
+                         index=index, classes=classes, stats=stats)
+
+
+def _label_names(items: SegmentItems) -> list[str]:
+    unique = items.column("label").unique().to_pylist()
+    return sorted(v for v in unique if v is not None)
+
+
+def exact_scan(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` of exact inner-product search over ``vectors`` (or only ``rows`` of it), ``I`` in
+    row numbers of ``vectors``, padded with ``-1``/``-inf`` to ``k``."""
+    n = len(vectors) if rows is None else len(rows)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    if n == 0 or k <= 0:
+        return np.full((len(q), max(k, 1)), -np.inf, np.float32), np.full((len(q), max(k, 1)), -1, np.int64)
+    data = vectors if rows is None else vectors[rows]
+    D, I = faiss.knn(q, np.ascontiguousarray(data, dtype=np.float32), min(k, n), metric=faiss.METRIC_INNER_PRODUCT)
+    if rows is not None:
+        I = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
+    if I.shape[1] < k:
+        pad = k - I.shape[1]
+        D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
+        I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
+    return D, I

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import exemplar
 from exemplar.app.settings import Settings
 from exemplar.errors import ExemplarError, NotFound
 
-__all__ = ["main"]
+__all__ = ["configure_logging", "main"]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -31,7 +32,7 @@ def _fail(exc: ExemplarError) -> None:
     raise click.ClickException(f"{exc.type}{param}: {exc.message}")
 
 
-def _configure_logging(level: str, fmt: str = "text") -> None:
+def configure_logging(level: str, fmt: str = "text") -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
         from exemplar.app.observability import JsonFormatter
@@ -71,13 +72,16 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port [env EXEMPLAR_PORT; default 8000].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
               help="Log level [env EXEMPLAR_LOG_LEVEL].")
-def serve(data_dir: Path | None, host: str | None, port: int | None, log_level: str | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port, the catalog and the memory-mapped segments "
+              "[env EXEMPLAR_SERVE_WORKERS].")
+def serve(data_dir: Path | None, host: str | None, port: int | None, log_level: str | None, workers: int) -> None:
     """Serve the HTTP API over the pools in the data directory."""
     settings = _settings(data_dir=data_dir, host=host, port=port, log_level=log_level)
-    _serve(settings)
+    _serve(settings, workers=workers)
 
 
-def _serve(settings: Settings, on_ready: str | None = None) -> None:
+def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) -> None:
     import uvicorn
 
     from exemplar.app.main import create_app
@@ -88,7 +92,16 @@ def _serve(settings: Settings, on_ready: str | None = None) -> None:
             "port could read and change every pool. Set EXEMPLAR_API_KEYS (see `exemplar hash-key`) or serve "
             "on 127.0.0.1."
         )
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
+    if workers > 1:
+        # Each worker is a fresh process that reads its settings from the environment: the
+        # command-line options go there first.
+        os.environ.update({"EXEMPLAR_DATA_DIR": str(settings.data_dir.resolve()), "EXEMPLAR_HOST": settings.host,
+                           "EXEMPLAR_PORT": str(settings.port), "EXEMPLAR_LOG_LEVEL": settings.log_level})
+        uvicorn.run("exemplar.app.main:create_app_from_environment", factory=True, workers=workers,
+                    host=settings.host, port=settings.port, log_level=settings.log_level,
+                    timeout_graceful_shutdown=30, access_log=False, log_config=None)
+        return
     from exemplar.retrieval.index import set_search_threads
 
     set_search_threads(settings.search_threads)
@@ -128,7 +141,7 @@ def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, e
     shards, or an image folder). A build that was killed resumes from its last completed shard when
     run again."""
     settings = _settings(data_dir=data_dir, default_encoder=encoder, executor=executor, ray_address=ray_address)
-    _configure_logging("warning")
+    configure_logging("warning")
     from exemplar.app.services import build_services
     from exemplar.retrieval import BuildSpec
 
@@ -360,7 +373,7 @@ def _adapter_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
     """Train the CCI adapter of POOL's current version (for strategy=invariant) and store it."""
     settings = _settings(data_dir=data_dir)
-    _configure_logging("warning")
+    configure_logging("warning")
     from exemplar.app.services import build_services
 
     services = build_services(settings)
@@ -391,7 +404,7 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_quer
              params: tuple[str, ...], as_json: bool) -> None:
     """Leave-one-domain-out selection quality of each strategy on POOL (see docs/methods.md)."""
     settings = _settings(data_dir=data_dir)
-    _configure_logging("warning")
+    configure_logging("warning")
     from exemplar.app.adapters import CCITrainer
     from exemplar.app.evaluation import format_report
     from exemplar.app.services import build_services
@@ -460,7 +473,7 @@ def demo(data_dir: Path | None, host: str | None, port: int | None, per_class: i
     from exemplar.app.demo import DEMO_POOL, curl_example, prepare_demo
 
     settings = _settings(data_dir=data_dir, host=host, port=port)
-    _configure_logging("warning")
+    configure_logging("warning")
     try:
         query_id = prepare_demo(settings, per_class=per_class, fresh=fresh, echo=lambda m: click.echo(m, err=True))
     except ExemplarError as exc:

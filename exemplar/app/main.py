@@ -19,9 +19,22 @@ from exemplar.app.routes import adapters, admin, builds, dashboard, health, infe
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_app_from_environment"]
 
 log = logging.getLogger(__name__)
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app of one worker of ``exemplar serve --workers N``: each worker process builds its own
+    services from the ``EXEMPLAR_*`` variables (the command puts its options there) and shares the
+    data directory, catalog and memory-mapped segments with the others."""
+    from exemplar.app.cli import configure_logging
+    from exemplar.retrieval.index import set_search_threads
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    set_search_threads(settings.search_threads)
+    return create_app(settings)
 
 
 def create_app(

@@ -345,6 +345,12 @@ class Catalog:
         rows = self.query("SELECT version, state, manifest FROM versions WHERE pool_id = ? ORDER BY version", (pool_id,))
         return [(r["version"], r["state"], json.loads(r["manifest"]) if r["manifest"] else None) for r in rows]
 
+    def compaction_active(self, pool_id: int) -> bool:
+        """Whether a compaction job of the pool is queued or running (in any process)."""
+        return bool(self.query(
+            "SELECT 1 FROM jobs JOIN pools ON jobs.pool = pools.name WHERE pools.id = ? AND jobs.kind = 'compact' "
+            "AND jobs.state IN ('queued', 'running') LIMIT 1", (pool_id,)))
+
     def fail_version(self, pool_id: int, version: int) -> None:
         with self.transaction() as conn:
             conn.execute(

@@ -1,10 +1,11 @@
 """Removing segment and deletion files that no kept version uses.
 
 A file is kept while any version that is not failed or pruned lists it, and while a write or a
-compaction may still be making it: the segment ``s<v>`` and deletion files ``*-<v>.npy`` of a
-version still ``building``, and (for want of a record of them) any staging folder or compacted
-segment younger than ``grace_s``. Removing a file another process still has mapped is safe on
-POSIX: the mapping keeps the data until that process lets go of it.
+compaction may still be making it: the segment ``s<v>`` (and its staging folder) and the deletion
+files ``*-<v>.npy`` of a version still ``building`` or newer than every version this pass read
+(reserved by a writer after it looked), and any compacted segment ``m...`` (or its staging folder)
+while a compaction job of the pool is queued or running. Removing a file another
+process still has mapped is safe on POSIX: the mapping keeps the data until that process lets go.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import Protocol
 from exemplar.retrieval.catalog import Catalog
 from exemplar.retrieval.store.manifest import Manifest
 
-__all__ = ["GRACE_S", "collect_garbage"]
-
-GRACE_S = 3600.0
+__all__ = ["collect_garbage"]
 
 
 class VersionFilesLike(Protocol):
@@ -30,13 +29,20 @@ class VersionFilesLike(Protocol):
     def deletes_dir(self, pool_id: int) -> Path: ...
 
 
-def collect_garbage(catalog: Catalog, files: VersionFilesLike, pool_id: int, *, grace_s: float | None = None) -> list[str]:
-    """Remove what no kept version of ``pool_id`` uses; returns the names removed."""
-    grace = GRACE_S if grace_s is None else grace_s
+def collect_garbage(catalog: Catalog, files: VersionFilesLike, pool_id: int) -> list[str]:
+    """Remove what no kept version of ``pool_id`` uses and nothing is still writing; returns the
+    names removed."""
+    # Read in this order: a compaction running now is seen by the first; one that commits later
+    # lists its segment in the manifests read next; one that starts later writes files younger
+    # than ``started``.
+    started = time.time() - 1.0
+    compacting = catalog.compaction_active(pool_id)
     segments: set[str] = set()
     deletes: set[str] = set()
     building: set[int] = set()
+    newest = 0
     for version, state, manifest in catalog.version_manifests(pool_id):
+        newest = max(newest, version)
         if state in ("failed", "pruned"):
             continue
         if state == "building":
@@ -50,31 +56,42 @@ def collect_garbage(catalog: Catalog, files: VersionFilesLike, pool_id: int, *, 
             if entry.deletes:
                 deletes.add(entry.deletes)
     removed: list[str] = []
-    now = time.time()
-
-    def young(path: Path) -> bool:
-        try:
-            return now - path.stat().st_mtime < grace
-        except FileNotFoundError:
-            return True
-
     for folder in (files.segments_dir(pool_id), files.pool_dir(pool_id) / "versions"):
         for child in folder.iterdir() if folder.is_dir() else ():
-            if child.name.startswith(".staging-"):
-                if not young(child):
-                    shutil.rmtree(child, ignore_errors=True)
-                    removed.append(child.name)
+            name = child.name.removeprefix(".staging-")
+            if folder.name == "versions":
+                name = f"v{name}" if name.isdigit() else name
+            staging = child.name.startswith(".staging-")
+            if (not staging and name in segments) or _in(name, building) or _newer(name, newest):
                 continue
-            name = f"v{child.name}" if folder.name == "versions" else child.name
-            if name in segments or (name.startswith("m") and young(child)):
+            if name.startswith("m") and (compacting or _mtime(child) >= started):  # a compaction's, in progress
                 continue
             shutil.rmtree(child, ignore_errors=True)
-            removed.append(name)
+            removed.append(child.name)
     folder = files.deletes_dir(pool_id)
     for child in folder.iterdir() if folder.is_dir() else ():
         version = child.stem.rsplit("-", 1)[-1]
-        if child.name in deletes or (version.isdigit() and int(version) in building) or child.name.startswith("."):
+        if child.name in deletes or (version.isdigit() and (int(version) in building or int(version) > newest)):
+            continue
+        if "-c" in child.stem and (compacting or _mtime(child) >= started):
             continue
         child.unlink(missing_ok=True)
         removed.append(child.name)
     return removed
+
+
+def _in(name: str, building: set[int]) -> bool:
+    """Whether ``name`` is the segment (or version folder) of a write still in progress."""
+    return name[1:].isdigit() and int(name[1:]) in building
+
+
+def _newer(name: str, newest: int) -> bool:
+    """Whether ``name`` is the segment of a version reserved after this pass read the catalog."""
+    return name.startswith("s") and name[1:].isdigit() and int(name[1:]) > newest
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")

@@ -167,3 +167,58 @@ def test_compaction_migrates_a_version_folder_into_a_segment(tmp_path: Path) -> 
     finally:
         jobs.close()
         pools.close()
+
+
+_KILLED_COMPACTION = """
+import os, sys
+from pathlib import Path
+from exemplar.encoders import EncoderRegistry
+from exemplar.retrieval import JobService, PoolService
+from exemplar.retrieval.catalog import Catalog
+from exemplar.retrieval.maintenance import CompactionService
+from exemplar.retrieval.store import compaction, segments
+from exemplar.retrieval.store.compaction import CompactionPolicy
+
+where = sys.argv[2]
+def die(*a, **k):
+    os._exit(9)
+if where == "commit":  # the merged segment is written, the manifest not yet swapped
+    Catalog.replace_manifest = die
+else:  # half of the merged segment is on disk
+    compaction.write_segment = lambda folder, *a, **k: (folder.with_name(".staging-" + folder.name).mkdir(parents=True), die())
+pools = PoolService(Path(sys.argv[1]), EncoderRegistry())
+CompactionService(pools, JobService(pools.catalog), CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
+"""
+
+
+@pytest.mark.parametrize("where", ["segment", "commit"])
+def test_a_compaction_killed_midway_leaves_the_version_intact(tmp_path: Path, where: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    pools = PoolService(data, EncoderRegistry())
+    pools.create(name="p", encoder="precomputed:4")
+    for n in range(4):
+        pools.add_items("p", [NewItem(id=f"i{n}", embedding=np.eye(4)[n] + 0.1)])
+    pools.delete_items("p", ["i1"])
+    before = [pools.snapshot("p").ids[r] for r in range(pools.snapshot("p").size)]
+    pools.close()
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.run([sys.executable, "-c", _KILLED_COMPACTION, str(data), where], env=env, timeout=120)
+    assert proc.returncode == 9
+    reopened = PoolService(data, EncoderRegistry())
+    jobs = JobService(reopened.catalog)
+    try:
+        snap = reopened.snapshot("p")
+        assert [snap.ids[r] for r in range(snap.size)] == before and snap.version == 5
+        assert segment_names(reopened, "p") == ["s1", "s3", "s4"]  # s2 lost its one row to the deletion
+        # The work is resumable: the next compaction does it, and the leftovers are not listed anywhere.
+        result = CompactionService(reopened, jobs, CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
+        assert len(result["merged"]) == 3
+        snap = reopened.snapshot("p")
+        assert [snap.ids[r] for r in range(snap.size)] == before
+    finally:
+        jobs.close()
+        reopened.close()

@@ -286,6 +286,7 @@ class Catalog:
         activate: bool,
         based_on: int | None | Literal["any"] = "any",
         manifest: dict[str, Any] | None = None,
+        based_on_revision: int | None = None,
     ) -> None:
         """Record a fully written version's new items, mark it ready and optionally make it current.
 
@@ -300,9 +301,14 @@ class Catalog:
             if state is None:
                 raise NotFound("pool was deleted while the version was written", param="pool")
             if based_on != "any":
-                current = conn.execute("SELECT current_version FROM pools WHERE id = ?", (pool_id,)).fetchone()[0]
+                current, revision = conn.execute("SELECT current_version, revision FROM pools WHERE id = ?",
+                                                 (pool_id,)).fetchone()
                 if current != based_on:
                     raise StaleBase(f"version {based_on} is no longer current (now {current})", param="pool")
+                # A compaction swaps the current version's segments (same items, revision bumped): a
+                # write read before that lists segments the swap may have retired.
+                if based_on_revision is not None and revision != based_on_revision:
+                    raise StaleBase(f"version {based_on} changed its segments meanwhile", param="pool")
             conn.executemany(
                 "INSERT INTO items (pool_id, uid, item_id, label, text, image, media_root, domain, metadata) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",

@@ -334,7 +334,15 @@ class PoolService:
             if cached is not None and cached[2] == pool.id and cached[0].revision == pool.revision:
                 snap = cached[0]
             else:
-                snap = load_snapshot(self.catalog, self.files, pool, pool.current_version, self.segments)
+                try:
+                    snap = load_snapshot(self.catalog, self.files, pool, pool.current_version, self.segments)
+                except FileNotFoundError:
+                    # Read the manifest just before a compaction swapped it and retention removed
+                    # the segments it listed: the catalog now lists their replacement.
+                    pool = self.catalog.pool(name)
+                    if pool.current_version is None:
+                        return None
+                    snap = load_snapshot(self.catalog, self.files, pool, pool.current_version, self.segments)
                 if snap.manifest is not None:
                     self.segments.keep_only(pool.id, (s.name for s in snap.manifest.segments))
             self._serving[name] = (snap, now, pool.id)

@@ -20,7 +20,7 @@ import numpy as np
 
 from exemplar.retrieval.adapters import AdapterView, load_adapter_weights
 from exemplar.retrieval.autoindex import AutoIndexPolicy
-from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
+from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord, StaleBase
 from exemplar.retrieval.files import write_bytes_atomic
 from exemplar.retrieval.serving.composite import (
     ExactIndex,
@@ -189,6 +189,7 @@ def write_version(
         catalog.commit_version(
             pool.id, version, items=(), size=manifest.size, index=stats["index"].get("factory", "Flat"), stats=stats,
             activate=activate, manifest=manifest.to_json(),
+            based_on_revision=base.revision if on_top and base is not None and activate else None,
             # A replacement stands on its own; an addition is only right on top of what it read.
             based_on=(base.version if base is not None else None) if activate and not replace_all else "any",
         )
@@ -211,7 +212,11 @@ def _with_deletions(files: VersionFiles, pool_id: int, version: int, entries: li
     out = list(entries)
     for p, _, local in space.split(rows):
         entry = out[p]
-        deleted = np.union1d(read_deletes(files, pool_id, entry), local).astype(np.int64)
+        try:
+            previous = read_deletes(files, pool_id, entry)
+        except FileNotFoundError:  # a compaction retired the base's segments meanwhile: redo on the new ones
+            raise StaleBase("the base version's segments were compacted meanwhile", param="pool") from None
+        deleted = np.union1d(previous, local).astype(np.int64)
         name = f"{entry.name}-{version}.npy"
         path = files.deletes_dir(pool_id) / name
         written.append(path)

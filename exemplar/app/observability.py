@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exemplar.app.context import request_id
@@ -97,9 +97,23 @@ class StateCollector:
 
     def collect(self):  # noqa: ANN201
         sizes = GaugeMetricFamily("exemplar_pool_items", "Items in the current version of each pool", labels=["pool"])
+        segments = GaugeMetricFamily("exemplar_pool_segments", "Segments of the current version of each pool",
+                                     labels=["pool"])
+        deleted = GaugeMetricFamily("exemplar_pool_deleted_rows", "Deleted rows compaction has not purged yet",
+                                    labels=["pool"])
         for pool in self.services.pools.list():
-            sizes.add_metric([pool.name], self.services.pools.stats(pool.name).size)
+            stats = self.services.pools.stats(pool.name)
+            sizes.add_metric([pool.name], stats.size)
+            segments.add_metric([pool.name], stats.segments)
+            deleted.add_metric([pool.name], stats.deleted)
         yield sizes
+        yield segments
+        yield deleted
+        compactions = CounterMetricFamily("exemplar_compactions", "Compaction jobs that ended, by outcome",
+                                          labels=["state"])
+        for state in ("succeeded", "failed", "cancelled"):
+            compactions.add_metric([state], len(self.services.jobs.list(states=(state,), kinds=("compact",), limit=100_000)))
+        yield compactions
         progress = GaugeMetricFamily("exemplar_job_progress_ratio", "Progress of running jobs (done / total)",
                                      labels=["job", "kind", "pool"])
         done = GaugeMetricFamily("exemplar_job_items_done", "Items done by running jobs", labels=["job", "kind", "pool"])

@@ -27,6 +27,7 @@ from exemplar.retrieval.items import EMBED_MODES, NewItem, embed_items, media_na
 from exemplar.retrieval.locks import FairLock
 from exemplar.retrieval.ports import Encoder, EncoderProvider
 from exemplar.retrieval.snapshot import Snapshot
+from exemplar.retrieval.store.manifest import Manifest, legacy_manifest
 from exemplar.retrieval.store.retention import collect_garbage
 from exemplar.retrieval.versions import SegmentCache, VersionFiles, load_snapshot, write_version
 
@@ -47,6 +48,8 @@ class PoolStats:
     domains: dict[str, int]
     versions: list[VersionRecord]
     adapter: dict[str, Any] | None
+    segments: int = 0  # in the current version
+    deleted: int = 0  # rows of its segments deleted and not yet purged by compaction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +159,12 @@ class PoolService:
         if record is not None:
             adapter = {"id": record.id, "version": record.version, "created_at": record.created_at,
                        **{k: v for k, v in record.info.items() if k != "history"}}
+        manifest = None
+        if current is not None:
+            manifest = Manifest.from_json(current.manifest) if current.manifest else legacy_manifest(current.version, current.size)
         return PoolStats(
+            segments=len(manifest.segments) if manifest else 0,
+            deleted=sum(s.deleted for s in manifest.segments) if manifest else 0,
             pool=pool,
             size=current.size if current else 0,
             labels=current.stats.get("labels", {}) if current else {},

@@ -29,6 +29,22 @@ def test_metrics_cover_requests_strategies_search_pools_and_jobs(client: TestCli
     assert 'exemplar_http_request_seconds_bucket{le="0.005",method="POST",route="/v1/pools/{pool}/select"}' in text
 
 
+def test_metrics_show_segments_deletions_and_compactions(client: TestClient) -> None:
+    from tests.helpers import wait_job
+
+    client.post("/v1/pools", json={"name": "p", "encoder": "precomputed:2"})
+    for i in range(3):
+        client.post("/v1/pools/p/items", json={"items": [{"id": f"i{i}", "embedding": [1, i]}]})
+    client.post("/v1/pools/p/items/delete", json={"ids": ["i0"]})
+    text = client.get("/metrics").text
+    assert 'exemplar_pool_segments{pool="p"} 2.0' in text  # s1 had only i0: dropped from the manifest
+    assert 'exemplar_pool_deleted_rows{pool="p"} 0.0' in text
+    job = wait_job(client, client.post("/v1/pools/p/compact").json()["id"])
+    assert job["state"] == "succeeded" and job["kind"] == "compact"
+    text = client.get("/metrics").text
+    assert 'exemplar_compactions_total{state="succeeded"}' in text
+
+
 def test_recent_stats_for_the_dashboard(client: TestClient) -> None:
     client.post("/v1/pools", json={"name": "p", "encoder": "precomputed:2"})
     client.post("/v1/pools/p/items", json={"items": [{"id": f"i{i}", "label": f"c{i % 3}", "embedding": [1, i]} for i in range(9)]})

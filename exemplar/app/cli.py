@@ -285,12 +285,13 @@ def items() -> None:
     """Read, list and delete a pool's items (in-process, no server needed)."""
 
 
-def _with_pools(data_dir: Path | None, work: Any) -> None:  # noqa: ANN401 - a callable of PoolService
+def _print_json(data_dir: Path | None, work: Any) -> None:  # noqa: ANN401 - a callable of Services
+    """Build the services, print what ``work(services)`` returns as JSON, close them."""
     from exemplar.app.services import build_services
 
     services = build_services(_settings(data_dir=data_dir))
     try:
-        click.echo(json.dumps(work(services.pools), indent=2))
+        click.echo(json.dumps(work(services), indent=2))
     except ExemplarError as exc:
         _fail(exc)
     finally:
@@ -303,7 +304,7 @@ def _with_pools(data_dir: Path | None, work: Any) -> None:  # noqa: ANN401 - a c
 @_data_dir
 def items_get(pool: str, item_id: str, data_dir: Path | None) -> None:
     """Print one item of POOL's current version as JSON."""
-    _with_pools(data_dir, lambda pools: vars(pools.item(pool, item_id)))
+    _print_json(data_dir, lambda services: vars(services.pools.item(pool, item_id)))
 
 
 @items.command(name="list")
@@ -316,12 +317,12 @@ def items_get(pool: str, item_id: str, data_dir: Path | None) -> None:
 def items_list(pool: str, data_dir: Path | None, labels: tuple[str, ...], domains: tuple[str, ...], limit: int,
                cursor: str | None) -> None:
     """Print one page of POOL's items (oldest write first) with the cursor of the next page."""
-    def page(pools: Any) -> dict[str, Any]:  # noqa: ANN401 - PoolService
-        got = pools.list_items(pool, labels=labels or None, domains=domains or None, limit=limit, cursor=cursor)
+    def page(services: Any) -> dict[str, Any]:  # noqa: ANN401 - Services
+        got = services.pools.list_items(pool, labels=labels or None, domains=domains or None, limit=limit, cursor=cursor)
         return {"version": got.version, "matching": got.matching, "next_cursor": got.next_cursor,
                 "items": [vars(i) for i in got.items]}
 
-    _with_pools(data_dir, page)
+    _print_json(data_dir, page)
 
 
 @items.command(name="delete")
@@ -330,7 +331,7 @@ def items_list(pool: str, data_dir: Path | None, labels: tuple[str, ...], domain
 @_data_dir
 def items_delete(pool: str, item_ids: tuple[str, ...], data_dir: Path | None) -> None:
     """Delete ITEM_IDS from POOL as one new version; ids it does not hold are reported."""
-    _with_pools(data_dir, lambda pools: vars(pools.delete_items(pool, list(item_ids))))
+    _print_json(data_dir, lambda services: vars(services.pools.delete_items(pool, list(item_ids))))
 
 
 @main.command()
@@ -338,18 +339,13 @@ def items_delete(pool: str, item_ids: tuple[str, ...], data_dir: Path | None) ->
 @_data_dir
 def compact(pool: str, data_dir: Path | None) -> None:
     """Merge POOL's small segments and purge its deleted rows now (it also happens after writes)."""
-    from exemplar.app.services import build_services
-
-    services = build_services(_settings(data_dir=data_dir))
-    try:
+    def run(services: Any) -> Any:  # noqa: ANN401 - Services, the job's result
         job = services.jobs.wait(services.compaction.start(pool).id, timeout_s=24 * 3600)
         if job.state != "succeeded":
             raise click.ClickException(f"compaction {job.state}: {json.dumps(job.errors)}")
-        click.echo(json.dumps(job.result, indent=2))
-    except ExemplarError as exc:
-        _fail(exc)
-    finally:
-        services.close()
+        return job.result
+
+    _print_json(data_dir, run)
 
 
 def _adapter_params(pairs: tuple[str, ...]) -> dict[str, Any]:

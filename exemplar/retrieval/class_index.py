@@ -25,6 +25,7 @@ import numpy as np
 
 from exemplar.retrieval.autoindex import AutoIndexPolicy, ivf_lists
 from exemplar.retrieval.files import write_bytes_atomic
+from exemplar.retrieval.roundrobin import interleave
 from exemplar.retrieval.index import VectorIndex
 
 __all__ = ["ClassIndexes", "RowsView", "round_robin"]
@@ -47,24 +48,8 @@ class RowsView:
 
 def round_robin(per_class: list[list[tuple[int, float]]], stop: int) -> list[tuple[int, float]]:
     """Interleave per-class hit lists (each in score order), classes by their best score."""
-    order = sorted(
-        (c for c in range(len(per_class)) if per_class[c]),
-        key=lambda c: -per_class[c][0][1],
-    )
-    out: list[tuple[int, float]] = []
-    depth = 0
-    while len(out) < stop:
-        emitted = False
-        for c in order:
-            if depth < len(per_class[c]):
-                out.append(per_class[c][depth])
-                emitted = True
-                if len(out) == stop:
-                    break
-        if not emitted:
-            break
-        depth += 1
-    return out
+    order = sorted((c for c in range(len(per_class)) if per_class[c]), key=lambda c: -per_class[c][0][1])
+    return interleave(dict(enumerate(per_class)), order, stop)
 
 
 def _class_rows(label_codes: np.ndarray, n_labels: int) -> list[np.ndarray]:

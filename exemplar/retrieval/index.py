@@ -14,7 +14,7 @@ from exemplar.errors import InvalidRequest
 from exemplar.retrieval.batching import SearchBatcher
 from exemplar.retrieval.files import write_bytes_atomic
 
-__all__ = ["DEFAULT_INDEX", "VectorIndex", "gpu_available", "normalize", "set_search_threads"]
+__all__ = ["DEFAULT_INDEX", "VectorIndex", "exact_scan", "gpu_available", "normalize", "set_search_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +158,7 @@ class VectorIndex:
         return isinstance(faiss.downcast_index(self._cpu_index), faiss.IndexFlat)
 
     def _exact_subset(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.vectors is not None
-        rows = np.flatnonzero(allowed)
-        D, I = faiss.knn(q, np.ascontiguousarray(self.vectors[rows], dtype=np.float32), min(k, len(rows)),
-                         metric=faiss.METRIC_INNER_PRODUCT)
-        ids = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
-        if ids.shape[1] < k:
-            pad = k - ids.shape[1]
-            D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
-            ids = np.hstack([ids, np.full((len(q), pad), -1, np.int64)])
-        return D, ids
+        return exact_scan(self.vectors, q, k, np.flatnonzero(allowed))
 
     def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
         ivf = faiss.try_extract_index_ivf(self._cpu_index)
@@ -177,3 +168,23 @@ class VectorIndex:
         if hnsw is not None:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
         return faiss.SearchParameters(sel=selector)
+
+
+def exact_scan(vectors: Any, queries: np.ndarray, k: int, rows: np.ndarray | None = None  # noqa: ANN401 - rows gather
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` of exact inner-product search over ``vectors`` (or only ``rows`` of it), ``I`` in
+    row numbers of ``vectors``, padded with ``-1``/``-inf`` to ``k``."""
+    n = len(vectors) if rows is None else len(rows)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = max(k, 1)
+    if n == 0:
+        return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+    data = vectors if rows is None else vectors[rows]
+    D, I = faiss.knn(q, np.ascontiguousarray(data, dtype=np.float32), min(k, n), metric=faiss.METRIC_INNER_PRODUCT)
+    if rows is not None:
+        I = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
+    if I.shape[1] < k:
+        pad = k - I.shape[1]
+        D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
+        I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
+    return D, I

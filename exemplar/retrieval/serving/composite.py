@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from exemplar.retrieval.class_index import ClassIndexes
-from exemplar.retrieval.index import VectorIndex
-from exemplar.retrieval.store.segments import LoadedSegment, exact_scan, id_hashes
+from exemplar.retrieval.index import VectorIndex, exact_scan
+from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
 __all__ = [
     "ExactIndex",

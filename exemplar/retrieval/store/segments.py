@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -45,7 +44,6 @@ __all__ = [
     "ITEM_FIELDS",
     "LoadedSegment",
     "SegmentItems",
-    "exact_scan",
     "id_hashes",
     "load_segment",
     "needs_index",
@@ -252,21 +250,3 @@ def _label_names(items: SegmentItems) -> list[str]:
     unique = items.column("label").unique().to_pylist()
     return sorted(v for v in unique if v is not None)
 
-
-def exact_scan(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """``D, I`` of exact inner-product search over ``vectors`` (or only ``rows`` of it), ``I`` in
-    row numbers of ``vectors``, padded with ``-1``/``-inf`` to ``k``."""
-    n = len(vectors) if rows is None else len(rows)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    if n == 0 or k <= 0:
-        return np.full((len(q), max(k, 1)), -np.inf, np.float32), np.full((len(q), max(k, 1)), -1, np.int64)
-    data = vectors if rows is None else vectors[rows]
-    D, I = faiss.knn(q, np.ascontiguousarray(data, dtype=np.float32), min(k, n), metric=faiss.METRIC_INNER_PRODUCT)
-    if rows is not None:
-        I = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
-    if I.shape[1] < k:
-        pad = k - I.shape[1]
-        D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
-        I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
-    return D, I

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from exemplar.retrieval.roundrobin import interleave
 from exemplar.retrieval.strategies.base import Pick, Window
 
 __all__ = ["class_window", "depth_needed"]
@@ -43,25 +44,7 @@ def class_window(per_class: dict[int, Hits], order: Sequence[int], offset: int, 
             shortfall[code] = shortfall.get(code, 0) + 1
             holes.append((position, code))
     if fill and holes:
-        compact = _compact(per_class, order, offset + k)
+        compact = interleave(per_class, order, offset + k)
         picks = [Pick(row, score, offset + i) for i, (row, score) in enumerate(compact[offset:])]
     return Window(picks, shortfall)
 
-
-def _compact(per_class: dict[int, Hits], order: Sequence[int], stop: int) -> list[tuple[int, float | None]]:
-    """The round robin that skips exhausted classes, up to ``stop`` items."""
-    out: list[tuple[int, float | None]] = []
-    depth = 0
-    while len(out) < stop:
-        emitted = False
-        for code in order:
-            hits = per_class.get(code, ())
-            if depth < len(hits):
-                out.append(hits[depth])
-                emitted = True
-                if len(out) == stop:
-                    break
-        if not emitted:
-            break
-        depth += 1
-    return out

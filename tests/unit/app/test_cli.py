@@ -153,3 +153,15 @@ def test_items_get_list_and_delete(runner: CliRunner, tmp_path: Path) -> None:
     assert json.loads(deleted.stdout) == {"version": 2, "deleted": ["site-a-circle-0000"], "missing": ["ghost"]}
     gone = runner.invoke(main, ["items", "get", "p", "site-a-circle-0000", *data])
     assert gone.exit_code != 0 and "not_found" in gone.output
+
+
+def test_compact_from_the_command_line(runner: CliRunner, tmp_path: Path) -> None:
+    manifest = generate_shapes(tmp_path / "src", per_class_per_domain=1)
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert runner.invoke(main, ["build", "p", str(manifest), *data]).exit_code == 0
+    assert runner.invoke(main, ["items", "delete", "p", *[f"site-a-{s}-0000" for s in ("circle", "cross", "square")],
+                                *data]).exit_code == 0
+    result = runner.invoke(main, ["compact", "p", *data])
+    assert result.exit_code == 0, result.output
+    merges = json.loads(result.stdout)["merges"]
+    assert merges and merges[0]["purged"] == 3 and merges[0]["rows"] == 9

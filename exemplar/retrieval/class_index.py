@@ -81,7 +81,8 @@ class ClassIndexes:
             if approximate and data.nbytes > policy.class_exact_max_bytes:
                 # As many lists as the training sample supports (39 points per centroid, faiss's minimum).
                 nlist = min(ivf_lists(len(class_rows)), 2 ** int(np.log2(max(policy.class_train_points // 39, 16))))
-                index = VectorIndex.build(data, f"IVF{nlist},Flat",
+                # Codes, not vectors: re-scored from the pool's mapped vectors through RowsView.
+                index = VectorIndex.build(data, f"IVF{nlist},{policy.class_codes}",
                                           max_train_points=policy.class_train_points, seed=policy.seed)
                 index.vectors = RowsView(vectors, class_rows)
             else:

@@ -22,6 +22,10 @@ DEFAULT_INDEX = "Flat"
 AUTO = "auto"
 # Filters leaving at most this many rows are searched exactly over those rows on ANN indexes.
 EXACT_SUBSET_ROWS = 50_000
+# An index over compressed codes (SQ, PQ) only ranks candidates: this many per result are taken
+# from it and re-scored exactly against the memory-mapped vectors, so the index never holds a
+# second full-precision copy of them and the scores returned are exact.
+RERANK = 10
 
 # faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
 # are the common case here and are several times faster through BLAS.
@@ -104,8 +108,13 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path, factory: str, params: dict[str, int] | None = None) -> "VectorIndex":
-        data = np.fromfile(path, dtype=np.uint8)
-        loaded = cls(faiss.deserialize_index(data), factory)
+        if factory.startswith("IVF"):
+            # The inverted lists stay in the file, mapped: start-up reads nothing it does not search,
+            # and every process serving the pool shares one copy in the page cache.
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        loaded = cls(index, factory)
         if params:
             for name, value in params.items():
                 faiss.ParameterSpace().set_index_parameter(loaded.index, name, value)
@@ -134,6 +143,27 @@ class VectorIndex:
             faiss.omp_set_num_threads(_search_threads)
         if self.ntotal == 0:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
+        if self.reranks:
+            wide = min(k * RERANK, self.ntotal)
+            D, I = self._search(q, wide, allowed)
+            return self._rerank(q, I, k)
+        return self._search(q, k, allowed)
+
+    @property
+    def reranks(self) -> bool:
+        """Whether results are re-scored from the vectors (an index over lossy codes)."""
+        return self.vectors is not None and not self.on_gpu and _lossy(self.factory)
+
+    def _rerank(self, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = np.maximum(I, 0)
+        gathered = np.asarray(self.vectors[candidates.reshape(-1)], dtype=np.float32).reshape(*I.shape, -1)
+        scores = np.einsum("qkd,qd->qk", gathered, q)
+        scores = np.where(I >= 0, scores, -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
+        return D, np.where(np.isfinite(D), I, -1)
+
+    def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
             return self.batcher.search(q, k)
         count = int(allowed.sum())
@@ -188,3 +218,9 @@ def exact_scan(vectors: Any, queries: np.ndarray, k: int, rows: np.ndarray | Non
         D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
         I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
     return D, I
+
+
+def _lossy(factory: str) -> bool:
+    """Whether a faiss factory stores compressed codes rather than the vectors (SQ, PQ...)."""
+    storage = factory.split(",")[-1]
+    return storage.startswith(("SQ", "PQ", "RQ", "LSQ")) or "PQ" in storage

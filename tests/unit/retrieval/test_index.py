@@ -116,3 +116,26 @@ def test_filtered_search_on_ann_indexes_finds_subsets_far_from_the_query(data, f
     _, I = index.search(Q[:1], 5, allowed)
     assert (I >= 0).all() and allowed[I].all()
     np.testing.assert_array_equal(I, I_ref)
+
+
+@pytest.mark.parametrize("factory", ["IVF32,SQ4", "IVF32,SQ8", "IVF32,PQ8"])
+def test_indexes_over_codes_return_exact_scores_from_the_mapped_vectors(data, tmp_path: Path, factory: str) -> None:
+    V, Q = data
+    np.save(tmp_path / "v.npy", V)
+    built = VectorIndex.build(V, factory)
+    built.save(tmp_path / "i.faiss")
+    index = VectorIndex.load(tmp_path / "i.faiss", factory, {"nprobe": 8})
+    index.vectors = np.load(tmp_path / "v.npy", mmap_mode="r")
+    assert index.reranks
+    D, I = index.search(Q, 10)
+    # The scores are the exact inner products of the rows returned, not the codes' estimates.
+    np.testing.assert_allclose(D, np.einsum("qkd,qd->qk", V[I], Q), rtol=1e-5, atol=1e-5)
+    _, I_ref = exact(V, Q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_ref)])
+    assert recall >= 0.9, recall
+    # Filtered searches are re-scored the same way.
+    allowed = np.zeros(len(V), bool)
+    allowed[::3] = True
+    D, I = index.search(Q, 5, allowed)
+    assert allowed[I[I >= 0]].all()
+    np.testing.assert_allclose(D, np.einsum("qkd,qd->qk", V[I], Q), rtol=1e-5, atol=1e-5)

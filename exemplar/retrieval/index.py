@@ -152,7 +152,7 @@ class VectorIndex:
     @property
     def reranks(self) -> bool:
         """Whether results are re-scored from the vectors (an index over lossy codes)."""
-        return self.vectors is not None and not self.on_gpu and _lossy(self.factory)
+        return self.vectors is not None and _lossy(self.factory)
 
     def _rerank(self, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         candidates = np.maximum(I, 0)

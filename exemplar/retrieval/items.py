@@ -21,13 +21,18 @@ __all__ = [
     "ItemError",
     "NewItem",
     "DecodedItems",
+    "FIELD_RULES",
+    "FieldRule",
     "check_vector",
+    "column_field_errors",
     "embed_items",
     "encode_prepared",
     "prepare_items",
     "image_extension",
     "media_name",
+    "unit_rows",
     "validate_item_fields",
+    "width_message",
 ]
 
 EmbedMode = Literal["image", "text", "image+text"]
@@ -65,55 +70,160 @@ class ItemError:
         return cls(f"{param} ({self.item_id!r}): {self.message}", param=f"{param}.{self.field}")
 
 
+NO_EMBEDDING = "precomputed pools need an 'embedding' per item"
+NONFINITE = "embedding contains NaN or infinite values"
+ZERO_LENGTH = "embedding has zero length"
+
+
+def width_message(width: int, dim: int) -> str:
+    return f"embedding has {width} dimensions, the pool expects {dim}"
+
+
 def check_vector(values: Sequence[float] | np.ndarray, dim: int, *, param: str) -> np.ndarray:
     """A finite, non-zero float32 vector of width ``dim``, scaled to unit length."""
     vector = np.asarray(values, dtype=np.float64)
     if vector.ndim != 1:
         raise InvalidRequest("embedding must be a flat list of numbers", param=param)
     if vector.shape[0] != dim:
-        raise InvalidRequest(f"embedding has {vector.shape[0]} dimensions, the pool expects {dim}", param=param)
-    if not np.all(np.isfinite(vector)):
-        raise InvalidRequest("embedding contains NaN or infinite values", param=param)
-    peak = float(np.max(np.abs(vector))) if len(vector) else 0.0
-    if peak == 0.0:
-        raise InvalidRequest("embedding has zero length", param=param)
-    vector = vector / peak  # first to the unit cube: no overflow for huge values, no underflow for tiny ones
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
+        raise InvalidRequest(width_message(vector.shape[0], dim), param=param)
+    # the arithmetic of a bulk build, so a vector gets the same bits whichever way it comes in
+    units, problems = unit_rows(vector[None, :])
+    if problems[0] is not None:
+        raise InvalidRequest(problems[0], param=param)
+    return units[0]
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNIT_ROWS_STEP = 256
 
 
-def _check_unicode(value: str, param: str) -> None:
-    # JSON can carry lone surrogates (\ud800) that no UTF-8 store or response can hold.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("text is not valid Unicode (a lone surrogate)", param=param) from None
+def unit_rows(matrix: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """``check_vector`` over each row of an ``(n, dim)`` matrix at once: the float32 unit vectors of
+    the rows that pass, in order, and per row the message of its problem (None: it passed).
+
+    Values are taken as float64 (float32 and integers widen exactly, as a JSON list of the same
+    numbers would), and each row is divided by its largest magnitude before its norm is taken, so
+    huge values do not overflow and tiny ones do not underflow.
+    """
+    x = np.asarray(matrix)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    n, dim = x.shape
+    if dim == 0:
+        return np.empty((0, 0), np.float32), [ZERO_LENGTH] * n
+    # max |x| without an |x| temporary; NaN and inf carry through max and min
+    peak = np.maximum(x.max(axis=1), -x.min(axis=1)).astype(np.float64)
+    finite = np.isfinite(peak)
+    good = finite & (peak != 0.0)
+    problems: list[str | None] = [None] * n
+    if not good.all():
+        for i in np.flatnonzero(~good).tolist():
+            problems[i] = ZERO_LENGTH if finite[i] else NONFINITE
+        x, peak = x[good], peak[good]
+    units = np.empty(x.shape, np.float32)
+    # a few hundred rows at a time: the float64 temporaries stay in cache (2.5x faster than whole)
+    for start in range(0, len(x), _UNIT_ROWS_STEP):
+        part = slice(start, start + _UNIT_ROWS_STEP)
+        scaled = x[part] / peak[part, None]  # float64, whatever x is
+        # a pairwise sum per row: the same bits for a row alone or among thousands
+        norms = np.sqrt(np.add.reduce(scaled * scaled, axis=1))
+        np.divide(scaled, norms[:, None], out=scaled)
+        units[part] = scaled
+    return units, problems
+
+
+_CONTROL_CLASS = r"[\x00-\x1f\x7f]"  # the same pattern in Python's re and Arrow's RE2
+_CONTROL = re.compile(_CONTROL_CLASS)
+_SURROGATE = "text is not valid Unicode (a lone surrogate)"
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldRule:
+    """One check of an item's fields. ``FIELD_RULES`` holds them in the order they apply, so an
+    item's error is that of its first failing rule whether items are checked one at a time
+    (``validate_item_fields``) or a column at a time (``column_field_errors``)."""
+
+    field: str
+    kind: Literal["unicode", "control", "length"]
+    message: str
+    low: int = 0
+    high: int = 0
+    required: bool = False  # a missing value fails
+
+    def fails(self, value: Any) -> bool:  # noqa: ANN401 - any field's value
+        if self.field == "metadata":
+            # its size is counted as stored (ASCII JSON); a lone surrogate only shows unescaped
+            value = json.dumps(value, ensure_ascii=self.kind != "unicode")
+        if value is None:
+            return self.required
+        if self.kind == "unicode":
+            # JSON can carry lone surrogates (\ud800) that no UTF-8 store or response can hold.
+            if not isinstance(value, str):
+                return False
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if self.kind == "control":
+            return isinstance(value, str) and _CONTROL.search(value) is not None
+        return not self.low <= len(value) <= self.high
+
+    def fails_column(self, values: Any, undecodable: np.ndarray | None) -> np.ndarray:  # noqa: ANN401 - pyarrow array
+        """``fails`` over an Arrow string array (null: no value). Valid UTF-8 cannot hold a lone
+        surrogate, so the unicode rule fails exactly the values whose bytes were not UTF-8, which
+        the reader found (``undecodable``) and made null."""
+        import pyarrow.compute as pc
+
+        if self.kind == "unicode":
+            return undecodable if undecodable is not None else np.zeros(len(values), bool)
+        if self.kind == "control":
+            return pc.match_substring_regex(values, _CONTROL_CLASS).fill_null(False).to_numpy(zero_copy_only=False)
+        # code points, as Python's len counts them
+        lengths = pc.utf8_length(values).fill_null(-1).to_numpy(zero_copy_only=False)
+        return np.where(lengths >= 0, (lengths < self.low) | (lengths > self.high), self.required)
+
+
+# Identifiers end up in log lines, CSV exports and metrics: no NUL, newline or other control.
+FIELD_RULES: tuple[FieldRule, ...] = (
+    *(FieldRule(name, "unicode", _SURROGATE) for name in ("id", "label", "domain", "text", "image")),
+    *(FieldRule(name, "control", f"{name} must not contain control characters (NUL, newlines, tabs...)")
+      for name in ("id", "label", "domain")),
+    FieldRule("metadata", "unicode", _SURROGATE),
+    FieldRule("id", "length", f"item id must have 1 to {MAX_ID_CHARS} characters", 1, MAX_ID_CHARS, required=True),
+    *(FieldRule(name, "length", f"{name} must have 1 to {MAX_ID_CHARS} characters", 1, MAX_ID_CHARS)
+      for name in ("label", "domain")),
+    FieldRule("text", "length", f"text is longer than {MAX_TEXT_CHARS} characters", 0, MAX_TEXT_CHARS),
+    FieldRule("metadata", "length", f"metadata is larger than {MAX_METADATA_BYTES} bytes", 0, MAX_METADATA_BYTES),
+)
 
 
 def validate_item_fields(item: NewItem, *, param: str) -> None:
-    for name in ("id", "label", "domain", "text", "image"):
-        value = getattr(item, name)
-        if isinstance(value, str):
-            _check_unicode(value, f"{param}.{name}")
-    for name in ("id", "label", "domain"):
-        value = getattr(item, name)
-        # Identifiers end up in log lines, CSV exports and metrics: no NUL, newline or other control.
-        if isinstance(value, str) and _CONTROL.search(value):
-            raise InvalidRequest(f"{name} must not contain control characters (NUL, newlines, tabs...)",
-                                 param=f"{param}.{name}")
-    _check_unicode(json.dumps(item.metadata, ensure_ascii=False), f"{param}.metadata")
-    if not item.id or len(item.id) > MAX_ID_CHARS:
-        raise InvalidRequest(f"item id must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.id")
-    for name in ("label", "domain"):
-        value = getattr(item, name)
-        if value is not None and (not value or len(value) > MAX_ID_CHARS):
-            raise InvalidRequest(f"{name} must have 1 to {MAX_ID_CHARS} characters", param=f"{param}.{name}")
-    if item.text is not None and len(item.text) > MAX_TEXT_CHARS:
-        raise InvalidRequest(f"text is longer than {MAX_TEXT_CHARS} characters", param=f"{param}.text")
-    if len(json.dumps(item.metadata)) > MAX_METADATA_BYTES:
-        raise InvalidRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes", param=f"{param}.metadata")
+    for rule in FIELD_RULES:
+        if rule.fails(getattr(item, rule.field)):
+            raise InvalidRequest(rule.message, param=f"{param}.{rule.field}")
+
+
+def column_field_errors(size: int, columns: dict[str, Any], *, undecodable: dict[str, np.ndarray] | None = None,
+                        metadata: Sequence[dict[str, Any]] | None = None) -> dict[int, str]:
+    """``validate_item_fields`` a column at a time: the rows that fail, each with the message of its
+    first failing rule. ``columns`` maps fields to Arrow string arrays of ``size`` rows (null: no
+    value; a field left out has no value in any row), ``undecodable`` fields to the rows whose
+    bytes were not UTF-8, and ``metadata`` holds each row's metadata object."""
+    first = np.full(size, -1, np.int64)
+    for k, rule in enumerate(FIELD_RULES):
+        if rule.field == "metadata":
+            if metadata is None:
+                continue
+            failed = np.fromiter((bool(m) and rule.fails(m) for m in metadata), bool, size)
+        elif rule.field in columns:
+            failed = rule.fails_column(columns[rule.field], (undecodable or {}).get(rule.field))
+        elif rule.required:
+            failed = np.ones(size, bool)
+        else:
+            continue
+        first[failed & (first < 0)] = k
+    failed = np.flatnonzero(first >= 0)
+    return {i: FIELD_RULES[k].message for i, k in zip(failed.tolist(), first[failed].tolist())}
 
 
 # (leading bytes, file extension, media type) of the image formats recognised by their content
@@ -170,7 +280,7 @@ def _embed_precomputed(dim: int, items: Sequence[NewItem], chunk: range, errors:
     kept, rows = [], []
     for i in chunk:
         if items[i].embedding is None:
-            errors.append(ItemError(i, items[i].id, "invalid_request", "precomputed pools need an 'embedding' per item", "embedding"))
+            errors.append(ItemError(i, items[i].id, "invalid_request", NO_EMBEDDING, "embedding"))
             continue
         try:
             rows.append(check_vector(items[i].embedding, dim, param="embedding"))

@@ -291,8 +291,9 @@ class PoolService:
         pool = self.catalog.pool(name)
         wanted = list(dict.fromkeys(ids))
         snap = self._current(name, fresh=True)
-        present = [i for i in wanted if snap is not None and i in snap.row_of]
-        missing = [i for i in wanted if snap is None or i not in snap.row_of]
+        rows = snap.row_of.rows_of(wanted) if snap is not None else np.full(len(wanted), -1)
+        present = [i for i, r in zip(wanted, rows) if r >= 0]
+        missing = [i for i, r in zip(wanted, rows) if r < 0]
         if not present:
             return DeletedItems(pool.current_version, [], missing)
         # Another writer may remove or add some of them meanwhile: ``write`` redoes the removal on

@@ -189,7 +189,8 @@ class SelectionService:
         if options.domains is not None:
             domain_mask = _member_mask(snap.domain_codes, snap.domains, options.domains, "domains")
             mask = domain_mask if mask is None else mask & domain_mask
-        excluded = [snap.row_of[i] for i in options.exclude_ids if i in snap.row_of]
+        found = snap.row_of.rows_of(list(options.exclude_ids)) if options.exclude_ids else []
+        excluded = [int(r) for r in found if r >= 0]
         if excluded:
             mask = np.ones(snap.size, bool) if mask is None else mask.copy()
             mask[excluded] = False

@@ -163,8 +163,8 @@ def write_version(
         removed: list[tuple[str | None, str | None]] = []
         if on_top:
             assert base is not None
-            dropped = [base.row_of.get(i) for i in {r.item_id for r in rows} | remove_ids]
-            dropped_rows = np.array(sorted(r for r in dropped if r is not None), np.int64)
+            found = base.row_of.rows_of(sorted({r.item_id for r in rows} | remove_ids))
+            dropped_rows = np.unique(found[found >= 0])
             removed = [(base.label_of(int(r)), base.domain_of(int(r))) for r in dropped_rows]
             entries = _with_deletions(files, pool.id, version, entries, base.space, dropped_rows, written)
         adapter = base.adapter if on_top and base is not None else None

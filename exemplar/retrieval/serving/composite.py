@@ -309,16 +309,36 @@ class IdLookup:
         self.space = space
         self._lock = threading.Lock()
 
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The row of each id (``-1`` where the version does not hold it), looked up in one pass
+        over the segments, newest first (an id written again lives in the newest segment)."""
+        rows = np.full(len(item_ids), -1, np.int64)
+        if not len(item_ids):
+            return rows
+        digests = id_hashes(item_ids)
+        pending = np.arange(len(item_ids))
+        for part in reversed(self.space.parts):
+            if not len(pending):
+                break
+            hashes = part.segment.id_table[:, 0]
+            lo = np.searchsorted(hashes, digests[pending], side="left")
+            hi = np.searchsorted(hashes, digests[pending], side="right")
+            for j in np.flatnonzero(hi > lo):
+                wanted = item_ids[pending[j]]
+                for local in part.segment.id_table[lo[j]:hi[j], 1]:
+                    if part.segment.items.value("item_id", int(local)) == wanted:
+                        row = int(part.to_global(np.array([int(local)], np.int64))[0])
+                        if row >= 0:
+                            rows[pending[j]] = row
+                        break
+            pending = pending[rows[pending] < 0]
+        return rows
+
     def get(self, item_id: str, default: int | None = None) -> int | None:
         if not isinstance(item_id, str):
             return default
-        digest = int(id_hashes([item_id])[0])
-        for part in reversed(self.space.parts):  # newest first
-            for local in part.segment.find(item_id, digest):
-                row = int(part.to_global(np.array([local]))[0])
-                if row >= 0:
-                    return row
-        return default
+        row = int(self.rows_of([item_id])[0])
+        return row if row >= 0 else default
 
     def __contains__(self, item_id: object) -> bool:
         return isinstance(item_id, str) and self.get(item_id) is not None

@@ -194,13 +194,6 @@ class LoadedSegment:
     def size(self) -> int:
         return len(self.uids)
 
-    def find(self, item_id: str, digest: int) -> list[int]:
-        """Rows of this segment that hold ``item_id`` (at most one, unless written twice)."""
-        hashes = self.id_table[:, 0]
-        lo = int(np.searchsorted(hashes, np.uint64(digest), side="left"))
-        hi = int(np.searchsorted(hashes, np.uint64(digest), side="right"))
-        return [int(r) for r in self.id_table[lo:hi, 1] if self.items.value("item_id", int(r)) == item_id]
-
     def adapter_vectors(self, adapter_id: int) -> np.ndarray | None:
         with self._lock:
             if adapter_id not in self._adapters:

@@ -122,7 +122,7 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
               help="What is embedded, when the pool is created by this build [default: image].")
 @click.option("--index", "index_spec", default=None,
               help="FAISS factory string or 'auto', when the pool is created by this build [default: auto].")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "imagefolder", "webdataset"]),
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "arrow", "imagefolder", "webdataset"]),
               default=None, help="Source format (default: from the file name; a folder is an image folder, or "
               "WebDataset when it holds .tar shards).")
 @click.option("--media-root", type=click.Path(path_type=Path, file_okay=False), default=None,

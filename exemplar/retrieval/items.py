@@ -336,7 +336,7 @@ def prepare_items(
     return DecodedItems(kept, images)
 
 
-def encode_prepared(encoder: Encoder, embed: str, items: Sequence[NewItem], prepared: Prepared) -> np.ndarray:
+def encode_prepared(encoder: Encoder, embed: str, items: Sequence[NewItem], prepared: DecodedItems) -> np.ndarray:
     modalities = _modalities(embed)
     if not prepared.kept:
         return np.empty((0, encoder.dim), np.float32)

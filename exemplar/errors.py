@@ -14,9 +14,11 @@ __all__ = [
     "EmptyPool",
     "EncoderUnavailable",
     "ExemplarError",
+    "Incompatible",
     "InvalidImage",
     "InvalidRequest",
     "NotFound",
+    "NotPermitted",
     "PayloadTooLarge",
     "UnsupportedQuery",
     "UpstreamError",
@@ -59,7 +61,18 @@ class InvalidImage(InvalidRequest):
         self.index = index
 
 
-class UnsupportedQuery(InvalidRequest):
+class Incompatible(InvalidRequest):
+    """A well-formed request that the target, as it is now, cannot serve: a query kind the pool's
+    encoder cannot embed, a vector of another width, an item without what the pool embeds, a label
+    the pool does not hold, a prompt over the model endpoint's limits. The same request can succeed
+    against another target, or this one once it changes, so it conflicts with server state rather
+    than being malformed. Still an ``InvalidRequest``, so code that re-labels the offending field
+    catches it too."""
+
+    type = "incompatible"
+
+
+class UnsupportedQuery(Incompatible):
     """A query kind the pool's encoder cannot embed (e.g. text on a precomputed pool)."""
 
     type = "unsupported_query"
@@ -71,6 +84,13 @@ class NotFound(ExemplarError):
 
 class Conflict(ExemplarError):
     type = "conflict"
+
+
+class NotPermitted(ExemplarError):
+    """The server's configuration does not permit this, whatever the request says: builds over HTTP
+    when no source roots are configured, or a source outside them."""
+
+    type = "not_permitted"
 
 
 class PayloadTooLarge(ExemplarError):

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from exemplar.app.auth import Forbidden, RateLimited, Unauthorized
 from exemplar.app.context import request_id
@@ -19,8 +20,10 @@ from exemplar.errors import (
     Conflict,
     EncoderUnavailable,
     ExemplarError,
+    Incompatible,
     InvalidRequest,
     NotFound,
+    NotPermitted,
     PayloadTooLarge,
     UpstreamError,
     UpstreamTimeout,
@@ -32,6 +35,7 @@ __all__ = ["ErrorBody", "ErrorEnvelope", "STATUS", "error_response", "install_er
 STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
     (Unauthorized, 401),
     (Forbidden, 403),
+    (NotPermitted, 403),
     (RateLimited, 429),
     (NotFound, 404),
     (PayloadTooLarge, 413),
@@ -39,6 +43,7 @@ STATUS: tuple[tuple[type[ExemplarError], int], ...] = (
     (EncoderUnavailable, 503),
     (UpstreamTimeout, 504),
     (UpstreamError, 502),
+    (Incompatible, 409),
     (InvalidRequest, 400),
 )
 
@@ -109,10 +114,28 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(400, "invalid_request", message, _param(tuple(first.get("loc", ()))))
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method some route serves at this path. Starlette's own ``Allow`` names only the methods
+    of the first route whose path matched, and a path such as /v1/pools has one route per method."""
+    routes = request.app.router.routes
+    allowed = [method for method in _METHODS
+               if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)]
+    return ", ".join(allowed) or None
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, type_, message)
+    # The exception's headers are part of the answer (RFC 9110 requires Allow on a 405).
+    headers = {name.lower(): value for name, value in (exc.headers or {}).items()}
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["allow"] = allowed
+    return error_response(exc.status_code, type_, message, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import httpx
 
-from exemplar.errors import InvalidRequest, UpstreamError, UpstreamTimeout, choices
+from exemplar.errors import Incompatible, NotFound, UpstreamError, UpstreamTimeout, choices
 
 __all__ = ["Completion", "EndpointConfig", "MLLMClient", "MLLMRegistry", "TokenLogprob"]
 
@@ -124,7 +124,7 @@ class MLLMClient:
         }
         body = json.dumps(payload).encode()
         if len(body) > self.config.max_prompt_bytes:
-            raise InvalidRequest(
+            raise Incompatible(
                 f"the prompt is {len(body)} bytes, over the endpoint's limit of {self.config.max_prompt_bytes}",
                 param="window",
             )
@@ -174,8 +174,9 @@ class MLLMRegistry:
     def get(self, name: str) -> MLLMClient:
         config = self.endpoints.get(name)
         if config is None:
+            # Which endpoints exist is the server's configuration, as which pools exist is its data: 404.
             configured = choices(self.endpoints) if self.endpoints else "none are configured (EXEMPLAR_MLLM_ENDPOINTS)"
-            raise InvalidRequest(f"unknown model endpoint {name!r}; configured: {configured}", param="mllm")
+            raise NotFound(f"unknown model endpoint {name!r}; configured: {configured}", param="mllm")
         with self._lock:
             client = self._clients.get(name)
             if client is None:

@@ -10,7 +10,11 @@ from exemplar.retrieval.infer import InferOptions
 from exemplar.retrieval.prompting import PromptTemplate
 
 router = APIRouter(prefix="/v1/pools", tags=["infer"], responses={
-    400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
+    400: {"model": ErrorEnvelope},
+    404: {"model": ErrorEnvelope, "description": "No such pool or query item, or 'mllm' names no configured model "
+          "endpoint (the error lists the configured ones)"},
+    409: {"model": ErrorEnvelope, "description": "The request does not fit the pool as it is (empty, no adapter, a "
+          "query its encoder cannot embed) or the endpoint's limits"},
     502: {"model": ErrorEnvelope}, 504: {"model": ErrorEnvelope},
 })
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.pools import (
@@ -18,8 +20,14 @@ from exemplar.errors import InvalidRequest
 from exemplar.retrieval import NewItem, PoolService
 from exemplar.retrieval.catalog import PoolRecord
 
+# Version numbers count up from 1 and are stored as SQLite integers; the bound is one a JSON number
+# (a double) states exactly, so no larger number reads as equal to it.
+MAX_VERSION = 2**53 - 1
+
 router = APIRouter(prefix="/v1/pools", tags=["pools"], responses={
-    400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
+    400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope},
+    409: {"model": ErrorEnvelope, "description": "A pool of that name exists, or the items do not fit the pool as "
+          "it is (what it embeds, its encoder's width)"},
 })
 
 
@@ -86,5 +94,5 @@ def add_items(pool: str, body: ItemsIn, pools: PoolsDep, settings: SettingsDep) 
 
 @router.post("/{pool}/versions/{version}/activate", summary="Make a version current (rollback or roll forward)",
              dependencies=[ADMIN])
-def activate(pool: str, version: int, pools: PoolsDep) -> PoolOut:
+def activate(pool: str, version: Annotated[int, Path(ge=1, le=MAX_VERSION)], pools: PoolsDep) -> PoolOut:
     return _pool_out(pools, pools.activate(pool, version))

@@ -30,7 +30,7 @@ class AdapterTrainRequest(StrictModel):
     weight_decay: float = Field(1e-4, ge=0, le=1)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     patience: int = Field(10, ge=1, le=1000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class JobOut(BaseModel):

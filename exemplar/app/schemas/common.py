@@ -4,12 +4,66 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import re
-from typing import Annotated
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, ConfigDict, BaseModel, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, BaseModel, PlainSerializer, WithJsonSchema, model_validator
 
-__all__ = ["Base64Image", "StrictModel"]
+from exemplar.retrieval.strategies import list_strategies
+
+__all__ = [
+    "Base64Image", "IDENTIFIER", "INDEX_FACTORY", "NON_BLANK", "NON_ZERO_VECTOR", "StrictModel", "limit", "rules",
+    "strategy_names",
+]
+
+# Patterns the document states for rules the server checks itself, with its own messages: the
+# domain stays the one place that enforces them, the document says what it will accept.
+# Identifiers (ids, labels, domains) end up in logs, CSV exports and metrics: no control characters.
+# Said as "no match" rather than an anchored pattern: '$' also matches before a final newline in
+# Python's dialect, and the newline is what must not pass.
+IDENTIFIER: dict[str, Any] = {"not": {"type": "string", "pattern": r"[\u0000-\u001f\u007f]"}}
+# At least one character that str.strip() keeps: Python's whitespace, spelled out, since JSON
+# Schema's \s is ECMAScript's and differs (U+001C..U+001F, U+0085, U+FEFF).
+NON_BLANK = (r"[^\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+             r"\u3000]")
+# A vector with a direction: not empty, not all zeros. ("contains" a non-zero number says the same,
+# but makes schemathesis draw a vector of the maximum width item by item.)
+NON_ZERO_VECTOR: dict[str, Any] = {"minItems": 1, "not": {"type": "array", "items": {"const": 0}}}
+
+_M = r"(?:[4-9]|[1-5][0-9]|6[0-4])"  # HNSW links per node
+_CODE = r"(?:Flat|SQ8|SQfp16)"
+# The faiss factory strings documented as accepted for any encoder width: exact, scalar-quantised,
+# HNSW and IVF (an IVF index also needs at least as many vectors as lists when it is built). faiss
+# parses more (PQ, OPQ, PCA...), fitting some widths only; those are accepted too, undocumented.
+INDEX_FACTORY = rf"^(?:auto|{_CODE}|HNSW{_M}(?:,{_CODE})?|IVF[1-9][0-9]{{0,4}}(?:_HNSW{_M})?,{_CODE})$"
+
+
+def limit(keyword: str, name: str) -> dict[str, str]:
+    """A bound the server takes from its settings (``max_k``, ``max_queries``...): the document
+    generator (``exemplar.app.openapi``) writes this server's value as ``keyword``."""
+    return {f"x-{keyword}": name}
+
+
+def rules(*conditions: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra`` for rules across its fields (JSON Schema ``allOf``). Copied
+    each time: pydantic merges these dicts into the document by reference, and the document
+    generator fills in the limits in place."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        schema.setdefault("allOf", []).extend(copy.deepcopy(conditions))
+
+    return extend
+
+
+def strategy_names(schema: dict[str, Any]) -> None:
+    """``json_schema_extra`` of a strategy field: the registered strategies, read when the document
+    is written (the registry is filled on import)."""
+    schema["enum"] = list_strategies()
+
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
@@ -33,11 +87,35 @@ Base64Image = Annotated[
     bytes,
     BeforeValidator(_decode_base64),
     PlainSerializer(lambda data: base64.b64encode(data).decode(), return_type=str),
-    WithJsonSchema({"type": "string", "format": "byte", "description": "Image bytes as base64 or a data URI."}),
+    WithJsonSchema({"type": "string", "format": "byte", "minLength": 1,
+                    "description": "Image bytes as base64 or a data URI."}),
 ]
 
 
-class StrictModel(BaseModel):
-    """Request bodies refuse unknown fields, so a typo is an error rather than a silent default."""
+def _takes_int(annotation: object) -> bool:
+    if annotation is int:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and int in typing.get_args(annotation)
 
-    model_config = ConfigDict(extra="forbid")
+
+class StrictModel(BaseModel):
+    """Request bodies refuse unknown fields, so a typo is an error rather than a silent default, and
+    values of another JSON type ("8" or true for 8), so a value the document calls invalid is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    _int_fields: ClassVar[dict[type, frozenset[str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:  # noqa: ANN401 - the parsed JSON
+        # JSON has one kind of number: 8.0 is the integer 8, as JSON Schema says, and strict mode
+        # alone would refuse it where an integer is declared.
+        if not isinstance(data, dict):
+            return data
+        names = cls._int_fields.get(cls)
+        if names is None:
+            names = cls._int_fields[cls] = frozenset(
+                name for name, field in cls.model_fields.items() if _takes_int(field.annotation))
+        fixed = {name: int(value) for name in names
+                 if isinstance(value := data.get(name), float) and value.is_integer()}
+        return {**data, **fixed} if fixed else data

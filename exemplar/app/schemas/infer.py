@@ -4,34 +4,51 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from exemplar.app.schemas.common import StrictModel
+from exemplar.app.schemas.common import StrictModel, limit, rules, strategy_names
 from exemplar.app.schemas.select import DemonstrationOut, QueryIn, SelectionFieldsIn
+from exemplar.retrieval.infer import MAX_ROUNDS
+from exemplar.retrieval.prompting import FIELDS
 
 __all__ = ["InferRequest", "InferResponse", "InferRoundOut", "PromptIn"]
+
+# A placeholder other than the demonstration's fields, which PromptTemplate.check refuses.
+_TEMPLATE = {"not": {"pattern": r"\{(?!(?:" + "|".join(FIELDS) + r")\})\w[^{}]*\}"}}
+# The model is shown the query itself: an image, a text or a pool item, never a bare vector.
+_INFER_QUERY = {
+    "anyOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in ("image", "text", "item_id")],
+    "properties": {"embedding": {"type": "null"}},
+}
 
 
 class PromptIn(StrictModel):
     system: str | None = Field(None, max_length=20_000, description="System message.")
     instruction: str | None = Field(None, max_length=20_000, description="Added to every user turn, e.g. the question.")
-    demo_text: str = Field("{text}", max_length=20_000, description="A demonstration's text; {text} {label} {domain} {id}.")
-    answer: str = Field("{label}", max_length=20_000, description="A demonstration's assistant turn.")
-    query_text: str = Field("{text}", max_length=20_000, description="The query's text.")
+    demo_text: str = Field("{text}", max_length=20_000, description="A demonstration's text; {text} {label} {domain} {id}.",
+                           json_schema_extra=_TEMPLATE)
+    answer: str = Field("{label}", max_length=20_000, description="A demonstration's assistant turn.",
+                        json_schema_extra=_TEMPLATE)
+    query_text: str = Field("{text}", max_length=20_000, description="The query's text.", json_schema_extra=_TEMPLATE)
     include_images: bool = True
 
 
 class InferRequest(SelectionFieldsIn):
+    model_config = ConfigDict(json_schema_extra=rules({"properties": {"query": _INFER_QUERY}}))
+
     query: QueryIn = Field(description="image (base64), text, or item_id; shown to the model last.")
     mllm: str = Field(description="A configured endpoint name (EXEMPLAR_MLLM_ENDPOINTS).")
-    strategy: str = "topk"
-    window: int = Field(2, description="Demonstrations per round (VideoICL: 2).")
-    max_rounds: int = Field(4, description="Rounds at most (VideoICL: 4).")
-    threshold: float = Field(0.5, description="Stop when the confidence is strictly above this (VideoICL: 0.5).")
+    strategy: str = Field("topk", json_schema_extra=strategy_names)
+    window: int = Field(2, description="Demonstrations per round (VideoICL: 2).",
+                        json_schema_extra={"minimum": 1, **limit("maximum", "max_k")})
+    max_rounds: int = Field(4, description="Rounds at most (VideoICL: 4).",
+                            json_schema_extra={"minimum": 1, "maximum": MAX_ROUNDS})
+    threshold: float = Field(0.5, description="Stop when the confidence is strictly above this (VideoICL: 0.5).",
+                             json_schema_extra={"minimum": 0, "maximum": 1})
     confidence: Literal["min_token_prob", "mean_token_logprob", "first_token_prob", "label_prob"] = "min_token_prob"
     prompt: PromptIn = Field(default_factory=PromptIn)
-    max_tokens: int = 16
-    temperature: float = 0.0
+    max_tokens: int = Field(16, json_schema_extra={"minimum": 1, "maximum": 4096})
+    temperature: float = Field(0.0, json_schema_extra={"minimum": 0, "maximum": 2})
 
 
 class InferRoundOut(BaseModel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat
 
-from exemplar.app.schemas.common import Base64Image, StrictModel
+from exemplar.app.schemas.common import NON_BLANK, NON_ZERO_VECTOR, Base64Image, StrictModel, limit, rules, strategy_names
 from exemplar.retrieval import Query, SelectionOptions
 
 __all__ = [
@@ -20,11 +21,45 @@ __all__ = [
     "SelectionFieldsIn",
 ]
 
+# The document's rules for queries, as SelectionService checks them (it refuses anything else).
+_QUERY_FIELDS = {"image": "string", "text": "string", "embedding": "array", "item_id": "string"}
+_NULL = {"type": "null"}
+
+
+def _only(*given: str) -> dict[str, Any]:
+    """A query whose other fields are absent or null."""
+    return {"properties": {name: _NULL for name in _QUERY_FIELDS if name not in given}}
+
+
+# One kind of query, or image with text (their vectors averaged); or none at all.
+_QUERY_SHAPES = [_only("image", "text"), _only("embedding"), _only("item_id")]
+_EMPTY_QUERY = _only()
+_NON_EMPTY_QUERY: dict[str, Any] = {
+    "anyOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in _QUERY_FIELDS.items()]
+}
+# Every strategy but 'random' ranks by similarity to the query, so needs one.
+_RANDOM = {"properties": {"strategy": {"const": "random"}}, "required": ["strategy"]}
+_OPTION_RULES = (
+    # k is the window unless k_per_class is given, which sets it instead (k is then not used).
+    {"if": {"properties": {"k_per_class": {"type": "integer"}}, "required": ["k_per_class"]},
+     "else": {"properties": {"k": {"type": "integer", "minimum": 1, **limit("maximum", "max_k")}}}},
+    # 'topk' (the default) and invariant over 'topk' have no per-class quotas.
+    {"if": {"properties": {"strategy": {"const": "topk"}}},
+     "then": {"properties": {"k_per_class": _NULL}}},
+    {"if": {"properties": {"strategy": {"const": "invariant"}, "invariant_base": {"const": "topk"}},
+            "required": ["strategy", "invariant_base"]},
+     "then": {"properties": {"k_per_class": _NULL}}},
+)
+
 
 class QueryIn(StrictModel):
+    model_config = ConfigDict(json_schema_extra=lambda schema: schema.update(anyOf=copy.deepcopy(_QUERY_SHAPES)))
+
     image: Base64Image | None = None
-    text: str | None = Field(None, max_length=20_000)
-    embedding: list[StrictFloat] | None = Field(None, max_length=16384)  # no "1" or true coerced into a vector
+    text: str | None = Field(None, max_length=20_000, json_schema_extra={"pattern": NON_BLANK})
+    embedding: list[StrictFloat] | None = Field(  # no "1" or true coerced into a vector
+        None, max_length=16384, json_schema_extra=NON_ZERO_VECTOR,
+    )
     item_id: str | None = Field(None, max_length=512)
 
     def to_query(self) -> Query:
@@ -38,8 +73,9 @@ class SelectionFieldsIn(StrictModel):
     domains: list[str] | None = Field(None, description="Only items from these domains.")
     exclude_ids: list[str] = Field(default_factory=list, max_length=10_000)
     order: Literal["most_similar_first", "most_similar_last", "shuffle", "class_grouped"] = "most_similar_first"
-    seed: int = 0
-    offset: int = Field(0, description="Skip this many results of the ranking: the next window.")
+    seed: int = Field(0, ge=0)
+    offset: int = Field(0, description="Skip this many results of the ranking: the next window.",
+                        json_schema_extra={"minimum": 0, **limit("maximum", "max_offset")})
     invariant_base: Literal["balanced", "topk"] = Field(
         "balanced", description="invariant: per-class quotas ('balanced') or global nearest ('topk') in the adapter space."
     )
@@ -61,11 +97,13 @@ class SelectionFieldsIn(StrictModel):
 
 
 class SelectOptionsIn(SelectionFieldsIn):
-    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random', 'invariant'.")
+    strategy: str = Field("topk", description="A registered strategy: 'topk', 'balanced', 'random', 'invariant'.",
+                          json_schema_extra=strategy_names)
     k: int | None = Field(8, description="Demonstrations per query (not used when k_per_class is set).")
     k_per_class: int | None = Field(
         None, description="Exactly this many per class: 'balanced', 'invariant' with invariant_base 'balanced', and "
-        "'random' (a seeded class-balanced sample). Refused by 'topk' and invariant_base 'topk'."
+        "'random' (a seeded class-balanced sample). Refused by 'topk' and invariant_base 'topk'.",
+        json_schema_extra={"minimum": 1, **limit("maximum", "max_k")},
     )
 
     def to_options(self) -> SelectionOptions:
@@ -73,11 +111,23 @@ class SelectOptionsIn(SelectionFieldsIn):
 
 
 class SelectRequest(SelectOptionsIn):
+    model_config = ConfigDict(json_schema_extra=rules(
+        *_OPTION_RULES, {"if": _RANDOM, "else": {"required": ["query"], "properties": {"query": _NON_EMPTY_QUERY}}},
+    ))
+
     query: QueryIn = Field(default_factory=QueryIn, description="One of image, text, embedding or item_id.")
 
 
 class BatchSelectRequest(SelectOptionsIn):
-    queries: list[QueryIn] = Field(min_length=1)
+    # With 'random', the queries are all empty (a plain sample) or all given (scores reported).
+    model_config = ConfigDict(json_schema_extra=rules(
+        *_OPTION_RULES,
+        {"if": _RANDOM,
+         "then": {"properties": {"queries": {"anyOf": [{"items": _EMPTY_QUERY}, {"items": _NON_EMPTY_QUERY}]}}},
+         "else": {"properties": {"queries": {"items": _NON_EMPTY_QUERY}}}},
+    ))
+
+    queries: list[QueryIn] = Field(min_length=1, json_schema_extra=limit("maxItems", "max_queries"))
     shared: bool = Field(
         False, description="One demonstration set for the whole batch (ManyICL): selected for the normalised mean "
         "of the queries, excluding every query item, and repeated in each result."

@@ -8,8 +8,10 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 from PIL import Image
 
+from exemplar.app import Settings, create_app
 from tests.helpers import png_b64
 from tests.unit.app.envelopes import envelope, pool_states
 
@@ -44,8 +46,16 @@ CASES = [
     ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "order": "sideways"}, 400, "invalid_request", "order"),
     ("post", "/v1/pools/vec/select", {"query": {"item_id": "ghost"}}, 404, "not_found", "query.item_id"),
     ("post", "/v1/pools/vec/select", {"query": {}}, 400, "invalid_request", "query"),
-    ("post", "/v1/pools/vec/select", {"query": {"text": "hi"}}, 400, "unsupported_query", "query.text"),
+    # What the pool's encoder can embed is the pool's state, not the request's shape: 409.
+    ("post", "/v1/pools/vec/select", {"query": {"text": "hi"}}, 409, "unsupported_query", "query.text"),
     ("post", "/v1/pools/vec/select/batch", {"queries": []}, 400, "invalid_request", "queries"),
+    ("post", "/v1/pools/vec/select/batch", {"queries": [{}]}, 400, "invalid_request", "queries[0]"),
+    ("post", "/v1/pools/vec/select", {}, 400, "invalid_request", "query"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": "8"}, 400, "invalid_request", "k"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": True}, 400, "invalid_request", "k"),
+    ("post", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "seed": -1}, 400, "invalid_request", "seed"),
+    ("post", "/v1/pools", {"name": "new", "encoder": "precomputed:4", "index": ""}, 400, "invalid_request", "index"),
+    ("post", "/v1/pools", {"name": "new\n", "encoder": "precomputed:4"}, 400, "invalid_request", "name"),
     ("post", "/v1/pools/empty/select", {"query": {"embedding": [1, 0, 0, 0]}}, 409, "empty_pool", "pool"),
     ("post", "/v1/pools", {"name": "vec", "encoder": "precomputed:4"}, 409, "conflict", "name"),
     ("post", "/v1/pools", {"name": "x y", "encoder": "precomputed:4"}, 400, "invalid_request", "name"),
@@ -103,6 +113,107 @@ def test_oversized_body_is_refused(client: TestClient, seeded_pools) -> None:
 def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None:
     envelope(client.get("/v2/nothing"), 404, "not_found", None)
     envelope(client.put("/v1/pools"), 405, "method_not_allowed", None)
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("TRACE", "/v1/pools", "GET, POST"),  # one route per method: Allow names them all
+    ("PUT", "/v1/pools", "GET, POST"),
+    ("TRACE", "/v1/pools/vec", "GET, DELETE"),
+    ("PUT", "/v1/pools/vec/select", "POST"),
+    ("TRACE", "/healthz", "GET"),
+])
+def test_a_method_the_path_does_not_serve_is_405_with_allow(client: TestClient, method: str, path: str,
+                                                             allowed: str) -> None:
+    r = client.request(method, path)
+    envelope(r, 405, "method_not_allowed", None)
+    assert r.headers["allow"] == allowed  # RFC 9110 15.5.6
+
+
+def test_http_builds_are_forbidden_by_configuration_without_source_roots(client: TestClient, seeded_pools) -> None:
+    before = pool_states(client)
+    r = client.post("/v1/pools/vec/builds", json={"source": "/srv/manifest.jsonl"})
+    error = envelope(r, 403, "not_permitted", None)
+    assert "EXEMPLAR_SOURCE_ROOTS" in error["message"]
+    assert client.get("/v1/jobs").json() == {"jobs": []} and pool_states(client) == before
+
+
+def test_an_unknown_model_endpoint_is_404_naming_the_configured_ones(tmp_path) -> None:
+    endpoint = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}  # never called
+    settings = Settings(data_dir=tmp_path / "data", refresh_s=0.0, mllm_endpoints={"beta": endpoint, "alpha": endpoint})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.post("/v1/pools", json={"name": "vec", "encoder": "precomputed:4"})
+        client.post("/v1/pools/vec/items", json={"items": [{"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}]})
+        r = client.post("/v1/pools/vec/infer", json={"query": {"item_id": "a"}, "mllm": "gamma"})
+        error = envelope(r, 404, "not_found", "mllm")
+        assert "'gamma'" in error["message"] and "'alpha', 'beta'" in error["message"]
+        assert client.get("/openapi.json").json()["components"]["schemas"]["InferRequest"]["properties"]["mllm"][
+            "examples"] == ["alpha", "beta"]
+
+
+def test_without_model_endpoints_infer_is_404_and_says_none_are_configured(client: TestClient, seeded_pools) -> None:
+    r = client.post("/v1/pools/vec/infer", json={"query": {"item_id": "a"}, "mllm": "qwen"})
+    assert "none are configured" in envelope(r, 404, "not_found", "mllm")["message"]
+
+
+# Bodies the document calls valid or not, each with the server's answer on the seeded pools: what a
+# schema-driven client or fuzzer is told is what the server does (400 is the refusal of a malformed
+# request; a valid one may still meet the pool's state, 404 or 409).
+DOCUMENTED = [
+    # (schema, path, body, valid)
+    ("SelectRequest", "/v1/pools/vec/select", {"strategy": "random"}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"strategy": "random", "query": {}}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"strategy": "random", "query": {"item_id": "a"}, "k_per_class": 1}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"embedding": [0, 1.5, 0, 0]}, "k": 1.0}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "strategy": "balanced", "k": None,
+                                               "k_per_class": 1}, True),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": 0, "k_per_class": 1,
+                                               "strategy": "balanced"}, True),  # k is not used then
+    ("SelectRequest", "/v1/pools/vec/select", {}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {}}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a", "embedding": [1, 0, 0, 0]}}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"text": " \t"}}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"embedding": [0, 0, 0, 0]}}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"embedding": []}}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k_per_class": 1}, False),  # topk
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "strategy": "invariant",
+                                               "invariant_base": "topk", "k_per_class": 1}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": None}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": 257}, False),  # this server's max_k
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "offset": 100_001}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "strategy": "nearest"}, False),
+    ("SelectRequest", "/v1/pools/vec/select", {"query": {"item_id": "a"}, "k": 2.5}, False),
+    ("BatchSelectRequest", "/v1/pools/vec/select/batch", {"queries": [{}, {}], "strategy": "random"}, True),
+    ("BatchSelectRequest", "/v1/pools/vec/select/batch", {"queries": [{"item_id": "a"}], "strategy": "random"}, True),
+    ("BatchSelectRequest", "/v1/pools/vec/select/batch", {"queries": [{}]}, False),
+    ("BatchSelectRequest", "/v1/pools/vec/select/batch", {"queries": [{}, {"item_id": "a"}], "strategy": "random"},
+     False),
+    ("BatchSelectRequest", "/v1/pools/vec/select/batch", {"queries": [{"item_id": "a"}] * 257}, False),
+    ("PoolCreate", "/v1/pools", {"name": "p1", "encoder": "precomputed:16384", "index": "HNSW32"}, True),
+    ("PoolCreate", "/v1/pools", {"name": "p2", "encoder": "precomputed:4", "index": "IVF16,SQ8"}, True),
+    ("PoolCreate", "/v1/pools", {"name": "p3", "encoder": "precomputed:4", "index": ""}, False),
+    ("PoolCreate", "/v1/pools", {"name": "p4", "encoder": "precomputed:16385"}, False),
+    ("PoolCreate", "/v1/pools", {"name": "p5", "encoder": "precomputed:4", "embed": "audio"}, False),
+    ("PoolCreate", "/v1/pools", {"name": "p6", "encoder": "clip"}, False),
+    ("ItemsIn", "/v1/pools/vec/items", {"items": [{"id": "c", "label": "x", "embedding": [0, 0, 1, 0]}]}, True),
+    ("ItemsIn", "/v1/pools/vec/items", {"items": [{"id": "c\n", "embedding": [0, 0, 1, 0]}]}, False),
+    ("ItemsIn", "/v1/pools/vec/items", {"items": [{"id": "c", "label": "", "embedding": [0, 0, 1, 0]}]}, False),
+    ("ItemsIn", "/v1/pools/vec/items", {"items": [{"id": "c", "image": ""}]}, False),
+]
+
+
+@pytest.mark.parametrize(("schema", "path", "body", "valid"), DOCUMENTED,
+                         ids=[f"{c[0]}-{i}-{'valid' if c[3] else 'invalid'}" for i, c in enumerate(DOCUMENTED)])
+def test_the_document_says_what_the_server_accepts(client: TestClient, seeded_pools, schema: str, path: str,
+                                                   body: dict, valid: bool) -> None:
+    document = client.get("/openapi.json").json()
+    validator = Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": document["components"]})
+    assert validator.is_valid(body) is valid, list(validator.iter_errors(body))
+    r = client.post(path, json=body)
+    if valid:
+        assert r.status_code in (200, 201), r.text
+    else:
+        envelope(r, 400, r.json()["error"]["type"])
 
 
 def test_internal_errors_hide_details_and_carry_the_request_id(client: TestClient, seeded_pools, monkeypatch) -> None:

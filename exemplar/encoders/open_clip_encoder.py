@@ -17,7 +17,7 @@ from exemplar.encoders.devices import resolve_device
 from exemplar.encoders.images import DEFAULT_MAX_PIXELS, decode_image
 from exemplar.encoders.spec import TINY_ARCH, EncoderSpec
 from exemplar.encoders.weights import resolve_tag_checkpoint
-from exemplar.errors import EncoderUnavailable, InvalidRequest, choices
+from exemplar.errors import EncoderUnavailable, NotFound, choices
 
 __all__ = ["OpenClipEncoder", "RANDOM_SEED", "TINY_ARCH", "register_tiny", "resolve_device"]
 
@@ -90,12 +90,12 @@ class OpenClipEncoder:
             path = spec.path
             assert path is not None
             if not (path / "open_clip_config.json").is_file():
-                raise EncoderUnavailable(
+                raise NotFound(
                     f"{path} holds no open_clip_config.json: a local-dir encoder needs the config and "
                     "the weights (e.g. open_clip_model.safetensors) side by side"
                 )
             if _checkpoint_in_dir(path) is None:
-                raise EncoderUnavailable(
+                raise NotFound(
                     f"{path} holds no weights file (.safetensors, .bin, .pth or .pt) next to its config"
                 )
             name = f"local-dir:{path}"
@@ -105,7 +105,7 @@ class OpenClipEncoder:
         arch = spec.arch
         assert arch is not None
         if open_clip.get_model_config(arch) is None:
-            raise InvalidRequest(
+            raise NotFound(
                 f"unknown open_clip architecture {arch!r}; valid ones include {choices(open_clip.list_models(), 12)}",
                 param="encoder",
             )
@@ -119,7 +119,7 @@ class OpenClipEncoder:
             path = spec.path
             assert path is not None
             if not path.is_file():
-                raise EncoderUnavailable(f"checkpoint file {path} does not exist")
+                raise NotFound(f"checkpoint file {path} does not exist")
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(path), device="cpu")
             except (RuntimeError, KeyError, ValueError) as exc:
@@ -133,7 +133,7 @@ class OpenClipEncoder:
         cfg = open_clip.get_pretrained_cfg(arch, tag)
         if not cfg:
             tags = list(open_clip.list_pretrained_tags_by_model(arch)) + ["random"]
-            raise InvalidRequest(
+            raise NotFound(
                 f"unknown pretrained tag {tag!r} for {arch}; valid ones: {choices(tags, 100)}", param="encoder"
             )
         checkpoint = resolve_tag_checkpoint(arch, tag, cfg)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.errors import InvalidRequest
+from exemplar.errors import Incompatible
 from exemplar.retrieval.adapters import AdapterTrainer, TrainedAdapter, write_adapter
 from exemplar.retrieval.store.segments import write_adapter_vectors
 from exemplar.retrieval.jobs import JobContext, JobRecord, JobService
@@ -35,7 +35,7 @@ class AdapterService:
         snap = self.pools.snapshot(pool)
         labelled = snap.label_codes >= 0
         if len(np.unique(snap.label_codes[labelled])) < 2:
-            raise InvalidRequest(f"pool {pool!r} needs labelled items of at least 2 classes to train an adapter", param="pool")
+            raise Incompatible(f"pool {pool!r} needs labelled items of at least 2 classes to train an adapter", param="pool")
         params = dict(params)
         return self.jobs.submit("adapter", pool, {"version": snap.version, **params},
                                 lambda ctx: self._train(snap, params, ctx))

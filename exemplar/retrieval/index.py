@@ -10,7 +10,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from exemplar.errors import InvalidRequest
+from exemplar.errors import Incompatible, InvalidRequest
 from exemplar.retrieval.batching import SearchBatcher
 from exemplar.retrieval.files import write_bytes_atomic
 
@@ -93,7 +93,7 @@ class VectorIndex:
                     train = data[rows]
                 index.train(train)
             except RuntimeError as exc:
-                raise InvalidRequest(
+                raise Incompatible(
                     f"index {factory!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
                     param="index",
                 ) from exc

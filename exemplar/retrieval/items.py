@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from exemplar.errors import ExemplarError, InvalidImage, InvalidRequest, UnsupportedQuery
+from exemplar.errors import ExemplarError, Incompatible, InvalidImage, InvalidRequest, UnsupportedQuery
 from exemplar.retrieval.ports import Encoder
 
 __all__ = [
@@ -66,7 +66,8 @@ class ItemError:
     field: str
 
     def to_exception(self, param: str) -> ExemplarError:
-        cls = {"invalid_image": InvalidImage, "unsupported_query": UnsupportedQuery}.get(self.type, InvalidRequest)
+        cls = {"invalid_image": InvalidImage, "unsupported_query": UnsupportedQuery,
+               "incompatible": Incompatible}.get(self.type, InvalidRequest)
         return cls(f"{param} ({self.item_id!r}): {self.message}", param=f"{param}.{self.field}")
 
 
@@ -85,7 +86,8 @@ def check_vector(values: Sequence[float] | np.ndarray, dim: int, *, param: str) 
     if vector.ndim != 1:
         raise InvalidRequest("embedding must be a flat list of numbers", param=param)
     if vector.shape[0] != dim:
-        raise InvalidRequest(width_message(vector.shape[0], dim), param=param)
+        # an empty list is malformed anywhere; another width only for this pool
+        raise (Incompatible if len(vector) else InvalidRequest)(width_message(vector.shape[0], dim), param=param)
     # the arithmetic of a bulk build, so a vector gets the same bits whichever way it comes in
     units, problems = unit_rows(vector[None, :])
     if problems[0] is not None:
@@ -280,7 +282,7 @@ def _embed_precomputed(dim: int, items: Sequence[NewItem], chunk: range, errors:
     kept, rows = [], []
     for i in chunk:
         if items[i].embedding is None:
-            errors.append(ItemError(i, items[i].id, "invalid_request", NO_EMBEDDING, "embedding"))
+            errors.append(ItemError(i, items[i].id, "incompatible", NO_EMBEDDING, "embedding"))
             continue
         try:
             rows.append(check_vector(items[i].embedding, dim, param="embedding"))
@@ -302,13 +304,13 @@ class DecodedItems:
 def _prepare_one(encoder: Encoder, embed: str, item: NewItem) -> tuple[object | None, ItemError | None]:
     modalities = _modalities(embed)
     if item.embedding is not None:
-        return None, ItemError(-1, item.id, "invalid_request", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding")
+        return None, ItemError(-1, item.id, "incompatible", "this pool encodes its items; 'embedding' is only for precomputed pools", "embedding")
     if "text" in modalities and not item.text:
-        return None, ItemError(-1, item.id, "invalid_request", f"pools that embed {embed!r} need a 'text' per item", "text")
+        return None, ItemError(-1, item.id, "incompatible", f"pools that embed {embed!r} need a 'text' per item", "text")
     if "image" not in modalities:
         return None, None
     if item.image_bytes is None and item.image is None:
-        return None, ItemError(-1, item.id, "invalid_request", f"pools that embed {embed!r} need an 'image' per item", "image")
+        return None, ItemError(-1, item.id, "incompatible", f"pools that embed {embed!r} need an 'image' per item", "image")
     try:
         return encoder.preprocess_image(_read_image(item)), None
     except (ExemplarError, OSError) as exc:

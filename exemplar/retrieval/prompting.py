@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from exemplar.errors import InvalidRequest
+from exemplar.errors import Incompatible, InvalidRequest
 from exemplar.retrieval.items import sniff_image
 
 __all__ = ["DemoContent", "PromptTemplate", "build_messages", "data_uri", "render"]
@@ -93,7 +93,7 @@ def build_messages(
         if url:
             images += 1
             if images > max_images:
-                raise InvalidRequest(f"the prompt would hold more than {max_images} images; use a smaller window "
+                raise Incompatible(f"the prompt would hold more than {max_images} images; use a smaller window "
                                      "or include_images=false", param="window")
         body = template.query_text if item is query else template.demo_text
         messages.append(_user_turn(text_of(body, item.fields), url))

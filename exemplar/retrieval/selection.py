@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.errors import EmptyPool, InvalidRequest, NotFound, choices
+from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
 from exemplar.retrieval.adapters import AdapterMissing
 from exemplar.retrieval.index import normalize
 from exemplar.retrieval.items import check_vector
@@ -127,7 +127,7 @@ class SelectionService:
         if options.k_per_class is not None:
             classes = len(options.labels) if options.labels is not None else len(snap.labels)
             if options.k_per_class * classes > self.limits.max_k:
-                raise InvalidRequest(
+                raise Incompatible(
                     f"k_per_class x {classes} classes exceeds the limit of {self.limits.max_k} demonstrations; "
                     "lower k_per_class or restrict 'labels'",
                     param="k_per_class",
@@ -258,7 +258,7 @@ def _member_mask(codes: np.ndarray, names: tuple[str, ...], wanted: Sequence[str
     lookup = {name: i for i, name in enumerate(names)}
     unknown = [w for w in wanted if w not in lookup]
     if unknown:
-        raise InvalidRequest(f"unknown {param[:-1]} {unknown[0]!r}; this pool has: {choices(names)}", param=param)
+        raise Incompatible(f"unknown {param[:-1]} {unknown[0]!r}; this pool has: {choices(names)}", param=param)
     return np.isin(codes, [lookup[w] for w in wanted])
 
 

@@ -50,20 +50,6 @@ INEXPRESSIBLE = (
 # Refusals that depend on the pool's (or server's) state but are still answered as malformed
 # requests (400, 503) by code outside the HTTP layer: each should raise exemplar.errors.Incompatible
 # (409) or NotFound (404). Remove an entry when its refusal changes.
-PENDING = (
-    Accepted(400, r"embedding has \d+ dimensions, the pool expects", "retrieval/items.py check_vector"),
-    Accepted(400, r"pools that embed .* need an? '(image|text)' per item|precomputed pools need an 'embedding'|"
-             r"'embedding' is only for precomputed pools", "retrieval/items.py _prepare_one, _embed_precomputed"),
-    Accepted(400, r"unknown (label|domain) .*; this pool has", "retrieval/selection.py _member_mask"),
-    Accepted(400, r"k_per_class x \d+ classes exceeds the limit", "retrieval/selection.py prepare"),
-    Accepted(400, r"needs labelled items of at least 2 classes", "retrieval/adapter_training.py start"),
-    Accepted(400, r"cannot be trained on \d+ vectors", "retrieval/index.py VectorIndex.build"),
-    Accepted(400, r"unknown open_clip architecture|unknown pretrained tag|names no weights",
-             "encoders/open_clip_encoder.py, encoders/spec.py: a name the server does not have (404)"),
-    Accepted(503, r"holds no open_clip_config.json|holds no weights file|checkpoint file .* does not exist",
-             "encoders/open_clip_encoder.py: a path with no model is not found (404), not unavailable"),
-    Accepted(400, r"cursor is not one this server gave out", "retrieval/pools.py: the cursor's form is not documented"),
-)
 # /v1/pools/{pool}/items/delete is also /v1/pools/{pool}/items/{item_id} with the id 'delete', so
 # the 405's Allow rightly names GET and DELETE there; the schema's path for it names POST only.
 OVERLAPPING_PATHS = ("/v1/pools/{pool}/items/delete",)
@@ -76,7 +62,7 @@ def _accepted(failure: object, case: schemathesis.Case, response: schemathesis.R
         message = json.loads(response.content)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return None
-    return next((a for a in (*INEXPRESSIBLE, *PENDING)
+    return next((a for a in INEXPRESSIBLE
                  if a.status == response.status_code and re.search(a.message, message)), None)
 
 

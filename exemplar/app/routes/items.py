@@ -28,12 +28,13 @@ def _deleted(pool: str, result: DeletedItems) -> ItemsDeleted:
             dependencies=[QUERY])
 def list_items(
     pool: str, pools: PoolsDep,
-    label: Annotated[list[str] | None, Query(description="Only these labels (repeatable).")] = None,
-    domain: Annotated[list[str] | None, Query(description="Only these domains (repeatable).")] = None,
+    label: Annotated[list[str], Query(description="Only these labels (repeatable).")] = [],  # noqa: B006 - FastAPI copies it
+    domain: Annotated[list[str], Query(description="Only these domains (repeatable).")] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}$",
+                                        description="next_cursor of the previous page: where to continue.")] = None,
 ) -> ItemPageOut:
-    page = pools.list_items(pool, labels=label, domains=domain, limit=limit, cursor=cursor)
+    page = pools.list_items(pool, labels=label or None, domains=domain or None, limit=limit, cursor=cursor)
     return ItemPageOut(pool=pool, version=page.version, items=[_item_out(i) for i in page.items],
                        matching=page.matching, next_cursor=page.next_cursor)
 

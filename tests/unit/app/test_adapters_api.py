@@ -60,7 +60,7 @@ def test_adapter_errors(client: TestClient, pool: str) -> None:
     client.post("/v1/pools", json={"name": "flat", "encoder": "precomputed:2"})
     client.post("/v1/pools/flat/items", json={"items": [{"id": f"f{i}", "embedding": [1, i]} for i in range(10)]})
     r = client.post("/v1/pools/flat/adapters", json={})
-    assert r.status_code == 400 and "2 classes" in r.json()["error"]["message"]
+    assert r.status_code == 409 and "2 classes" in r.json()["error"]["message"]
     assert client.get("/v1/jobs/nope").status_code == 404
     job = wait_job(client, client.post(f"/v1/pools/{pool}/adapters", json={"epochs": 2}).json()["id"])
     r = client.post(f"/v1/jobs/{job['id']}/cancel")

@@ -195,6 +195,6 @@ def test_images_go_to_the_model_as_data_uris(infer_client, fake_mllm) -> None:
     assert first["images"] == 3, "two demonstrations and the query"
     assert first["query_text"] == "Colour of the square?\nwhat colour?"
     r = infer_client.post("/v1/pools/img/infer", json={**body, "mllm": "two-images"})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "window"
+    assert r.status_code == 409 and r.json()["error"]["param"] == "window"
     r = infer_client.post("/v1/pools/img/infer", json={**body, "mllm": "two-images", "prompt": {"include_images": False}})
     assert r.status_code == 200 and seen(fake_mllm)[-1]["images"] == 0

@@ -42,7 +42,7 @@ with TestClient(create_app(settings), raise_server_exceptions=False) as client:
     # The parameters are checked as the request arrives, then the pool is refused (one class) before
     # any job starts: neither step may need the trainer.
     refused = client.post("/v1/pools/vec/adapters", json={"epochs": 1})
-    assert refused.status_code == 400 and "2 classes" in refused.text, refused.text
+    assert refused.status_code == 409 and "2 classes" in refused.text, refused.text
 # A restart loads the pool, and its encoder, from disk.
 with TestClient(create_app(settings), raise_server_exceptions=False) as client:
     assert [p["name"] for p in client.get("/v1/pools").json()["pools"]] == ["vec"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from exemplar.encoders import EncoderRegistry, OpenClipEncoder, load_encoder, parse_spec
-from exemplar.errors import EncoderUnavailable, InvalidImage, InvalidRequest
+from exemplar.errors import EncoderUnavailable, InvalidImage, NotFound
 from tests.helpers import png_bytes
 
 IMAGES = [png_bytes((r, 255 - r, (r * 7) % 255), (40, 30)) for r in range(0, 250, 25)]
@@ -94,11 +94,11 @@ def test_local_dir_and_checkpoint_load_the_same_weights(tiny: OpenClipEncoder, t
 def test_local_dir_without_weights_or_config_fails_fast(tiny: OpenClipEncoder, tmp_path: Path) -> None:
     weights = _save_tiny(tiny, tmp_path / "model")
     weights.unlink()
-    with pytest.raises(EncoderUnavailable, match="no weights file"):
+    with pytest.raises(NotFound, match="no weights file"):
         load_encoder(f"open_clip:local-dir:{tmp_path / 'model'}")
-    with pytest.raises(EncoderUnavailable, match="open_clip_config.json"):
+    with pytest.raises(NotFound, match="open_clip_config.json"):
         load_encoder(f"open_clip:local-dir:{tmp_path / 'empty'}")
-    with pytest.raises(EncoderUnavailable, match="does not exist"):
+    with pytest.raises(NotFound, match="does not exist"):
         load_encoder(f"open_clip:exemplar-tiny@{tmp_path / 'missing.pt'}")
 
 
@@ -120,9 +120,9 @@ def test_missing_pretrained_weights_fail_fast_with_guidance(monkeypatch: pytest.
 
 
 def test_unknown_tag_and_arch_list_valid_choices() -> None:
-    with pytest.raises(InvalidRequest, match="valid ones: .*'laion2b_s34b_b79k'.*'random'"):
+    with pytest.raises(NotFound, match="valid ones: .*'laion2b_s34b_b79k'.*'random'"):
         load_encoder("open_clip:ViT-B-32@nope")
-    with pytest.raises(InvalidRequest, match="unknown open_clip architecture 'Nope'; valid ones include"):
+    with pytest.raises(NotFound, match="unknown open_clip architecture 'Nope'; valid ones include"):
         load_encoder("open_clip:Nope@random")
 
 

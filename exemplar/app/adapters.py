@@ -10,7 +10,7 @@ import numpy as np
 
 from exemplar.encoders.cci_config import CCIConfig
 from exemplar.errors import InvalidRequest
-from exemplar.retrieval.adapters import Adapter, TrainedAdapter
+from exemplar.retrieval.adapt.adapters import Adapter, TrainedAdapter
 
 __all__ = ["CCITrainer", "cci_config"]
 

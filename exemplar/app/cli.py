@@ -102,7 +102,7 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
                     host=settings.host, port=settings.port, log_level=settings.log_level,
                     timeout_graceful_shutdown=30, access_log=False, log_config=None)
         return
-    from exemplar.retrieval.index import set_search_threads
+    from exemplar.retrieval.index.vectors import set_search_threads
 
     set_search_threads(settings.search_threads)
     app = create_app(settings, on_ready=(lambda: click.echo(on_ready)) if on_ready else None)

@@ -29,7 +29,7 @@ def create_app_from_environment() -> FastAPI:
     services from the ``EXEMPLAR_*`` variables (the command puts its options there) and shares the
     data directory, catalog and memory-mapped segments with the others."""
     from exemplar.app.cli import configure_logging
-    from exemplar.retrieval.index import set_search_threads
+    from exemplar.retrieval.index.vectors import set_search_threads
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)

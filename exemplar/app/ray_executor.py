@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from exemplar.retrieval import BuildSpec, NewItem
-from exemplar.retrieval.items import ItemError
+from exemplar.retrieval.store.items import ItemError
 from exemplar.retrieval.ports import Encoder
 
 __all__ = ["EncoderActor", "RayShardEncoder", "RayStage"]
@@ -44,7 +44,7 @@ class EncoderActor:
         self.precomputed = precomputed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from exemplar.retrieval.items import embed_items
+        from exemplar.retrieval.store.items import embed_items
 
         items = []
         for raw, image in zip(batch["item"], batch["image_bytes"]):

@@ -13,9 +13,9 @@ from exemplar.app.observability import Observability, StateCollector
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
 from exemplar.retrieval import AdapterService, BuildService, JobService, PoolService, SelectionLimits, SelectionService
-from exemplar.retrieval.autoindex import AutoIndexPolicy
+from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.infer import InferService
-from exemplar.retrieval.maintenance import CompactionService
+from exemplar.retrieval.store.maintenance import CompactionService
 from exemplar.retrieval.store.compaction import CompactionPolicy
 from exemplar.retrieval.mllm import MLLMRegistry
 

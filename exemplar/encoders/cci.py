@@ -12,7 +12,7 @@ that items of one class sit together whatever their domain, and classes stay apa
   trains a domain classifier through a gradient-reversal layer (Ganin & Lempitsky 2015).
 
 Training is seeded and deterministic on a given device; early stopping watches a held-out split.
-The result is plain numpy weights, applied without torch by ``exemplar.retrieval.adapters``.
+The result is plain numpy weights, applied without torch by ``exemplar.retrieval.adapt.adapters``.
 See docs/methods.md for the exact definition.
 """
 

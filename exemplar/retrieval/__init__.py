@@ -3,18 +3,18 @@
 No HTTP and no torch here. Encoders are reached through the ``Encoder`` port (``ports.py``).
 """
 
-from exemplar.retrieval.adapter_training import AdapterService
-from exemplar.retrieval.adapters import Adapter, AdapterMissing, AdapterTrainer, TrainedAdapter
-from exemplar.retrieval.build import BuildReport, BuildService, BuildSpec, LocalShardEncoder, ShardEncoder, build_pool
-from exemplar.retrieval.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
-from exemplar.retrieval.jobs import JobRecord, JobService
-from exemplar.retrieval.index import VectorIndex, gpu_available
-from exemplar.retrieval.items import NewItem
-from exemplar.retrieval.pools import PoolService, PoolStats
+from exemplar.retrieval.adapt.training import AdapterService
+from exemplar.retrieval.adapt.adapters import Adapter, AdapterMissing, AdapterTrainer, TrainedAdapter
+from exemplar.retrieval.build.runner import BuildReport, BuildService, BuildSpec, LocalShardEncoder, ShardEncoder, build_pool
+from exemplar.retrieval.adapt.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
+from exemplar.retrieval.build.jobs import JobRecord, JobService
+from exemplar.retrieval.index.vectors import VectorIndex, gpu_available
+from exemplar.retrieval.store.items import NewItem
+from exemplar.retrieval.store.pools import PoolService, PoolStats
 from exemplar.retrieval.ports import Encoder, EncoderProvider
-from exemplar.retrieval.selection import Demonstration, Query, SelectionLimits, SelectionResult, SelectionService
-from exemplar.retrieval.snapshot import Snapshot
-from exemplar.retrieval.strategies import ORDERS, SelectionOptions, list_strategies
+from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionLimits, SelectionResult, SelectionService
+from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.serving.strategies import ORDERS, SelectionOptions, list_strategies
 
 __all__ = [
     "DEFAULT_EVAL_STRATEGIES",

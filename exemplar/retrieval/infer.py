@@ -16,9 +16,9 @@ from exemplar.errors import Conflict, InvalidRequest
 from exemplar.retrieval.confidence import CONFIDENCE_MEASURES, confidence
 from exemplar.retrieval.mllm import EndpointConfig, MLLMRegistry
 from exemplar.retrieval.prompting import DemoContent, PromptTemplate, build_messages, data_uri, read_image, render
-from exemplar.retrieval.selection import Demonstration, Query, SelectionService
-from exemplar.retrieval.snapshot import Snapshot
-from exemplar.retrieval.strategies import SelectionOptions
+from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
+from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.serving.strategies import SelectionOptions
 
 __all__ = ["InferOptions", "InferResult", "InferRound", "InferService"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from exemplar.errors import Incompatible, InvalidRequest
-from exemplar.retrieval.items import sniff_image
+from exemplar.retrieval.store.items import sniff_image
 
 __all__ = ["DemoContent", "PromptTemplate", "build_messages", "data_uri", "render"]
 

@@ -18,7 +18,7 @@ from exemplar.app.schemas.pools import (
 from exemplar.app.services import ADMIN, QUERY, PoolsDep, SettingsDep
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval import NewItem, PoolService
-from exemplar.retrieval.catalog import PoolRecord
+from exemplar.retrieval.store.catalog import PoolRecord
 
 # Version numbers count up from 1 and are stored as SQLite integers; the bound is one a JSON number
 # (a double) states exactly, so no larger number reads as equal to it.

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from exemplar.app.schemas.common import StrictModel
-from exemplar.retrieval.jobs import JobState
+from exemplar.retrieval.build.jobs import JobState
 
 __all__ = ["AdapterTrainRequest", "JobList", "JobOut"]
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, ConfigDict, BaseModel, PlainSerializer, WithJsonSchema, model_validator
 
-from exemplar.retrieval.strategies import list_strategies
+from exemplar.retrieval.serving.strategies import list_strategies
 
 __all__ = [
     "Base64Image", "IDENTIFIER", "INDEX_FACTORY", "NON_BLANK", "NON_ZERO_VECTOR", "StrictModel", "limit", "rules",

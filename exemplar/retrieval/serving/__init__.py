@@ -1,0 +1,1 @@
+"""What a process serves: snapshots over segments, the selection service and its strategies."""

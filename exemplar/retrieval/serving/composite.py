@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.retrieval.class_index import ClassIndexes
-from exemplar.retrieval.index import VectorIndex, exact_scan
+from exemplar.retrieval.index.classes import ClassIndexes
+from exemplar.retrieval.index.vectors import VectorIndex, exact_scan
 from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
 __all__ = [

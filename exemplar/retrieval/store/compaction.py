@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from exemplar.retrieval.autoindex import AutoIndexPolicy
-from exemplar.retrieval.catalog import Catalog, ItemRow, PoolRecord
+from exemplar.retrieval.index.auto import AutoIndexPolicy
+from exemplar.retrieval.store.catalog import Catalog, ItemRow, PoolRecord
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry
 from exemplar.retrieval.store.segments import ITEM_FIELDS, LoadedSegment, write_segment
 

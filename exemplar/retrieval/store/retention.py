@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from exemplar.retrieval.catalog import Catalog
+from exemplar.retrieval.store.catalog import Catalog
 from exemplar.retrieval.store.manifest import Manifest
 
 __all__ = ["collect_garbage"]

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from exemplar.retrieval.autoindex import AutoIndexPolicy, build_index
-from exemplar.retrieval.catalog import ItemRow
-from exemplar.retrieval.class_index import ClassIndexes
-from exemplar.retrieval.files import publish_dir, write_bytes_atomic
-from exemplar.retrieval.index import AUTO, VectorIndex
+from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index
+from exemplar.retrieval.store.catalog import ItemRow
+from exemplar.retrieval.index.classes import ClassIndexes
+from exemplar.retrieval.store.files import publish_dir, write_bytes_atomic
+from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
 __all__ = [
     "ITEM_FIELDS",

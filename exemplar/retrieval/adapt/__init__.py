@@ -1,0 +1,1 @@
+"""Adapters: storage and application, the training service (through a port), evaluation."""

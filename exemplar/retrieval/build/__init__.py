@@ -1,0 +1,1 @@
+"""Sources, sharded resumable builds, and the jobs they (and compaction, adapters) run as."""

@@ -1,0 +1,1 @@
+"""FAISS wrappers, automatic index choice and tuning, per-class indexes, batching of searches."""

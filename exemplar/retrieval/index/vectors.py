@@ -1,0 +1,226 @@
+"""A FAISS index over L2-normalised vectors, searched by inner product (cosine similarity)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from exemplar.errors import Incompatible, InvalidRequest
+from exemplar.retrieval.index.batching import SearchBatcher
+from exemplar.retrieval.store.files import write_bytes_atomic
+
+__all__ = ["DEFAULT_INDEX", "VectorIndex", "exact_scan", "gpu_available", "normalize", "set_search_threads"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX = "Flat"
+AUTO = "auto"
+# Filters leaving at most this many rows are searched exactly over those rows on ANN indexes.
+EXACT_SUBSET_ROWS = 50_000
+# An index over compressed codes (SQ, PQ) only ranks candidates: this many per result are taken
+# from it and re-scored exactly against the memory-mapped vectors, so the index never holds a
+# second full-precision copy of them and the scores returned are exact.
+RERANK = 10
+
+# faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
+# are the common case here and are several times faster through BLAS.
+faiss.cvar.distance_compute_blas_threshold = 16
+
+
+_search_threads = 0
+
+
+def set_search_threads(threads: int) -> None:
+    """OpenMP threads per search (0: faiss's default). OpenMP keeps this per calling thread, so each
+    search sets it in the thread that runs it: a server's request threads would otherwise each start
+    a team of one thread per core and oversubscribe them."""
+    global _search_threads
+    _search_threads = max(0, int(threads))
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit length (callers reject zero rows first)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+class VectorIndex:
+    """Wraps a faiss index; ``search`` returns ``D, I`` like faiss, with an optional row filter."""
+
+    def __init__(self, index: faiss.Index, factory: str) -> None:
+        self.index = index
+        self.factory = factory
+        self.params: dict[str, int] = {}  # search-time parameters (nprobe, efSearch) set by tuning
+        self.on_gpu = False
+        # Filtered searches (IDSelector) are a CPU feature in faiss; the CPU index stays for them.
+        self._cpu_index = index
+        # The raw vectors (row i = id i), for exact search over a filtered subset of an ANN index.
+        self.vectors: Any = None  # an array, or anything that gathers rows with [rows]
+        self._gpu_lock = threading.Lock()
+        # Concurrent unfiltered searches share FAISS calls (see batching.py).
+        self.batcher = SearchBatcher(lambda q, k: self.index.search(q, k))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, factory: str = DEFAULT_INDEX, *, max_train_points: int | None = None,
+              seed: int = 0) -> "VectorIndex":
+        """Build the faiss index described by ``factory`` over ``vectors`` (trained on a seeded
+        sample of at most ``max_train_points`` of them when given)."""
+        n, dim = vectors.shape
+        try:
+            index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InvalidRequest(f"invalid faiss index factory string {factory!r}", param="index") from exc
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not index.is_trained:
+            try:
+                train = data
+                if max_train_points is not None and n > max_train_points:
+                    rows = np.sort(np.random.default_rng(seed).choice(n, size=max_train_points, replace=False))
+                    train = data[rows]
+                index.train(train)
+            except RuntimeError as exc:
+                raise Incompatible(
+                    f"index {factory!r} cannot be trained on {n} vectors; use 'Flat' for small pools",
+                    param="index",
+                ) from exc
+        if n:
+            index.add(data)
+        built = cls(index, factory)
+        built.vectors = data
+        return built
+
+    def save(self, path: Path) -> None:
+        write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
+
+    @classmethod
+    def load(cls, path: Path, factory: str, params: dict[str, int] | None = None) -> "VectorIndex":
+        if factory.startswith("IVF"):
+            # The inverted lists stay in the file, mapped: start-up reads nothing it does not search,
+            # and every process serving the pool shares one copy in the page cache.
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        loaded = cls(index, factory)
+        if params:
+            for name, value in params.items():
+                faiss.ParameterSpace().set_index_parameter(loaded.index, name, value)
+            loaded.params = dict(params)
+        return loaded
+
+    def to_gpu(self, device: int = 0) -> bool:
+        """Move the index to a GPU when faiss has GPU support and one is present."""
+        if self.on_gpu or not gpu_available():
+            return self.on_gpu
+        with self._gpu_lock:
+            resources = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(resources, device, self.index)
+            self._resources = resources
+            self.on_gpu = True
+        return True
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows per query among ``allowed`` rows (a boolean mask over rows).
+
+        Missing results (fewer allowed rows than ``k``) have ``I == -1``.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, self.ntotal))
+        if _search_threads:
+            faiss.omp_set_num_threads(_search_threads)
+        if self.ntotal == 0:
+            return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
+        if self.reranks:
+            wide = min(k * RERANK, self.ntotal)
+            D, I = self._search(q, wide, allowed)
+            return self._rerank(q, I, k)
+        return self._search(q, k, allowed)
+
+    @property
+    def reranks(self) -> bool:
+        """Whether results are re-scored from the vectors (an index over lossy codes)."""
+        return self.vectors is not None and _lossy(self.factory)
+
+    def _rerank(self, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        candidates = np.maximum(I, 0)
+        gathered = np.asarray(self.vectors[candidates.reshape(-1)], dtype=np.float32).reshape(*I.shape, -1)
+        scores = np.einsum("qkd,qd->qk", gathered, q)
+        scores = np.where(I >= 0, scores, -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        D, I = np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
+        return D, np.where(np.isfinite(D), I, -1)
+
+    def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if allowed is None:
+            return self.batcher.search(q, k)
+        count = int(allowed.sum())
+        # A small subset is searched exactly; a filter that keeps most rows (say, a few exclusions)
+        # leaves the inverted lists or graph near the query well populated, so the index serves it.
+        if not self.exact and self.vectors is not None and count <= min(EXACT_SUBSET_ROWS, self.ntotal // 2):
+            return self._exact_subset(q, k, allowed)
+        bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        D, I = self._cpu_index.search(q, k, params=self._params(selector))
+        if not self.exact and self.vectors is not None:
+            # A graph or an inverted list explored near the query can miss a filtered subset that lies
+            # far from it; those queries are answered exactly over the subset instead.
+            need = min(k, count)
+            short = np.flatnonzero((I >= 0).sum(axis=1) < need)
+            if len(short):
+                D[short], I[short] = self._exact_subset(q[short], k, allowed)
+        return D, I
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(faiss.downcast_index(self._cpu_index), faiss.IndexFlat)
+
+    def _exact_subset(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return exact_scan(self.vectors, q, k, np.flatnonzero(allowed))
+
+    def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        ivf = faiss.try_extract_index_ivf(self._cpu_index)
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        hnsw = getattr(faiss.downcast_index(self._cpu_index), "hnsw", None)
+        if hnsw is not None:
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
+        return faiss.SearchParameters(sel=selector)
+
+
+def exact_scan(vectors: Any, queries: np.ndarray, k: int, rows: np.ndarray | None = None  # noqa: ANN401 - rows gather
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``D, I`` of exact inner-product search over ``vectors`` (or only ``rows`` of it), ``I`` in
+    row numbers of ``vectors``, padded with ``-1``/``-inf`` to ``k``."""
+    n = len(vectors) if rows is None else len(rows)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    k = max(k, 1)
+    if n == 0:
+        return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+    data = vectors if rows is None else vectors[rows]
+    D, I = faiss.knn(q, np.ascontiguousarray(data, dtype=np.float32), min(k, n), metric=faiss.METRIC_INNER_PRODUCT)
+    if rows is not None:
+        I = np.where(I >= 0, rows[np.maximum(I, 0)], -1)
+    if I.shape[1] < k:
+        pad = k - I.shape[1]
+        D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
+        I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
+    return D, I
+
+
+def _lossy(factory: str) -> bool:
+    """Whether a faiss factory stores compressed codes rather than the vectors (SQ, PQ...)."""
+    storage = factory.split(",")[-1]
+    return storage.startswith(("SQ", "PQ", "RQ", "LSQ")) or "PQ" in storage

@@ -1,0 +1,276 @@
+"""The select service: turns queries and options into demonstrations from a pool's current version."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
+from exemplar.retrieval.adapt.adapters import AdapterMissing
+from exemplar.retrieval.index.vectors import normalize
+from exemplar.retrieval.store.items import check_vector
+from exemplar.retrieval.store.pools import PoolService
+from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
+
+__all__ = ["Demonstration", "Prepared", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """Exactly one of ``image`` / ``text`` / ``embedding`` / ``item_id`` (``image`` and ``text``
+    together are averaged, as for ``image+text`` pools); none at all only for ``random``."""
+
+    image: bytes | None = None
+    text: str | None = None
+    embedding: Sequence[float] | None = None
+    item_id: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.image is None and self.text is None and self.embedding is None and self.item_id is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Demonstration:
+    id: str
+    label: str | None
+    text: str | None
+    image: str | None
+    domain: str | None
+    score: float | None
+    rank: int
+    metadata: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionResult:
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    demonstrations: list[Demonstration]
+    timing_ms: dict[str, float]
+    # label -> slots of the per-class quota that the class could not fill in this window
+    shortfall: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Queries embedded against one snapshot, ready for one or more windows."""
+
+    snap: Snapshot
+    strategy: Strategy
+    vectors: np.ndarray | None
+    self_rows: list[int | None]
+    allowed: np.ndarray | None
+    encode_ms: float
+
+    def shared(self) -> "Prepared":
+        """One query standing for the batch: the normalised mean vector; no query item is picked."""
+        vectors = None if self.vectors is None else normalize(self.vectors.mean(axis=0, keepdims=True))
+        excluded = [r for r in self.self_rows if r is not None]
+        allowed = self.allowed
+        if excluded:
+            allowed = np.ones(self.snap.size, bool) if allowed is None else allowed.copy()
+            allowed[excluded] = False
+            if not allowed.any():
+                raise EmptyPool("the batch's query items are all the pool holds", param="queries")
+        return dataclasses.replace(self, vectors=vectors, self_rows=[None], allowed=allowed)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionLimits:
+    max_k: int = 256
+    max_offset: int = 100_000
+    max_queries: int = 256
+
+
+class SelectionService:
+    def __init__(self, pools: PoolService, limits: SelectionLimits = SelectionLimits()) -> None:
+        self.pools = pools
+        self.limits = limits
+
+    def select(self, pool: str, query: Query, strategy: str, options: SelectionOptions) -> SelectionResult:
+        return self.select_batch(pool, [query], strategy, options, param_prefix="query")[0]
+
+    def select_batch(
+        self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
+        *, shared: bool = False, param_prefix: str = "queries",
+    ) -> list[SelectionResult]:
+        """One result per query; with ``shared``, one demonstration set for the whole batch (ManyICL),
+        selected for the normalised mean of the queries, excluding every query item."""
+        prepared = self.prepare(pool, queries, strategy_name, options, param_prefix=param_prefix)
+        if shared:
+            prepared = prepared.shared()
+        results = self.run(prepared, options)
+        return results * len(queries) if shared else results
+
+    def prepare(
+        self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
+        *, param_prefix: str = "queries",
+    ) -> "Prepared":
+        """Validate, take the serving snapshot and embed the queries once; ``run`` can then select
+        any number of windows from the same version and ranking."""
+        started = time.perf_counter()
+        strategy = get_strategy(strategy_name)
+        self._check_options(options, strategy)
+        if not queries:
+            raise InvalidRequest("no queries given", param="queries")
+        if len(queries) > self.limits.max_queries:
+            raise InvalidRequest(f"at most {self.limits.max_queries} queries per batch", param="queries")
+        snap = self.pools.snapshot(pool)
+        if options.k_per_class is not None:
+            classes = len(options.labels) if options.labels is not None else len(snap.labels)
+            if options.k_per_class * classes > self.limits.max_k:
+                raise Incompatible(
+                    f"k_per_class x {classes} classes exceeds the limit of {self.limits.max_k} demonstrations; "
+                    "lower k_per_class or restrict 'labels'",
+                    param="k_per_class",
+                )
+        allowed = self._allowed(snap, options)
+        vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
+        encode_ms = round((time.perf_counter() - started) * 1000, 3)
+        return Prepared(snap, strategy, vectors, self_rows, allowed, encode_ms)
+
+    def run(self, prepared: "Prepared", options: SelectionOptions) -> list[SelectionResult]:
+        started = time.perf_counter()
+        self._check_options(options, prepared.strategy)
+        snap = prepared.snap
+        try:
+            windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
+        except AdapterMissing as exc:
+            adapted = self.pools.catalog.adapted_versions(self.pools.get(snap.pool).id)
+            if not adapted:
+                raise
+            raise AdapterMissing(
+                f"{exc.message}; adapters exist for version(s) {', '.join(map(str, adapted))}: activate one "
+                "of them or train an adapter for the current version",
+                param=exc.param,
+            ) from None
+        timing = {"encode": prepared.encode_ms, "search": round((time.perf_counter() - started) * 1000, 3)}
+        return [
+            SelectionResult(
+                pool=snap.pool,
+                version=snap.version,
+                encoder=snap.encoder,
+                strategy=prepared.strategy.name,
+                demonstrations=[_demonstration(snap, p) for p in arrange(window.picks, options.order, snap, options.seed)],
+                timing_ms=timing,
+                shortfall={snap.labels[code]: n for code, n in sorted(window.shortfall.items())},
+            )
+            for window in windows
+        ]
+
+    def _check_options(self, options: SelectionOptions, strategy: Strategy) -> None:
+        limits = self.limits
+        # k_per_class, when given, sets the window and k is not used; each is checked on its own.
+        if options.k_per_class is not None and not 1 <= options.k_per_class <= limits.max_k:
+            raise InvalidRequest(f"k_per_class must be between 1 and {limits.max_k}", param="k_per_class")
+        if options.k is not None and options.k_per_class is None and not 1 <= options.k <= limits.max_k:
+            raise InvalidRequest(f"k must be between 1 and {limits.max_k}", param="k")
+        if options.k is None and options.k_per_class is None:
+            raise InvalidRequest(f"give k (1 to {limits.max_k}), or k_per_class for per-class quotas", param="k")
+        strategy.check(options)
+        if options.invariant_base not in ("balanced", "topk"):
+            raise InvalidRequest("invariant_base must be 'balanced' or 'topk'", param="invariant_base")
+        if not 0 <= options.offset <= limits.max_offset:
+            raise InvalidRequest(f"offset must be between 0 and {limits.max_offset}", param="offset")
+
+    @staticmethod
+    def _allowed(snap: Snapshot, options: SelectionOptions) -> np.ndarray | None:
+        mask: np.ndarray | None = None
+        if options.labels is not None:
+            mask = _member_mask(snap.label_codes, snap.labels, options.labels, "labels")
+        if options.domains is not None:
+            domain_mask = _member_mask(snap.domain_codes, snap.domains, options.domains, "domains")
+            mask = domain_mask if mask is None else mask & domain_mask
+        found = snap.row_of.rows_of(list(options.exclude_ids)) if options.exclude_ids else []
+        excluded = [int(r) for r in found if r >= 0]
+        if excluded:
+            mask = np.ones(snap.size, bool) if mask is None else mask.copy()
+            mask[excluded] = False
+        if mask is not None and not mask.any():
+            raise EmptyPool("no items of the pool match the labels, domains and exclusions given", param="labels")
+        return mask
+
+    def _embed(
+        self, snap: Snapshot, queries: Sequence[Query], needs_query: bool, prefix: str
+    ) -> tuple[np.ndarray | None, list[int | None]]:
+        def param(i: int, field: str | None = None) -> str:
+            base = prefix if prefix == "query" else f"{prefix}[{i}]"
+            return f"{base}.{field}" if field else base
+
+        if all(q.empty for q in queries) and not needs_query:
+            return None, [None] * len(queries)
+        vectors = np.zeros((len(queries), snap.dim), np.float32)
+        self_rows: list[int | None] = [None] * len(queries)
+        images: list[tuple[int, bytes]] = []
+        texts: list[tuple[int, str]] = []
+        encoder = None
+        for i, q in enumerate(queries):
+            given = sum(x is not None for x in (q.image, q.text, q.embedding, q.item_id))
+            if given == 0:
+                raise InvalidRequest("a query needs one of 'image', 'text', 'embedding' or 'item_id'", param=param(i))
+            if given > 1 and not (given == 2 and q.image is not None and q.text is not None):
+                raise InvalidRequest("give one of 'image', 'text', 'embedding' or 'item_id' (or 'image' with 'text')", param=param(i, "embedding" if q.embedding is not None else "item_id"))
+            if q.item_id is not None:
+                row = snap.row_of.get(q.item_id)
+                if row is None:
+                    raise NotFound(f"item {q.item_id!r} is not in version {snap.version} of pool {snap.pool!r}", param=param(i, "item_id"))
+                vectors[i] = snap.vectors[row]
+                self_rows[i] = row
+            elif q.embedding is not None:
+                vectors[i] = check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
+            else:
+                if encoder is None:
+                    encoder = self.pools.encoders(snap.encoder)
+                if q.image is not None:
+                    try:
+                        images.append((i, encoder.preprocess_image(q.image)))  # type: ignore[arg-type]
+                    except InvalidRequest as exc:
+                        exc.param = param(i, "image")
+                        raise
+                if q.text is not None:
+                    if not q.text.strip():
+                        raise InvalidRequest("query text is empty", param=param(i, "text"))
+                    texts.append((i, q.text))
+        if images:
+            assert encoder is not None
+            encoded = encoder.encode_preprocessed([img for _, img in images])
+            vectors[[i for i, _ in images]] += encoded
+        if texts:
+            assert encoder is not None
+            try:
+                encoded = encoder.encode_texts([t for _, t in texts])
+            except InvalidRequest as exc:
+                exc.param = param(texts[0][0], "text")
+                raise
+            vectors[[i for i, _ in texts]] += encoded
+        return normalize(vectors), self_rows
+
+
+def _member_mask(codes: np.ndarray, names: tuple[str, ...], wanted: Sequence[str], param: str) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(names)}
+    unknown = [w for w in wanted if w not in lookup]
+    if unknown:
+        raise Incompatible(f"unknown {param[:-1]} {unknown[0]!r}; this pool has: {choices(names)}", param=param)
+    return np.isin(codes, [lookup[w] for w in wanted])
+
+
+def _demonstration(snap: Snapshot, pick: Pick) -> Demonstration:
+    row = pick.row
+    return Demonstration(
+        id=snap.ids[row],
+        label=snap.label_of(row),
+        text=snap.texts[row],
+        image=snap.images[row],
+        domain=snap.domain_of(row),
+        score=pick.score,
+        rank=pick.rank,
+        metadata=snap.metadata_of(row),
+    )

@@ -1,0 +1,92 @@
+"""``balanced``: nearest items per class with exact per-class quotas.
+
+Each class is searched in its own index (``ClassIndexes``), so the cost is about one scan of the
+pool, not one filtered scan per class. The ranking is a round robin over the classes in scope (the
+``labels`` asked for, else every label of the pool), ordered by each class's best similarity to the
+query: the best of every class, then the second best of every class, and so on (``quotas.py``). A
+window of ``k`` gives each of ``C`` classes ``k // C`` items and the ``k % C`` classes most similar
+to the query one more; ``k_per_class = m`` is the window ``k = m * C``. A class with fewer items than
+its quota is reported as a shortfall; ``fill`` lets the other classes take its slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from exemplar.errors import EmptyPool
+from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.serving.strategies.base import SelectionOptions, Window, register_strategy
+from exemplar.retrieval.serving.strategies.quotas import class_window, depth_needed
+from exemplar.retrieval.serving.strategies.topk import ranked_hits
+
+__all__ = ["Balanced", "classes_in_scope", "window_size"]
+
+
+def window_size(options: SelectionOptions, n_classes: int) -> int:
+    if options.k_per_class is not None:
+        return options.k_per_class * n_classes
+    if options.k is None:  # SelectionService checks options before any strategy runs
+        raise ValueError("a window needs k or k_per_class")
+    return options.k
+
+
+def classes_in_scope(snap: Snapshot, options: SelectionOptions) -> list[int]:
+    """Label codes a per-class quota applies to: the ``labels`` asked for, else all of the pool's."""
+    if options.labels is None:
+        return list(range(len(snap.labels)))
+    lookup = {name: code for code, name in enumerate(snap.labels)}
+    return sorted({lookup[name] for name in options.labels if name in lookup})
+
+
+class Balanced:
+    name = "balanced"
+    needs_query = True
+    takes_k_per_class = True
+    per_class_note = ""
+
+    def check(self, options: SelectionOptions) -> None:
+        pass
+
+    def select(
+        self,
+        snap: Snapshot,
+        queries: np.ndarray | None,
+        self_rows: Sequence[int | None],
+        allowed: np.ndarray | None,
+        options: SelectionOptions,
+    ) -> list[Window]:
+        if queries is None:
+            raise ValueError("balanced needs query vectors")
+        classes = snap.classes
+        if classes is None:
+            raise RuntimeError("snapshots are served with their class indexes")
+        scope = classes_in_scope(snap, options)
+        counts: dict[int, tuple[np.ndarray | None, int]] = {}
+        for code in scope:
+            rows = classes.rows[code]
+            local = None if allowed is None else allowed[rows]
+            counts[code] = (local, len(rows) if local is None else int(local.sum()))
+        if not any(count for _, count in counts.values()):
+            raise EmptyPool(f"pool {snap.pool!r} has no labelled items to balance over", param="strategy")
+        k = window_size(options, len(scope))
+        depth = depth_needed(options.offset + k, len(scope), options.fill)
+        has_self = any(r is not None for r in self_rows)
+        per_query: list[dict[int, list[tuple[int, float]]]] = [{} for _ in self_rows]
+        # One search per class in that class's own index; a filter becomes a mask over its rows.
+        for code, (local, count) in counts.items():
+            if not count:
+                continue
+            D, I = classes.search(code, queries, min(count, depth + (1 if has_self else 0)), local)
+            for q, skip in enumerate(self_rows):
+                per_query[q][code] = ranked_hits(D[q], I[q], skip)[:depth]
+        out = []
+        for hits in per_query:
+            # Classes by their best score; classes with nothing to offer last, in code order.
+            order = sorted(scope, key=lambda c: (-hits[c][0][1], c) if hits.get(c) else (np.inf, c))
+            out.append(class_window(hits, order, options.offset, k, options.fill))
+        return out
+
+
+register_strategy(Balanced)

@@ -1,0 +1,54 @@
+"""index: auto — the choice by size and memory, tuning to a recall target, recall recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exemplar.retrieval import NewItem, PoolService
+from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory
+from tests.helpers import clustered_vectors
+
+
+@pytest.mark.parametrize(("n", "dim", "budget", "expected"), [
+    (1_000, 512, 8 * 1024**3, "Flat"),
+    (16_384, 512, 8 * 1024**3, "Flat"),
+    (16_385, 512, 8 * 1024**3, "HNSW32"),
+    (99_999, 64, 8 * 1024**3, "Flat"),
+    (150_000, 512, 8 * 1024**3, "HNSW32"),
+    (2_000_000, 512, 8 * 1024**3, "IVF4096,SQ4"),
+    (100_000_000, 512, 8 * 1024**3, "IVF32768,PQ64"),
+    (150_000, 512, 100 * 1024**2, "IVF2048,PQ64"),
+    (1_000_000, 96, 60 * 1024**2, "IVF4096,PQ48"),
+])
+def test_choice_by_size_and_memory(n: int, dim: int, budget: int, expected: str) -> None:
+    assert choose_factory(n, dim, AutoIndexPolicy(memory_budget_bytes=budget)) == expected
+
+
+def test_tuning_reaches_the_recall_target_and_records_it() -> None:
+    V, _, _ = clustered_vectors(n=20_000, dim=32, n_labels=100, n_domains=3, seed=1)
+    policy = AutoIndexPolicy(exact_max_bytes=1_000 * 32 * 4, hnsw_below=1_000, target_recall=0.9)
+    index, stats = build_index(V, "auto", policy)
+    assert stats["factory"].startswith("IVF") and stats["requested"] == "auto"
+    assert stats["recall_at_k"] >= 0.9 and stats["params"]["nprobe"] >= 1
+    assert index.params == stats["params"]
+    exact, exact_stats = build_index(V, "Flat", policy)
+    assert exact_stats["recall_at_k"] == 1.0 and exact_stats["exact"] is True
+
+
+def test_version_stats_carry_the_index_and_reload_its_parameters(pools: PoolService) -> None:
+    V, labels, _ = clustered_vectors(n=3_000, dim=16, n_labels=30, n_domains=2, seed=2)
+    pools.create(name="ivf", encoder="precomputed:16", index="IVF64,Flat")
+    pools.add_items("ivf", [NewItem(id=f"i{i}", label=labels[i], embedding=V[i]) for i in range(len(V))])
+    stats = pools.stats("ivf").versions[0].stats["index"]
+    assert stats["factory"] == "IVF64,Flat" and 0 < stats["recall_at_k"] <= 1 and "nprobe" in stats["params"]
+    reopened = PoolService(pools.data_dir, pools.encoders)
+    try:
+        snap = reopened.snapshot("ivf")
+        assert snap.index.params == stats["params"]
+        import faiss
+
+        assert faiss.extract_index_ivf(snap.index.index).nprobe == stats["params"]["nprobe"]
+    finally:
+        reopened.close()
+    assert np.isfinite(stats["latency_ms"])

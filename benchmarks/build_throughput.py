@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 from exemplar.encoders import EncoderRegistry, load_encoder  # noqa: E402
 from exemplar.encoders.images import decode_image  # noqa: E402
 from exemplar.retrieval import PoolService, build_pool  # noqa: E402
-from exemplar.retrieval.autoindex import build_index  # noqa: E402
+from exemplar.retrieval.index.auto import build_index  # noqa: E402
 from exemplar.samples import generate_shapes  # noqa: E402
 
 

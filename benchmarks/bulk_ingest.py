@@ -92,7 +92,7 @@ def worker(code: str, source: str, mode: str, rows: int, shard_size: int, index:
     import exemplar
     from exemplar.encoders import EncoderRegistry
     from exemplar.retrieval import PoolService
-    from exemplar.retrieval.build import BuildRunner, BuildSpec
+    from exemplar.retrieval.build.runner import BuildRunner, BuildSpec
 
     def cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)

@@ -183,7 +183,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from exemplar.encoders import EncoderRegistry
     from exemplar.retrieval import PoolService
-    from exemplar.retrieval.catalog import ItemRow
+    from exemplar.retrieval.store.catalog import ItemRow
 
     root = args.reuse or Path(tempfile.mkdtemp(prefix="exemplar-hotpath-"))
     # One mixture: the pool and, held out from it, the queries (never in the pool).
@@ -211,7 +211,7 @@ def main() -> None:
     _, truth = exact.search(Q, args.k)
     del exact
     # Exact balanced windows: each class's nearest rows, interleaved as `balanced` defines it.
-    from exemplar.retrieval.class_index import round_robin
+    from exemplar.retrieval.index.classes import round_robin
 
     per_class = []
     for c in range(args.classes):

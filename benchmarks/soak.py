@@ -41,8 +41,8 @@ def build_pools(root: Path, items: int) -> tuple[np.ndarray, list[str]]:
     sys.path.insert(0, str(ROOT))
     from exemplar.encoders import EncoderRegistry
     from exemplar.retrieval import PoolService
-    from exemplar.retrieval.build import build_pool
-    from exemplar.retrieval.catalog import ItemRow
+    from exemplar.retrieval.build.runner import build_pool
+    from exemplar.retrieval.store.catalog import ItemRow
     from exemplar.samples import generate_shapes
 
     V, labels = clustered(items + 500, 512, 20, seed=1)

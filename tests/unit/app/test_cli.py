@@ -88,7 +88,7 @@ def test_sample_adapt_and_eval(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def _pools(data: Path) -> list[str]:
-    from exemplar.retrieval.catalog import Catalog
+    from exemplar.retrieval.store.catalog import Catalog
 
     catalog = Catalog(data / "catalog.sqlite3")
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from exemplar.app.ray_executor import RayStage
 from exemplar.retrieval import PoolService, build_pool
-from exemplar.retrieval.build import BuildRunner, BuildSpec
+from exemplar.retrieval.build.runner import BuildRunner, BuildSpec
 from exemplar.samples import generate_shapes
 
 

@@ -98,7 +98,7 @@ def test_gpu_index_matches_cpu(data) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF32,Flat"])
 def test_filtered_search_on_ann_indexes_finds_subsets_far_from_the_query(data, factory: str, monkeypatch) -> None:
-    from exemplar.retrieval.index import vectors as index as index_module
+    from exemplar.retrieval.index import vectors as index_module
 
     V, Q = data
     index = VectorIndex.build(V, factory)

@@ -85,6 +85,9 @@ def test_parallel_writers_and_readers(server: str) -> None:
     with httpx.Client(base_url=server, timeout=30) as client:
         stats = client.get("/v1/pools/p").json()
         assert stats["size"] == 30 + len(acknowledged) == 30 + WRITERS * WRITES_EACH * 3
-        assert stats["current_version"] == 1 + WRITERS * WRITES_EACH
+        # Every acknowledged write made one version; a write redone after a compaction swapped the
+        # segments it read leaves its first number failed.
+        made = [v for v in stats["versions"] if v["state"] in ("ready", "pruned")]
+        assert len(made) == 1 + WRITERS * WRITES_EACH and stats["current_version"] == made[-1]["version"]
         for item_id in acknowledged[:: 7]:
             assert client.post("/v1/pools/p/select", json={"query": {"item_id": item_id}, "k": 1}).status_code == 200

@@ -33,6 +33,9 @@ class AutoIndexPolicy:
     class_exact_max_bytes: int = 1024**2
     class_train_points: int = 64 * 256
     class_codes: str = "SQ4"  # what the per-class inverted lists store (re-scored exactly)
+    # A segment beside the pool's large one (an addition, a compaction's merge) is scanned exactly
+    # on every query: from this many rows it gets a small index of its own instead.
+    segment_index_rows: int = 4096
 
 
 def ivf_lists(n: int) -> int:

@@ -60,8 +60,11 @@ def _tier(rows: int) -> int:
     return int(math.log10(max(rows, 1)))
 
 
-def plan(manifest: Manifest, policy: CompactionPolicy = CompactionPolicy()) -> tuple[int, int] | None:
-    """The run ``[start, stop)`` of the manifest's segments to merge next, or None."""
+def plan(manifest: Manifest, policy: CompactionPolicy = CompactionPolicy(), *, force: bool = False
+         ) -> tuple[int, int] | None:
+    """The run ``[start, stop)`` of the manifest's segments to merge next, or None. ``force`` (an
+    explicit request) also merges whatever follows the largest segment, however few, so that a
+    pool ends as its large segment plus at most one more, with no deleted rows outside the large one."""
     entries = manifest.segments
     for i, entry in enumerate(entries):
         legacy = entry.name.startswith("v") and entry.name[1:].isdigit()
@@ -80,6 +83,11 @@ def plan(manifest: Manifest, policy: CompactionPolicy = CompactionPolicy()) -> t
         start = i
     if len(entries) - start >= policy.merge_factor:
         return start, len(entries)
+    if force and entries:
+        largest = max(range(len(entries)), key=lambda i: entries[i].live)
+        tail = entries[largest + 1:]
+        if len(tail) >= 2 or any(e.deleted for e in tail):
+            return largest + 1, len(entries)
     return None
 
 
@@ -120,6 +128,7 @@ def compact(
     policy: CompactionPolicy = CompactionPolicy(),
     check: Callable[[], None] = lambda: None,
     attempts: int = 5,
+    force: bool = False,
 ) -> CompactionResult:
     """Merge the run ``plan`` picks in the pool's current version; see the module docstring."""
     started = time.monotonic()
@@ -132,7 +141,7 @@ def compact(
         base = Manifest((SegmentEntry(name=f"v{version}", rows=record.size),))
     else:
         base = Manifest.from_json(record.manifest)
-    run = plan(base, policy)
+    run = plan(base, policy, force=force)
     if run is None:
         return CompactionResult(version, [], None, 0, 0, round(time.monotonic() - started, 3))
     start, stop = run
@@ -191,6 +200,5 @@ def compact(
                                     stats=stats):
             return CompactionResult(target, merged_names, name, len(rows), int(sum(len(d) for d in deleted)),
                                     round(time.monotonic() - started, 3))
-    discard(name)  # nothing refers to it
     discard(name)  # nothing refers to it
     return CompactionResult(version, [], None, 0, 0, round(time.monotonic() - started, 3))

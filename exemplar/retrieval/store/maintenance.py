@@ -53,18 +53,18 @@ class CompactionService:
     def start(self, pool: str) -> JobRecord:
         """Compact now (a job), whether or not the policy would have."""
         self.pools.get(pool)
-        job = self.jobs.submit(self.KIND, pool, {}, self._work(pool), unique=True)
+        job = self.jobs.submit(self.KIND, pool, {"force": True}, self._work(pool, force=True), unique=True)
         if job is None:
             active = self.jobs.list(pool=pool, states=("queued", "running"), kinds=(self.KIND,))
             return active[0]
         return job
 
-    def _work(self, pool: str) -> Any:  # noqa: ANN401 - Work
+    def _work(self, pool: str, *, force: bool = False) -> Any:  # noqa: ANN401 - Work
         def run(ctx: JobContext) -> dict[str, Any]:
             merged: list[dict[str, Any]] = []
             for _ in range(64):  # one merge per round until the policy is content (bounded)
                 ctx.check()
-                result = self.compact_once(pool, ctx)
+                result = self.compact_once(pool, ctx, force=force)
                 if not result["merged"]:
                     break
                 merged.append(result)
@@ -73,7 +73,7 @@ class CompactionService:
 
         return run
 
-    def compact_once(self, pool: str, ctx: JobContext | None = None) -> dict[str, Any]:
+    def compact_once(self, pool: str, ctx: JobContext | None = None, *, force: bool = False) -> dict[str, Any]:
         pools = self.pools
         record = pools.get(pool)
         files = pools.files
@@ -97,6 +97,7 @@ class CompactionService:
             write_deletes=write_deletes, load=load, new_name=new_segment_name,
             discard=lambda name: shutil.rmtree(files.segment_dir(record.id, name), ignore_errors=True),
             index_policy=pools.index_policy, policy=self.policy, check=ctx.check if ctx else (lambda: None),
+            force=force,
         )
         if result.merged:
             log.info("pool %s: merged %s into %s (%d rows, %d purged)", pool, result.merged, result.into,

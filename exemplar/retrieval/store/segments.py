@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index
+from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, ivf_lists
 from exemplar.retrieval.store.catalog import ItemRow
 from exemplar.retrieval.index.classes import ClassIndexes
 from exemplar.retrieval.store.files import publish_dir, write_bytes_atomic
@@ -46,7 +46,7 @@ __all__ = [
     "SegmentItems",
     "id_hashes",
     "load_segment",
-    "needs_index",
+    "segment_factory",
     "write_segment",
 ]
 
@@ -77,12 +77,27 @@ def _id_table(ids: Sequence[str]) -> np.ndarray:
     return np.stack([hashes[order], order.astype(np.uint64)], axis=1)
 
 
-def needs_index(spec: str, nbytes: int, policy: AutoIndexPolicy, *, build_requested: bool) -> bool:
-    """Whether a segment gets an index: always for a build that names a factory (the pool's own
-    index), otherwise only when its vectors are too many to scan exactly within budget."""
-    if spec != AUTO and spec != "Flat" and build_requested:
-        return True
-    return nbytes > policy.exact_max_bytes
+def segment_factory(spec: str, n: int, dim: int, policy: AutoIndexPolicy, *, build_requested: bool) -> str | None:
+    """The factory of a segment's index, or None when it is scanned exactly.
+
+    A full build uses the pool's own spec. Other segments (additions, compactions' merges) are
+    sized by what they hold: the pool's factory was chosen for the whole pool and may not even
+    train on fewer vectors, so they get the automatic choice, except that an exact pool ("Flat")
+    stays exact and a segment of ``segment_index_rows`` or more gets a small index rather than a
+    scan on every query."""
+    if build_requested:
+        if spec == AUTO:
+            factory = choose_factory(n, dim, policy)
+            return None if factory == "Flat" else factory
+        return None if spec == "Flat" and n * dim * 4 <= policy.exact_max_bytes else spec
+    if spec == "Flat":
+        return "Flat" if n * dim * 4 > policy.exact_max_bytes else None
+    factory = choose_factory(n, dim, policy)
+    if factory != "Flat":
+        return factory
+    if n >= policy.segment_index_rows:
+        return f"IVF{ivf_lists(n)},SQ4"
+    return None
 
 
 def write_segment(
@@ -106,8 +121,9 @@ def write_segment(
             writer.write_table(pa.Table.from_arrays(columns, schema=_SCHEMA))
         np.save(staging / IDS, _id_table([r.item_id for r in rows]), allow_pickle=False)
         stats: dict[str, Any] = {"rows": len(rows), "dim": int(vectors.shape[1]), "created_at": time.time()}
-        if needs_index(index_spec, vectors.nbytes, policy, build_requested=build_requested):
-            index, index_stats = build_index(vectors, index_spec, policy)
+        factory = segment_factory(index_spec, len(rows), int(vectors.shape[1]), policy, build_requested=build_requested)
+        if factory is not None:
+            index, index_stats = build_index(vectors, factory, policy)
             index.save(staging / INDEX)
             labels = [r.label for r in rows]
             names = sorted({lab for lab in labels if lab is not None})

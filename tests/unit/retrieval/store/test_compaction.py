@@ -38,6 +38,15 @@ def test_the_tiered_plan(rows, deleted, want) -> None:
     assert plan(entries(*rows, deleted=deleted), CompactionPolicy(merge_factor=4)) == want
 
 
+@pytest.mark.parametrize("rows,deleted,want", [
+    ((1000, 5, 5), {}, (1, 3)),  # what follows the largest, however few
+    ((5, 1000, 5), {2: 1}, (2, 3)),  # one segment, but with deleted rows to purge
+    ((1000, 5), {}, None),  # already the large one plus at most one
+])
+def test_an_explicit_compaction_merges_what_follows_the_largest(rows, deleted, want) -> None:
+    assert plan(entries(*rows, deleted=deleted), CompactionPolicy(merge_factor=4), force=True) == want
+
+
 def test_plan_rewrites_version_folders_from_before_segments() -> None:
     manifest = Manifest((SegmentEntry("v2", rows=30), SegmentEntry("s3", rows=1)))
     assert plan(manifest, CompactionPolicy()) == (0, 1)
@@ -222,3 +231,19 @@ def test_a_compaction_killed_midway_leaves_the_version_intact(tmp_path: Path, wh
     finally:
         jobs.close()
         reopened.close()
+
+
+@pytest.mark.parametrize("spec,rows,build,want", [
+    ("auto", 1000, True, None),  # a small pool is scanned exactly
+    ("auto", 300_000, True, "IVF2048,SQ4"),
+    ("HNSW16", 2000, True, "HNSW16"),  # a build uses the pool's own factory
+    ("HNSW16", 100, False, None),  # an addition of a few items is scanned
+    ("IVF1024,Flat", 5000, False, "IVF128,SQ4"),  # a merge too small for the pool's factory gets its own
+    ("Flat", 5000, False, None),  # an exact pool stays exact
+    ("Flat", 100_000, False, "Flat"),
+])
+def test_what_index_a_segment_gets(spec: str, rows: int, build: bool, want: str | None) -> None:
+    from exemplar.retrieval.index.auto import AutoIndexPolicy
+    from exemplar.retrieval.store.segments import segment_factory
+
+    assert segment_factory(spec, rows, 512, AutoIndexPolicy(), build_requested=build) == want

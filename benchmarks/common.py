@@ -40,3 +40,23 @@ def write_json(path: Path | None, data: Any) -> None:  # noqa: ANN401
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def milvus_ivf_collection(root: Path, V: Any, nlist: int) -> tuple[Any, float] | None:  # noqa: ANN401 - numpy, MilvusClient
+    """A Milvus Lite collection "hot" over ``V`` (IVF_FLAT, inner product, ``nlist`` lists, the
+    layout the peers are compared on), inserted, flushed and loaded; ``(client, seconds)``, or None
+    without pymilvus (`pip install -e '.[bench]'`)."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        return None
+    client = MilvusClient(str(root / "milvus.db"))
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
+    client.create_collection("hot", dimension=V.shape[1], metric_type="IP", auto_id=False, index_params=params)
+    started = time.perf_counter()
+    for s in range(0, len(V), 20_000):
+        client.insert("hot", [{"id": int(i), "vector": V[i].tolist()} for i in range(s, min(len(V), s + 20_000))])
+    client.flush("hot")
+    client.load_collection("hot")
+    return client, time.perf_counter() - started

@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from common import free_port, wait_ready, write_json  # noqa: E402
+from common import free_port, milvus_ivf_collection, wait_ready, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,20 +136,10 @@ def torch_bruteforce(V: np.ndarray, Q: np.ndarray, k: int) -> dict:
 def milvus_lite(V: np.ndarray, Q: np.ndarray, k: int, root: Path, truth: np.ndarray, nlist: int, nprobe: int,
                 budget_s: float = 120.0) -> dict | None:
     """Milvus Lite in-process with the same IVF layout (nlist, nprobe); searches bounded by time."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
+    made = milvus_ivf_collection(root, V, nlist)
+    if made is None:
         return None
-    client = MilvusClient(str(root / "milvus.db"))
-    params = client.prepare_index_params()
-    params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
-    client.create_collection("hot", dimension=V.shape[1], metric_type="IP", auto_id=False, index_params=params)
-    started = time.perf_counter()
-    for s in range(0, len(V), 20_000):
-        client.insert("hot", [{"id": int(i), "vector": V[i].tolist()} for i in range(s, min(len(V), s + 20_000))])
-    client.flush("hot")
-    client.load_collection("hot")
-    insert_s = time.perf_counter() - started
+    client, insert_s = made
     lat, hits = [], 0
     deadline = time.monotonic() + budget_s
     for i, q in enumerate(Q[:200]):

@@ -59,7 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from common import free_port, write_json  # noqa: E402
+from common import free_port, milvus_ivf_collection, write_json  # noqa: E402
 from hotpath import clustered, pct  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -539,20 +539,10 @@ def milvus_writes(V: np.ndarray, W: np.ndarray, root: Path, nlist: int, nprobe: 
                   delete_sets: list[list[int]], poll_s: float, timeout_s: float, budget_s: float) -> dict | None:
     """Milvus Lite in-process, hotpath.py's collection layout (IVF_FLAT, IP, nlist/nprobe); inserts and
     deletes timed until a Strong-consistency search (top-1) and query see them."""
-    try:
-        from pymilvus import MilvusClient
-    except ImportError:
+    made = milvus_ivf_collection(root, V, nlist)
+    if made is None:
         return None
-    client = MilvusClient(str(root / "milvus.db"))
-    params = client.prepare_index_params()
-    params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
-    client.create_collection("hot", dimension=V.shape[1], metric_type="IP", auto_id=False, index_params=params)
-    started = time.perf_counter()
-    for s in range(0, len(V), 20_000):
-        client.insert("hot", [{"id": int(i), "vector": V[i].tolist()} for i in range(s, min(len(V), s + 20_000))])
-    client.flush("hot")
-    client.load_collection("hot")
-    bulk_s = time.perf_counter() - started
+    client, bulk_s = made
     n = len(V)
     search_params = {"params": {"nprobe": nprobe}}
     ops: list[dict] = []

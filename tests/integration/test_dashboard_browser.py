@@ -96,8 +96,10 @@ def test_dashboard_pages_charts_rollback_and_playground(server: str, browser) ->
     visit("#/pools/demo", "#pool-detail")
     assert page.locator("#chart-labels rect").count() == 4
     assert page.locator("#chart-domains rect").count() == 3
-    assert "none" in page.inner_text("#adapter"), "version 2 has no adapter; version 1 has"
+    # version 2 (an addition on top of version 1) inherits version 1's adapter with its manifest
+    assert "trained on version 1" in page.inner_text("#adapter")
     assert "recall@" in page.inner_text("#pool-detail")
+    assert page.inner_text("#segments").strip() == "· 2 segments"  # the build's and the addition's
     shoot(page, "pool")
     page.click("#versions tr[data-version='1'] button.activate")
     page.wait_for_selector("#versions tr[data-version='2'] button.activate", timeout=15_000)

@@ -60,7 +60,8 @@ def pool_stats(pool: str, pools: PoolsDep) -> PoolStatsOut:
     return PoolStatsOut(
         name=record.name, encoder=record.encoder, embed=record.embed, metric=record.metric, index=record.index,
         dim=record.dim, current_version=record.current_version, size=stats.size, created_at=record.created_at,
-        labels=stats.labels, domains=stats.domains, adapter=stats.adapter,
+        labels=stats.labels, domains=stats.domains, adapter=stats.adapter, segments=stats.segments,
+        deleted=stats.deleted,
         versions=[
             VersionOut(version=v.version, state=v.state, size=v.size, index=v.index, source=v.source,
                        created_at=v.created_at, current=v.version == record.current_version,

@@ -78,6 +78,8 @@ class PoolStatsOut(PoolOut):
     domains: dict[str, int] = Field(description="Items per domain in the current version.")
     versions: list[VersionOut]
     adapter: dict[str, Any] | None = Field(None, description="The CCI adapter of the current version, if any.")
+    segments: int = Field(0, description="Segments the current version is made of (compaction merges small ones).")
+    deleted: int = Field(0, description="Deleted rows of those segments that compaction has not purged yet.")
 
 
 class PoolList(BaseModel):

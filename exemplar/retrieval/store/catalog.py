@@ -437,6 +437,10 @@ class Catalog:
         )
         return _adapter(rows[0]) if rows else None
 
+    def adapter_by_id(self, pool_id: int, adapter_id: int) -> AdapterRecord | None:
+        rows = self.query("SELECT * FROM adapters WHERE pool_id = ? AND id = ? AND state = 'ready'", (pool_id, adapter_id))
+        return _adapter(rows[0]) if rows else None
+
     def adapter_ids(self, pool_id: int, version: int) -> list[int]:
         rows = self.query("SELECT id FROM adapters WHERE pool_id = ? AND version = ? ORDER BY id", (pool_id, version))
         return [r[0] for r in rows]

@@ -152,14 +152,17 @@ class PoolService:
         pool = self.catalog.pool(name)
         versions = self.catalog.versions(pool.id)
         current = next((v for v in versions if v.version == pool.current_version), None)
+        manifest = None
+        if current is not None:
+            manifest = Manifest.from_json(current.manifest) if current.manifest else legacy_manifest(current.version, current.size)
+        # The version's own adapter, else the one its manifest inherited from the version it was written on.
         record = self.catalog.adapter(pool.id, current.version) if current else None
+        if record is None and manifest is not None and manifest.adapter is not None:
+            record = self.catalog.adapter_by_id(pool.id, manifest.adapter)
         adapter = None
         if record is not None:
             adapter = {"id": record.id, "version": record.version, "created_at": record.created_at,
                        **{k: v for k, v in record.info.items() if k != "history"}}
-        manifest = None
-        if current is not None:
-            manifest = Manifest.from_json(current.manifest) if current.manifest else legacy_manifest(current.version, current.size)
         return PoolStats(
             segments=len(manifest.segments) if manifest else 0,
             deleted=sum(s.deleted for s in manifest.segments) if manifest else 0,

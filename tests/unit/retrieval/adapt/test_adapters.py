@@ -97,6 +97,7 @@ def test_additions_are_mapped_through_the_adapter_and_a_new_build_needs_one(pool
     found = selection.select(shifted_pool, Query(embedding=extra.tolist()), "invariant",
                              SelectionOptions(k=1, invariant_base="topk"))
     assert found.version == 2 and found.demonstrations[0].id == "extra"
+    assert pools.stats(shifted_pool).adapter["version"] == 1  # inherited, and the stats say so
     assert found.demonstrations[0].score == pytest.approx(1.0, abs=1e-5)
     # A full rebuild starts without an adapter; the message names the versions that have one.
     pools.write(pools.get(shifted_pool), [item_row(NewItem(id="only", label="class-0", embedding=extra))],

@@ -20,8 +20,8 @@ separate load-generator processes (a write prober and a select load at concurren
    ``--recall-batch`` items, and after compaction;
 7. rows/s of the initial bulk build (and of its ingestion part, derived from the build's report).
 
-Side by side in the same run: the release before segments (``--old-tree``, every write copies the
-pool and rebuilds its indexes; add 1 and add 100 at ``--old-items``, ``--old-repeats`` each) and
+Side by side in the same run: the release before segments (``--old-tree``, a git worktree of it:
+``git worktree add /tmp/oldtree e70a2f8``; every write copies the pool and rebuilds its indexes; add 1 and add 100 at ``--old-items``, ``--old-repeats`` each) and
 Milvus Lite (same IVF layout as hotpath.py's peer: insert 1/100/1000 and delete 1000, until a
 Strong-consistency search/query sees them). Writes JSON to ``--out`` and a markdown table next to
 it (same name, ``.md``). Every loop is bounded in count and time; figures only, no assertions.

@@ -10,7 +10,6 @@ as good as each segment's own search.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,9 +53,10 @@ class Part:
         """Local rows (``-1`` padding allowed) -> global rows; deleted rows map to ``-1``."""
         if self.live is None:
             return np.where(local >= 0, local + self.offset, -1)
-        position = np.searchsorted(self.live, np.maximum(local, 0))
-        position = np.minimum(position, max(len(self.live) - 1, 0))
-        found = (local >= 0) & (len(self.live) > 0) & (self.live[position] == local) if len(self.live) else local < -1
+        if not len(self.live):
+            return np.full_like(local, -1)
+        position = np.minimum(np.searchsorted(self.live, np.maximum(local, 0)), len(self.live) - 1)
+        found = (local >= 0) & (self.live[position] == local)
         return np.where(found, position + self.offset, -1)
 
     def mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
@@ -307,7 +307,6 @@ class IdLookup:
 
     def __init__(self, space: RowSpace) -> None:
         self.space = space
-        self._lock = threading.Lock()
 
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """The row of each id (``-1`` where the version does not hold it), looked up in one pass

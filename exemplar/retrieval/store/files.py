@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
 
-__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic"]
+import numpy as np
+
+__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic", "write_npy_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -27,6 +30,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """An array as a ``.npy`` file, written like ``write_bytes_atomic`` (deletion files, adapter rows)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def publish_dir(staging: Path, final: Path) -> None:

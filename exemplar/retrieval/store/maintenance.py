@@ -10,13 +10,13 @@ import numpy as np
 
 from exemplar.errors import NotFound
 from exemplar.retrieval.adapt.adapters import TrainedAdapter, load_adapter_weights, write_adapter
-from exemplar.retrieval.store.files import write_bytes_atomic
+from exemplar.retrieval.store.files import write_npy_atomic
 from exemplar.retrieval.build.jobs import JobContext, JobRecord, JobService
 from exemplar.retrieval.store.pools import PoolService
 from exemplar.retrieval.store.compaction import CompactionPolicy, compact, plan
 from exemplar.retrieval.store.manifest import SegmentEntry
 from exemplar.retrieval.store.segments import load_segment
-from exemplar.retrieval.store.versions import legacy_index_of, manifest_of, new_segment_name, npy_bytes, read_deletes
+from exemplar.retrieval.store.versions import legacy_index_of, manifest_of, new_segment_name, read_deletes
 
 __all__ = ["CompactionService"]
 
@@ -86,7 +86,7 @@ class CompactionService:
 
         def write_deletes(name: str, rows: np.ndarray) -> str:
             filename = f"{name}-c{new_segment_name()[1:9]}.npy"  # deletion files are never rewritten
-            write_bytes_atomic(files.deletes_dir(record.id) / filename, npy_bytes(np.asarray(rows, np.int64)))
+            write_npy_atomic(files.deletes_dir(record.id) / filename, np.asarray(rows, np.int64))
             return filename
 
         self._adopt_legacy_adapters(record.id)

@@ -27,7 +27,8 @@ from exemplar.retrieval.ports import Encoder, EncoderProvider
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.manifest import Manifest, legacy_manifest
 from exemplar.retrieval.store.retention import collect_garbage
-from exemplar.retrieval.store.versions import SegmentCache, VersionFiles, load_snapshot, write_version
+from exemplar.retrieval.serving.loading import SegmentCache, load_snapshot
+from exemplar.retrieval.store.versions import VersionFiles, write_version
 
 __all__ = ["METRICS", "POOL_NAME", "DeletedItems", "ItemPage", "PoolService", "PoolStats", "StoredItem", "item_row"]
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, ivf_lists
 from exemplar.retrieval.store.catalog import ItemRow
 from exemplar.retrieval.index.classes import ClassIndexes
-from exemplar.retrieval.store.files import publish_dir, write_bytes_atomic
+from exemplar.retrieval.store.files import publish_dir, write_npy_atomic
 from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
 __all__ = [
@@ -145,18 +145,7 @@ def write_segment(
 
 
 def write_adapter_vectors(folder: Path, adapter_id: int, adapted: np.ndarray) -> None:
-    target = folder / ADAPTERS / str(adapter_id) / VECTORS
-    target.parent.mkdir(parents=True, exist_ok=True)
-    buffer = _npy_bytes(np.ascontiguousarray(adapted, dtype=np.float32))
-    write_bytes_atomic(target, buffer)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    out = io.BytesIO()
-    np.save(out, array, allow_pickle=False)
-    return out.getvalue()
+    write_npy_atomic(folder / ADAPTERS / str(adapter_id) / VECTORS, np.ascontiguousarray(adapted, dtype=np.float32))
 
 
 def _codes(values: Sequence[str | None], names: Sequence[str]) -> np.ndarray:

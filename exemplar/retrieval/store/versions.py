@@ -1,4 +1,4 @@
-"""Writing and loading pool versions: manifests over immutable segments.
+"""Writing pool versions: manifests over immutable segments (``serving/loading.py`` opens them).
 
 A write adds at most one segment (the new and replaced items) and deletion files (the rows it
 removes from older segments), then commits the new manifest in one catalog transaction; nothing
@@ -9,41 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exemplar.retrieval.adapt.adapters import AdapterView, load_adapter_weights
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.store.catalog import Catalog, ItemRow, PoolRecord, StaleBase
-from exemplar.retrieval.store.files import write_bytes_atomic
-from exemplar.retrieval.serving.composite import (
-    ExactIndex,
-    IdLookup,
-    ItemColumn,
-    Part,
-    RowSpace,
-    SegmentedClasses,
-    SegmentedIndex,
-    SegmentedVectors,
-)
-from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.store.files import write_npy_atomic
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry, legacy_manifest
-from exemplar.retrieval.store.segments import LoadedSegment, load_segment, write_segment
+from exemplar.retrieval.store.segments import write_segment
+
+if TYPE_CHECKING:  # a write reads its base version as served; the store does not build snapshots
+    from exemplar.retrieval.serving.composite import RowSpace
+    from exemplar.retrieval.serving.snapshot import Snapshot
 
 __all__ = [
-    "SegmentCache",
     "VersionFiles",
     "legacy_index_of",
-    "load_snapshot",
     "manifest_of",
     "new_segment_name",
-    "npy_bytes",
     "read_deletes",
     "write_version",
 ]
@@ -78,34 +66,6 @@ class VersionFiles:
 
     def adapters_dir(self, pool_id: int) -> Path:
         return self.pool_dir(pool_id) / "adapters"
-
-
-class SegmentCache:
-    """Loaded segments shared by the snapshots of one process (a new version loads only the
-    segments it adds)."""
-
-    def __init__(self) -> None:
-        self._segments: dict[tuple[int, str], LoadedSegment] = {}
-        self._lock = threading.Lock()
-
-    def get(self, pool_id: int, name: str, load: Any) -> LoadedSegment:  # noqa: ANN401 - () -> LoadedSegment
-        key = (pool_id, name)
-        with self._lock:
-            segment = self._segments.get(key)
-        if segment is None:
-            segment = load()
-            with self._lock:
-                segment = self._segments.setdefault(key, segment)
-        return segment
-
-    def keep_only(self, pool_id: int, names: Iterable[str]) -> None:
-        wanted = set(names)
-        with self._lock:
-            for key in [k for k in self._segments if k[0] == pool_id and k[1] not in wanted]:
-                del self._segments[key]
-
-    def forget_pool(self, pool_id: int) -> None:
-        self.keep_only(pool_id, ())
 
 
 def manifest_of(catalog: Catalog, pool_id: int, version: int) -> Manifest:
@@ -220,19 +180,12 @@ def _with_deletions(files: VersionFiles, pool_id: int, version: int, entries: li
         name = f"{entry.name}-{version}.npy"
         path = files.deletes_dir(pool_id) / name
         written.append(path)
-        write_bytes_atomic(path, npy_bytes(deleted))
+        write_npy_atomic(path, deleted)
         out[p] = dataclasses.replace(entry, deletes=name, deleted=len(deleted))
     # A segment with nothing live left is dropped from the manifest (its files go with the last
     # kept version that lists it).
     return [e for e in out if e.live > 0]
 
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def read_deletes(files: VersionFiles, pool_id: int, entry: SegmentEntry) -> np.ndarray:
@@ -252,113 +205,3 @@ def legacy_index_of(catalog: Catalog, pool_id: int, name: str) -> tuple[str, dic
 
 def new_segment_name() -> str:
     return f"m{uuid.uuid4().hex[:12]}"
-
-
-def load_snapshot(catalog: Catalog, files: VersionFiles, pool: PoolRecord, version: int,
-                  cache: SegmentCache | None = None) -> Snapshot:
-    """Open version ``version`` for serving: its segments (from ``cache`` when already loaded),
-    deletions and adapter, composed into one ``Snapshot`` of live rows."""
-    cache = cache or SegmentCache()
-    record = catalog.version(pool.id, version)
-    manifest = Manifest.from_json(record.manifest) if record.manifest else legacy_manifest(version, record.size)
-    parts: list[Part] = []
-    offset = 0
-    for entry in manifest.segments:
-        folder = files.segment_dir(pool.id, entry.name)
-        segment = cache.get(pool.id, entry.name, lambda folder=folder, name=entry.name: load_segment(
-            name, folder, legacy_rows=lambda uids: catalog.item_rows(pool.id, uids.tolist()),
-            legacy_index=legacy_index_of(catalog, pool.id, name)))
-        deleted = read_deletes(files, pool.id, entry)
-        live = None
-        if len(deleted):
-            keep = np.ones(segment.size, bool)
-            keep[deleted] = False
-            live = np.flatnonzero(keep)
-        part = Part(segment, live, offset)
-        parts.append(part)
-        offset += part.n_live
-    space = RowSpace(parts)
-    adapter_record = catalog.adapter(pool.id, version)
-    adapter_id = adapter_record.id if adapter_record is not None else manifest.adapter
-    return compose(pool, version, manifest, space, files=files, revision=pool.revision, adapter_id=adapter_id)
-
-
-def _codes(parts: Sequence[Part], field: str) -> tuple[list[np.ndarray], tuple[str, ...], list[list[str]]]:
-    """Per part, the global code of every local row's ``field`` value; the sorted global names;
-    and each segment's own sorted names."""
-    encoded = []
-    names: set[str] = set()
-    for part in parts:
-        column = part.segment.items.column(field).combine_chunks()
-        dictionary = column.dictionary_encode()
-        values = dictionary.dictionary.to_pylist()
-        encoded.append((dictionary.indices, values))
-        names.update(values)
-    ordered = tuple(sorted(names))
-    lookup = {name: i for i, name in enumerate(ordered)}
-    out = []
-    for indices, values in encoded:
-        mapping = np.array([lookup[v] for v in values] + [-1], np.int32)
-        raw = indices.fill_null(len(values)).to_numpy(zero_copy_only=False) if len(indices) else np.empty(0, np.int64)
-        out.append(mapping[raw.astype(np.int64)] if len(raw) else np.empty(0, np.int32))
-    return out, ordered, [sorted(v) for _, v in encoded]
-
-
-def _live(part: Part, array: np.ndarray) -> np.ndarray:
-    return array if part.live is None else array[part.live]
-
-
-def compose(pool: PoolRecord, version: int, manifest: Manifest, space: RowSpace, *, files: VersionFiles,
-            revision: int, adapter_id: int | None) -> Snapshot:
-    parts = space.parts
-    label_parts, labels, segment_labels = _codes(parts, "label")
-    domain_parts, domains, _ = _codes(parts, "domain")
-    concat = (lambda arrays, dtype: np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype))
-    label_codes = concat([_live(p, c) for p, c in zip(parts, label_parts)], np.int32)
-    domain_codes = concat([_live(p, c) for p, c in zip(parts, domain_parts)], np.int32)
-    uids = concat([_live(p, p.segment.uids) for p in parts], np.int64)
-    single = len(parts) == 1 and parts[0].live is None
-    if single:
-        segment = parts[0].segment
-        vectors: Any = segment.vectors
-        index: Any = segment.index if segment.index is not None else ExactIndex(segment.vectors)
-    else:
-        vectors = SegmentedVectors(space, [p.segment.vectors for p in parts], pool.dim)
-        index = SegmentedIndex(space, [p.segment.index if p.segment.index is not None else ExactIndex(p.segment.vectors)
-                                       for p in parts])
-    if single and parts[0].segment.classes is not None and list(segment_labels[0]) == list(labels):
-        classes: Any = parts[0].segment.classes
-    else:
-        classes = SegmentedClasses(space, labels, label_parts, [p.segment.classes for p in parts],
-                                   [p.segment.vectors for p in parts], segment_labels)
-    adapter = _adapter_view(files, pool.id, version, adapter_id, space) if adapter_id is not None else None
-    return Snapshot(
-        pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, uids=uids,
-        ids=ItemColumn(space, "item_id"), texts=ItemColumn(space, "text"), images=ItemColumn(space, "image"),
-        media_roots=ItemColumn(space, "media_root"), metadata=ItemColumn(space, "metadata"),
-        label_codes=label_codes, labels=labels, domain_codes=domain_codes, domains=domains,
-        row_of=IdLookup(space), revision=revision, adapter=adapter, media_dir=files.media_dir(pool.id),
-        classes=classes, manifest=manifest, space=space,
-    )
-
-
-def _adapter_view(files: VersionFiles, pool_id: int, version: int, adapter_id: int,
-                  space: RowSpace) -> AdapterView | None:
-    """The adapter's view over every segment, or None when a segment lacks its vectors (a version
-    from before that adapter; ``invariant`` then answers that it needs retraining)."""
-    matrices = [p.segment.adapter_vectors(adapter_id) for p in space.parts]
-    if any(m is None for m in matrices):
-        return None
-    # Weights live in the pool's adapters folder; an adapter trained before segments kept them in the
-    # folder of the version it was trained on, which is one of this version's segments.
-    adapter, info = load_adapter_weights([files.adapters_dir(pool_id) / str(adapter_id)] +
-                                         [p.segment.folder / "adapters" / str(adapter_id) for p in space.parts])
-    out_dim = adapter.out_dim
-    if len(space.parts) == 1 and space.parts[0].live is None:
-        vectors: Any = matrices[0]
-        index: Any = ExactIndex(matrices[0])
-    else:
-        vectors = SegmentedVectors(space, matrices, out_dim)  # type: ignore[arg-type]
-        index = SegmentedIndex(space, [ExactIndex(m) for m in matrices])  # type: ignore[arg-type]
-    return AdapterView(adapter_id=adapter_id, adapter=adapter, vectors=vectors, index=index, info=info)
-

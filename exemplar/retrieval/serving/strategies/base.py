@@ -68,6 +68,8 @@ class Window:
 class Strategy(Protocol):
     name: str
     needs_query: bool
+    takes_k_per_class: bool  # per-class quotas mean something to it
+    per_class_note: str  # how, when it is not plain (for error messages)
 
     def check(self, options: SelectionOptions) -> None:
         """Refuse options this strategy gives no meaning to (``InvalidRequest``)."""
@@ -107,8 +109,8 @@ def get_strategy(name: str) -> Strategy:
 
 def per_class_strategies() -> list[str]:
     """What takes ``k_per_class``, for error messages."""
-    return [f"{name} ({_REGISTRY[name].per_class_note})" if getattr(_REGISTRY[name], "per_class_note", "") else name
-            for name in sorted(_REGISTRY) if getattr(_REGISTRY[name], "takes_k_per_class", False)]
+    return [f"{name} ({_REGISTRY[name].per_class_note})" if _REGISTRY[name].per_class_note else name
+            for name in sorted(_REGISTRY) if _REGISTRY[name].takes_k_per_class]
 
 
 def refuse_k_per_class(name: str, options: SelectionOptions, why: str) -> None:

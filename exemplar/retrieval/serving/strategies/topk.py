@@ -21,6 +21,7 @@ class TopK:
     name = "topk"
     needs_query = True
     takes_k_per_class = False
+    per_class_note = ""
 
     def check(self, options: SelectionOptions) -> None:
         refuse_k_per_class(self.name, options, "it selects the k nearest items overall; per-class quotas are "

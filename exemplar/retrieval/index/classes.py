@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -28,10 +28,24 @@ from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.index.roundrobin import interleave
 from exemplar.retrieval.index.vectors import VectorIndex
 
-__all__ = ["ClassIndexes", "RowsView", "round_robin"]
+__all__ = ["NPROBES", "ClassIndexes", "ClassSearch", "RowsView", "class_rows", "round_robin", "tune_class_nprobe"]
 
+NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 META = "classes.json"
 ROWS = "class_rows.npy"
+
+
+class ClassSearch(Protocol):
+    """What ``balanced`` needs of a segment's per-class search (``ClassIndexes``, ``PartitionedClasses``)."""
+
+    rows: list[np.ndarray]
+    stats: dict[str, Any]
+
+    @property
+    def approximate(self) -> list[int]: ...
+
+    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class RowsView:
@@ -52,7 +66,50 @@ def round_robin(per_class: list[list[tuple[int, float]]], stop: int) -> list[tup
     return interleave(dict(enumerate(per_class)), order, stop)
 
 
-def _class_rows(label_codes: np.ndarray, n_labels: int) -> list[np.ndarray]:
+def tune_class_nprobe(
+    rows: Sequence[np.ndarray], search: Callable[[int, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    set_nprobe: Callable[[int], None], vectors: np.ndarray, policy: AutoIndexPolicy, *, searched: Sequence[int],
+) -> dict[str, Any]:
+    """The smallest nprobe (set through ``set_nprobe``) whose balanced window of ``recall_k`` (the
+    round robin over classes) for sample pool items, each left out of its own answer, reaches the
+    target recall against the same window from exact search. ``search(c, queries, k)`` answers for
+    class ``c`` (global rows); classes not in ``searched`` are exact and keep their exact answers."""
+    rng = np.random.default_rng(policy.seed)
+    n = len(vectors)
+    sample = np.sort(rng.choice(n, size=min(policy.sample_queries, n), replace=False))
+    queries = np.ascontiguousarray(vectors[sample], dtype=np.float32)
+    k = policy.recall_k
+    depth = k + 1  # the query item itself may come back first
+    exact_hits = []
+    for members in rows:
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(np.ascontiguousarray(vectors[members], dtype=np.float32))
+        D, local = flat.search(queries, min(depth, len(members)))
+        exact_hits.append((D, members[local]))
+
+    def windows(hits: list[tuple[np.ndarray, np.ndarray]]) -> list[set[int]]:
+        out = []
+        for q, row in enumerate(sample):
+            lists = [[(int(i), float(d)) for d, i in zip(D[q], I[q]) if i >= 0 and i != row] for D, I in hits]
+            out.append({r for r, _ in round_robin(lists, k)})
+        return out
+
+    truth = windows(exact_hits)
+    best: tuple[int, float] = (1, 0.0)
+    for nprobe in NPROBES:
+        set_nprobe(nprobe)
+        hits = list(exact_hits)
+        for c in searched:
+            hits[c] = search(c, queries, depth)
+        got = windows(hits)
+        best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / max(sum(len(t) for t in truth), 1))
+        if best[1] >= policy.target_recall:
+            break
+    return {"nprobe": best[0], "recall_at_k": round(best[1], 4), "k": k, "queries": len(sample),
+            "target_recall": policy.target_recall, "measure": "balanced window of k vs exact"}
+
+
+def class_rows(label_codes: np.ndarray, n_labels: int) -> list[np.ndarray]:
     order = np.argsort(label_codes, kind="stable")
     sorted_codes = label_codes[order]
     bounds = np.searchsorted(sorted_codes, np.arange(n_labels + 1))
@@ -74,17 +131,17 @@ class ClassIndexes:
         policy: AutoIndexPolicy = AutoIndexPolicy(),
     ) -> "ClassIndexes":
         started = time.perf_counter()
-        rows = _class_rows(label_codes, n_labels)
+        rows = class_rows(label_codes, n_labels)
         indexes = []
-        for class_rows in rows:
-            data = np.ascontiguousarray(vectors[class_rows], dtype=np.float32)
+        for members in rows:
+            data = np.ascontiguousarray(vectors[members], dtype=np.float32)
             if approximate and data.nbytes > policy.class_exact_max_bytes:
                 # As many lists as the training sample supports (39 points per centroid, faiss's minimum).
-                nlist = min(ivf_lists(len(class_rows)), 2 ** int(np.log2(max(policy.class_train_points // 39, 16))))
+                nlist = min(ivf_lists(len(members)), 2 ** int(np.log2(max(policy.class_train_points // 39, 16))))
                 # Codes, not vectors: re-scored from the pool's mapped vectors through RowsView.
                 index = VectorIndex.build(data, f"IVF{nlist},{policy.class_codes}",
                                           max_train_points=policy.class_train_points, seed=policy.seed)
-                index.vectors = RowsView(vectors, class_rows)
+                index.vectors = RowsView(vectors, members)
             else:
                 index = VectorIndex.build(data, "Flat")
                 index.vectors = None  # exact already; faiss holds the only copy it needs
@@ -109,46 +166,18 @@ class ClassIndexes:
         return D, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
 
     def tune(self, vectors: np.ndarray, policy: AutoIndexPolicy) -> dict[str, Any]:
-        """One nprobe for every approximate class: the smallest whose balanced window of
-        ``recall_k`` (the round robin over classes) for sample pool items, each left out of its own
-        answer, reaches the target recall against the same window from exact search."""
+        """One nprobe for every approximate class (see ``tune_class_nprobe``)."""
         approximate = self.approximate
-        rng = np.random.default_rng(policy.seed)
-        n = len(vectors)
-        sample = np.sort(rng.choice(n, size=min(policy.sample_queries, n), replace=False))
-        queries = np.ascontiguousarray(vectors[sample], dtype=np.float32)
-        k = policy.recall_k
-        depth = k + 1  # the query item itself may come back first
-        exact_hits = []
-        for c in range(len(self.rows)):
-            flat = faiss.IndexFlatIP(vectors.shape[1])
-            flat.add(np.ascontiguousarray(vectors[self.rows[c]], dtype=np.float32))
-            D, local = flat.search(queries, min(depth, len(self.rows[c])))
-            exact_hits.append((D, self.rows[c][local]))
 
-        def windows(hits: list[tuple[np.ndarray, np.ndarray]]) -> list[set[int]]:
-            out = []
-            for q, row in enumerate(sample):
-                lists = [[(int(i), float(d)) for d, i in zip(D[q], I[q]) if i >= 0 and i != row] for D, I in hits]
-                out.append({r for r, _ in round_robin(lists, k)})
-            return out
-
-        truth = windows(exact_hits)
-        best: tuple[int, float] = (1, 0.0)
-        for nprobe in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256):
-            hits = list(exact_hits)
+        def set_nprobe(nprobe: int) -> None:
             for c in approximate:
                 ivf = faiss.extract_index_ivf(self.indexes[c].index)
                 ivf.nprobe = min(nprobe, ivf.nlist)
-                hits[c] = self.search(c, queries, depth)
-            got = windows(hits)
-            best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / max(sum(len(t) for t in truth), 1))
-            if best[1] >= policy.target_recall:
-                break
+
+        stats = tune_class_nprobe(self.rows, self.search, set_nprobe, vectors, policy, searched=approximate)
         for c in approximate:
             self.indexes[c].params = {"nprobe": faiss.extract_index_ivf(self.indexes[c].index).nprobe}
-        return {"nprobe": best[0], "recall_at_k": round(best[1], 4), "k": k, "queries": len(sample),
-                "target_recall": policy.target_recall, "measure": "balanced window of k vs exact"}
+        return stats
 
     # persistence --------------------------------------------------------------------------------
 
@@ -177,10 +206,10 @@ class ClassIndexes:
         rows, indexes = [], []
         for name in labels:
             c = saved[name]
-            class_rows = all_rows[offsets[c] : offsets[c + 1]]
+            members = all_rows[offsets[c] : offsets[c + 1]]
             index = VectorIndex.load(folder / f"{c}.faiss", meta["factories"][c], meta["params"][c])
             if not index.exact:
-                index.vectors = RowsView(vectors, class_rows)
-            rows.append(class_rows)
+                index.vectors = RowsView(vectors, members)
+            rows.append(members)
             indexes.append(index)
         return cls(rows, indexes, meta["stats"])

@@ -14,7 +14,19 @@ from exemplar.errors import Incompatible, InvalidRequest
 from exemplar.retrieval.index.batching import SearchBatcher
 from exemplar.retrieval.store.files import write_bytes_atomic
 
-__all__ = ["DEFAULT_INDEX", "VectorIndex", "exact_scan", "gpu_available", "normalize", "set_search_threads"]
+__all__ = [
+    "DEFAULT_INDEX",
+    "EXACT_SUBSET_ROWS",
+    "RERANK",
+    "VectorIndex",
+    "exact_scan",
+    "gpu_available",
+    "lossy",
+    "normalize",
+    "rerank",
+    "search_threads",
+    "set_search_threads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,12 @@ def set_search_threads(threads: int) -> None:
     a team of one thread per core and oversubscribe them."""
     global _search_threads
     _search_threads = max(0, int(threads))
+
+
+def search_threads() -> None:
+    """Apply ``set_search_threads`` in the calling thread (before a faiss call)."""
+    if _search_threads:
+        faiss.omp_set_num_threads(_search_threads)
 
 
 def gpu_available() -> bool:
@@ -139,29 +157,24 @@ class VectorIndex:
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal))
-        if _search_threads:
-            faiss.omp_set_num_threads(_search_threads)
+        search_threads()
         if self.ntotal == 0:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
         if self.reranks:
             wide = min(k * RERANK, self.ntotal)
             D, I = self._search(q, wide, allowed)
-            return self._rerank(q, I, k)
+            return rerank(self.vectors, q, I, k)
         return self._search(q, k, allowed)
 
     @property
     def reranks(self) -> bool:
         """Whether results are re-scored from the vectors (an index over lossy codes)."""
-        return self.vectors is not None and _lossy(self.factory)
+        return self.vectors is not None and lossy(self.factory)
 
-    def _rerank(self, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        candidates = np.maximum(I, 0)
-        gathered = np.asarray(self.vectors[candidates.reshape(-1)], dtype=np.float32).reshape(*I.shape, -1)
-        scores = np.einsum("qkd,qd->qk", gathered, q)
-        scores = np.where(I >= 0, scores, -np.inf).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        D, I = np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
-        return D, np.where(np.isfinite(D), I, -1)
+    @property
+    def cpu_index(self) -> faiss.Index:
+        """The index on the CPU (the same object unless ``to_gpu`` moved a copy to a GPU)."""
+        return self._cpu_index
 
     def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
@@ -220,7 +233,18 @@ def exact_scan(vectors: Any, queries: np.ndarray, k: int, rows: np.ndarray | Non
     return D, I
 
 
-def _lossy(factory: str) -> bool:
+def rerank(vectors: Any, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN401
+    """The best ``k`` of candidate rows ``I`` (``-1``: none) re-scored exactly against ``vectors``."""
+    candidates = np.maximum(I, 0)
+    gathered = np.asarray(vectors[candidates.reshape(-1)], dtype=np.float32).reshape(*I.shape, -1)
+    scores = np.einsum("qkd,qd->qk", gathered, q)
+    scores = np.where(I >= 0, scores, -np.inf).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    D, I = np.take_along_axis(scores, order, axis=1), np.take_along_axis(I, order, axis=1)
+    return D, np.where(np.isfinite(D), I, -1)
+
+
+def lossy(factory: str) -> bool:
     """Whether a faiss factory stores compressed codes rather than the vectors (SQ, PQ...)."""
     storage = factory.split(",")[-1]
     return storage.startswith(("SQ", "PQ", "RQ", "LSQ")) or "PQ" in storage

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.retrieval.index.classes import ClassIndexes
+from exemplar.retrieval.index.classes import ClassSearch
 from exemplar.retrieval.index.vectors import VectorIndex, exact_scan
 from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
@@ -206,14 +206,14 @@ class _ClassPart:
     local_rows: np.ndarray
     live: np.ndarray  # bool over local_rows
     start: int
-    segment_code: int | None  # the class's code in the segment's ClassIndexes, when it has them
+    segment_code: int | None  # the class's code in the segment's class search, when it has one
 
 
 class SegmentedClasses:
-    """Per-class search across parts: the interface ``balanced`` uses of ``ClassIndexes``."""
+    """Per-class search across parts: the ``ClassSearch`` interface ``balanced`` uses."""
 
     def __init__(self, space: RowSpace, label_names: Sequence[str], part_codes: Sequence[np.ndarray],
-                 class_indexes: Sequence[ClassIndexes | None], vectors: Sequence[np.ndarray],
+                 class_indexes: Sequence[ClassSearch | None], vectors: Sequence[np.ndarray],
                  segment_labels: Sequence[Sequence[str]]) -> None:
         self.space = space
         self.vectors = list(vectors)

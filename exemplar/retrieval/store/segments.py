@@ -9,7 +9,9 @@ items.arrow    Arrow IPC file (uncompressed, memory-mapped): uid, id, label, dom
                media_root, metadata (JSON text), read lazily row by row
 ids.npy        (n, 2) uint64, [hash of id, row] sorted by hash: id -> row without loading the ids
 index.faiss    an ANN index over vectors.npy, only when the segment is large enough to need one
-classes/       per-class indexes (``ClassIndexes``) of large segments
+classes/       per-class search of large segments: the class lists of ``index.faiss`` when it is an
+               IVF over codes partitioned by class (``PartitionedClasses``), else one index per
+               class (``ClassIndexes``)
 adapters/<id>/vectors.npy   the rows mapped through adapter ``id``
 segment.json   rows, dim, index factory and parameters, stats
 ```
@@ -36,7 +38,10 @@ import pyarrow as pa
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, ivf_lists
 from exemplar.retrieval.store.catalog import ItemRow
-from exemplar.retrieval.index.classes import ClassIndexes
+from exemplar.retrieval.index.classes import META as CLASS_META
+from exemplar.retrieval.index.classes import ClassIndexes, ClassSearch
+from exemplar.retrieval.index.partitioned import KIND as PARTITIONED
+from exemplar.retrieval.index.partitioned import PartitionedClasses, build_partitioned, partitionable
 from exemplar.retrieval.store.files import publish_dir, write_npy_atomic
 from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
@@ -123,12 +128,16 @@ def write_segment(
         stats: dict[str, Any] = {"rows": len(rows), "dim": int(vectors.shape[1]), "created_at": time.time()}
         factory = segment_factory(index_spec, len(rows), int(vectors.shape[1]), policy, build_requested=build_requested)
         if factory is not None:
-            index, index_stats = build_index(vectors, factory, policy)
-            index.save(staging / INDEX)
             labels = [r.label for r in rows]
             names = sorted({lab for lab in labels if lab is not None})
             codes = _codes(labels, names)
-            classes = ClassIndexes.build(vectors, codes, len(names), approximate=not index.exact, policy=policy)
+            classes: ClassIndexes | PartitionedClasses
+            if names and partitionable(factory):
+                index, classes, index_stats = build_partitioned(vectors, codes, len(names), factory, policy)
+            else:
+                index, index_stats = build_index(vectors, factory, policy)
+                classes = ClassIndexes.build(vectors, codes, len(names), approximate=not index.exact, policy=policy)
+            index.save(staging / INDEX)
             classes.save(staging / CLASSES, names)
             stats["index"] = {**index_stats, "classes": classes.stats}
         else:
@@ -190,7 +199,7 @@ class LoadedSegment:
     items: SegmentItems
     id_table: np.ndarray
     index: VectorIndex | None  # None: scanned exactly
-    classes: ClassIndexes | None  # None: class rows are scanned exactly
+    classes: ClassSearch | None  # None: class rows are scanned exactly
     stats: dict[str, Any]
     _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -236,12 +245,25 @@ def load_segment(name: str, folder: Path, *, legacy_rows: Callable[[np.ndarray],
         index.vectors = vectors
         index.to_gpu()
         labels = _label_names(items)
-        classes = ClassIndexes.load(folder / CLASSES, vectors, labels)
+        classes = _load_classes(folder / CLASSES, index, vectors, labels)
         if classes is None:  # written before per-class indexes existed
             classes = ClassIndexes.build(vectors, _codes(items.column("label").to_pylist(), labels), len(labels),
                                          approximate=not index.exact)
     return LoadedSegment(name=name, folder=folder, vectors=vectors, uids=uids, items=items, id_table=id_table,
                          index=index, classes=classes, stats=stats)
+
+
+def _load_classes(folder: Path, index: VectorIndex, vectors: np.ndarray, labels: Sequence[str]
+                  ) -> ClassSearch | None:
+    """The segment's class search as saved (None when absent or saved for other labels)."""
+    if not (folder / CLASS_META).is_file():
+        return None
+    meta = json.loads((folder / CLASS_META).read_text())
+    if meta.get("kind") != PARTITIONED:
+        return ClassIndexes.load(folder, vectors, labels)
+    if sorted(meta["labels"]) != sorted(labels):
+        return None
+    return PartitionedClasses.load(folder, meta, index, vectors, labels)
 
 
 def _label_names(items: SegmentItems) -> list[str]:

@@ -1,0 +1,139 @@
+"""The class-partitioned IVF: lists pure in one class, one copy of the codes for topk and
+balanced, results checked against exact search on seeded clustered data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from exemplar.retrieval.index.auto import AutoIndexPolicy
+from exemplar.retrieval.index.partitioned import PartitionedClasses, build_partitioned, partitionable
+from exemplar.retrieval.serving.snapshot import label_codes_of
+from exemplar.retrieval.store.catalog import ItemRow
+from exemplar.retrieval.store.segments import load_segment, write_segment
+from tests.helpers import clustered_vectors
+
+POLICY = AutoIndexPolicy(target_recall=0.9, sample_queries=100)
+
+
+def _lists(index: faiss.Index) -> list[np.ndarray]:
+    ivf = faiss.extract_index_ivf(index)
+    return [faiss.rev_swig_ptr(ivf.invlists.get_ids(i), ivf.invlists.list_size(i)).copy() for i in range(ivf.nlist)]
+
+
+def _exact(V: np.ndarray, members: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    return members[np.argsort(-(V[members] @ q), kind="stable")[:k]].tolist()
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[np.ndarray, np.ndarray, list[str], object, PartitionedClasses, dict]:
+    V, labels, _ = clustered_vectors(n=8_000, dim=32, n_labels=5, n_domains=3, seed=11)
+    codes, names = label_codes_of(labels)
+    codes = codes.copy()
+    codes[::17] = -1  # some unlabelled rows: in the index for topk, in no class
+    index, classes, stats = build_partitioned(V, codes, len(names), "IVF64,SQ4", POLICY)
+    return V, codes, list(names), index, classes, stats
+
+
+def test_only_ivf_over_codes_is_partitioned() -> None:
+    assert partitionable("IVF4096,SQ4") and partitionable("IVF64,SQ8") and partitionable("IVF16,SQfp16")
+    assert not partitionable("IVF64,Flat") and not partitionable("HNSW32") and not partitionable("Flat")
+    assert not partitionable("IVF64,PQ8")
+
+
+def test_every_row_sits_in_one_list_of_its_own_class(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, _ = built
+    lists = _lists(index.index)
+    assert index.ntotal == len(V)
+    everything = np.concatenate(lists)
+    assert np.array_equal(np.sort(everything), np.arange(len(V)))
+    for c, (first, last) in enumerate(classes.spans):
+        assert last > first
+        members = np.concatenate([lists[i] for i in range(first, last)])
+        assert np.array_equal(np.sort(members), classes.rows[c])
+        assert np.all(codes[members] == c)
+    # the lists after the classes' hold the unlabelled rows
+    tail = np.concatenate(lists[int(classes.spans[-1, 1]):])
+    assert np.array_equal(np.sort(tail), np.flatnonzero(codes < 0))
+
+
+def test_class_search_probing_every_list_is_exact(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, _ = built
+    saved = classes.nprobe
+    classes.nprobe = 10_000  # every list of the class; the re-rank makes the scores exact
+    try:
+        q = V[[3, 500, 4_000]]
+        for c in range(len(names)):
+            D, I = classes.search(c, q, 6)
+            for row in range(len(q)):
+                want = _exact(V, classes.rows[c], q[row], 6)
+                # the 4-bit codes only rank candidates (RERANK x k of them); the best ones survive
+                assert I[row].tolist()[:1] == want[:1]
+                assert len(set(I[row].tolist()) & set(want)) >= 5
+                assert np.allclose(D[row], V[I[row]] @ q[row], atol=1e-5)
+    finally:
+        classes.nprobe = saved
+
+
+def test_tuning_reaches_the_recall_targets(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, stats = built
+    assert stats["recall_at_k"] >= POLICY.target_recall  # topk through the same lists
+    assert classes.stats["recall_at_k"] >= POLICY.target_recall and classes.stats["kind"] == "partitioned"
+    assert classes.nprobe == classes.stats["nprobe"] >= 1
+    # measured again here, on queries near (not equal to) pool items
+    rng = np.random.default_rng(2)
+    queries = V[rng.choice(len(V), 40, replace=False)] + rng.normal(scale=0.02, size=(40, V.shape[1])).astype(np.float32)
+    hits = total = 0
+    for c in range(len(names)):
+        _, I = classes.search(c, queries, 5)
+        for row, q in enumerate(queries):
+            want = _exact(V, classes.rows[c], q, 5)
+            hits += len(set(I[row].tolist()) & set(want))
+            total += len(want)
+    assert hits / total >= 0.9
+
+
+def test_filters_keep_to_the_allowed_rows_on_both_paths(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, _ = built
+    members = classes.rows[2]
+    q = V[:4]
+    sparse = np.zeros(len(members), bool)
+    sparse[::7] = True  # a small subset: scanned exactly
+    dense = np.ones(len(members), bool)
+    dense[::9] = False  # most of the class: probed through a selector
+    for allowed in (sparse, dense):
+        D, I = classes.search(2, q, 8, allowed)
+        assert set(I.ravel().tolist()) <= set(members[allowed].tolist())
+        assert np.all((I >= 0).sum(axis=1) == 8)
+    nothing = np.zeros(len(members), bool)
+    _, I = classes.search(2, q, 3, nothing)
+    assert np.all(I == -1)
+
+
+def test_a_segment_keeps_one_set_of_codes_and_reloads_under_other_label_codes(tmp_path: Path) -> None:
+    V, labels, _ = clustered_vectors(n=6_000, dim=16, n_labels=4, n_domains=2, seed=12)
+    rows = [ItemRow(uid=i, item_id=f"i{i}", label=labels[i], text=None, image=None, media_root=None, domain=None,
+                    metadata=None) for i in range(len(V))]
+    stats = write_segment(tmp_path / "s1", rows, V, index_spec="IVF32,SQ4", policy=POLICY, build_requested=True)
+    assert stats["index"]["classes"]["kind"] == "partitioned"
+    assert not list((tmp_path / "s1" / "classes").glob("*.faiss"))  # no per-class copies of the codes
+    segment = load_segment("s1", tmp_path / "s1")
+    assert isinstance(segment.classes, PartitionedClasses)
+    names = sorted(set(labels))
+    q = V[:10]
+    for code, name in enumerate(names):
+        D, I = segment.classes.search(code, q, 4)
+        assert {labels[i] for i in I.ravel() if i >= 0} == {name}
+    # A snapshot keying the labels in another order gets the same classes under its codes.
+    reordered = tuple(reversed(names))
+    again = PartitionedClasses.load(tmp_path / "s1" / "classes",
+                                    json.loads((tmp_path / "s1" / "classes" / "classes.json").read_text()),
+                                    segment.index, segment.vectors, reordered)
+    for new_code, name in enumerate(reordered):
+        old_code = names.index(name)
+        assert np.array_equal(again.rows[new_code], segment.classes.rows[old_code])
+        assert np.array_equal(again.search(new_code, q, 4)[1], segment.classes.search(old_code, q, 4)[1])

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
-from exemplar.retrieval.index.auto import AutoIndexPolicy, ivf_lists
+from exemplar.retrieval.index.auto import AutoIndexPolicy, ivf_lists, reaches
 from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.index.roundrobin import interleave
 from exemplar.retrieval.index.vectors import VectorIndex
@@ -102,8 +102,9 @@ def tune_class_nprobe(
         for c in searched:
             hits[c] = search(c, queries, depth)
         got = windows(hits)
-        best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / max(sum(len(t) for t in truth), 1))
-        if best[1] >= policy.target_recall:
+        trials = max(sum(len(t) for t in truth), 1)
+        best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / trials)
+        if reaches(best[1], trials, policy.target_recall):
             break
     return {"nprobe": best[0], "recall_at_k": round(best[1], 4), "k": k, "queries": len(sample),
             "target_recall": policy.target_recall, "measure": "balanced window of k vs exact"}

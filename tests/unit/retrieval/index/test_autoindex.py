@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from exemplar.retrieval import NewItem, PoolService
-from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory
+from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, reaches
 from tests.helpers import clustered_vectors
 
 
@@ -34,6 +34,16 @@ def test_tuning_reaches_the_recall_target_and_records_it() -> None:
     assert index.params == stats["params"]
     exact, exact_stats = build_index(V, "Flat", policy)
     assert exact_stats["recall_at_k"] == 1.0 and exact_stats["exact"] is True
+
+
+def test_a_recall_reaches_its_target_only_with_confidence() -> None:
+    # 2,000 neighbours measured: 0.9525 is within noise of 0.95, 0.962 is not.
+    assert not reaches(0.9525, 2_000, 0.95)
+    assert reaches(0.962, 2_000, 0.95)
+    assert reaches(1.0, 10, 0.95)  # no misses at all
+    assert not reaches(0.94, 100_000, 0.95)
+    # more evidence, smaller margin
+    assert reaches(0.953, 200_000, 0.95) and not reaches(0.953, 2_000, 0.95)
 
 
 def test_version_stats_carry_the_index_and_reload_its_parameters(pools: PoolService) -> None:

@@ -75,6 +75,10 @@ class SnapshotCache:
             epoch = self._invalidations
             return self._load(self.store.pool(name), epoch)
 
+    def serves(self, name: str) -> bool:
+        """Whether a snapshot of ``name`` is cached (a request for it reads no catalog)."""
+        return name in self._served
+
     # changes -------------------------------------------------------------------------------------
 
     def invalidate(self, name: str) -> None:

@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 from exemplar.encoders import EncoderRegistry, load_encoder  # noqa: E402
 from exemplar.encoders.images import decode_image  # noqa: E402
-from exemplar.retrieval import PoolService, build_pool  # noqa: E402
+from exemplar.retrieval import PoolService, PoolStore, SnapshotCache, build_pool  # noqa: E402
 from exemplar.retrieval.index.auto import build_index  # noqa: E402
 from exemplar.samples import generate_shapes  # noqa: E402
 
@@ -66,15 +66,17 @@ def decode_rate(files: list[Path], target: int | None) -> float:
 
 
 def build_rate(spec: str, manifest: Path, root: Path, workers: int, batch: int) -> tuple[float, int]:
-    pools = PoolService(root / f"data-{spec.replace(':', '_').replace('@', '_')}-{workers}",
-                        EncoderRegistry(device="cpu", batch_size=batch))
+    store = PoolStore(root / f"data-{spec.replace(':', '_').replace('@', '_')}-{workers}")
+    snapshots = SnapshotCache(store)
+    pools = PoolService(store, snapshots, EncoderRegistry(device="cpu", batch_size=batch))
     try:
         pools.create(name="bench", encoder=spec)
         started = time.perf_counter()
-        report = build_pool(pools, "bench", manifest, workers=workers, batch_size=batch, shard_size=4096)
+        report = build_pool(store, snapshots, pools.encoders, "bench", manifest, workers=workers, batch_size=batch, shard_size=4096)
         return report.added / (time.perf_counter() - started), report.added
     finally:
-        pools.close()
+        snapshots.close()
+        store.close()
 
 
 def index_rates(n: int, dim: int) -> list[dict]:

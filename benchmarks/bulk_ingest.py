@@ -91,7 +91,7 @@ def worker(code: str, source: str, mode: str, rows: int, shard_size: int, index:
     sys.path.insert(0, code)
     import exemplar
     from exemplar.encoders import EncoderRegistry
-    from exemplar.retrieval import PoolService
+    from exemplar.retrieval import PoolService, PoolStore, SnapshotCache
     from exemplar.retrieval.build.runner import BuildRunner, BuildSpec
 
     def cpu() -> float:
@@ -114,11 +114,13 @@ def worker(code: str, source: str, mode: str, rows: int, shard_size: int, index:
             marks["ingested"], marks["cpu"] = time.perf_counter(), cpu()  # the last one follows the last shard
 
     data = Path(tempfile.mkdtemp(prefix="exemplar-bulk-"))
-    pools = PoolService(data / "data", EncoderRegistry(device="cpu"))
+    store = PoolStore(data / "data")
+    snapshots = SnapshotCache(store)
+    pools = PoolService(store, snapshots, EncoderRegistry(device="cpu"))
     pools.create(name="bench", encoder=f"precomputed:{DIM}", index="Flat" if index == "-" else index)
     spec = BuildSpec(pool="bench", source=source, shard_size=shard_size)
-    runner = BuildRunner(pools, spec, data / "work", columnar=False) if mode == "row" else BuildRunner(
-        pools, spec, data / "work")
+    runner = BuildRunner(store, snapshots, pools.encoders, spec, data / "work", columnar=False) if mode == "row" else BuildRunner(
+        store, snapshots, pools.encoders, spec, data / "work")
     started, cpu0 = time.perf_counter(), cpu()
     report = None
     try:
@@ -137,7 +139,8 @@ def worker(code: str, source: str, mode: str, rows: int, shard_size: int, index:
         # catalog written); faiss_build_s: the index build alone, as the version records it
         out.update(index_s=round(ended - marks["ingested"], 2), total_s=round(ended - started, 2), added=report.added,
                    index=report.index.get("factory"), faiss_build_s=report.index.get("build_s"))
-    pools.close()
+    snapshots.close()
+    store.close()
     shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(out))
 

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from exemplar.app.adapters import CCITrainer  # noqa: E402
 from exemplar.encoders import EncoderRegistry  # noqa: E402
-from exemplar.retrieval import PoolService, build_pool, evaluate_lodo  # noqa: E402
+from exemplar.retrieval import PoolService, PoolStore, SnapshotCache, build_pool, evaluate_lodo  # noqa: E402
 from exemplar.samples import generate_shapes, write_embedding_manifest  # noqa: E402
 
 VARIANTS: dict[str, dict[str, object]] = {
@@ -37,14 +37,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="exemplar-ablation-"))
-    pools = PoolService(root / "data", EncoderRegistry(device="cpu"))
+    store = PoolStore(root / "data")
+    snapshots = SnapshotCache(store)
+    pools = PoolService(store, snapshots, EncoderRegistry(device="cpu"))
     pools.create(name="shapes", encoder="open_clip:exemplar-tiny")
-    build_pool(pools, "shapes", generate_shapes(root / "shapes", per_class_per_domain=args.per_class))
+    build_pool(store, snapshots, pools.encoders, "shapes", generate_shapes(root / "shapes", per_class_per_domain=args.per_class))
     pools.create(name="embeddings", encoder="precomputed:64")
-    build_pool(pools, "embeddings", write_embedding_manifest(root / "emb", per_class_per_domain=args.per_class))
+    build_pool(store, snapshots, pools.encoders, "embeddings", write_embedding_manifest(root / "emb", per_class_per_domain=args.per_class))
     rows = []
     for pool in ("shapes", "embeddings"):
-        snap = pools.snapshot(pool)
+        snap = snapshots.snapshot(pool)
         for name, params in VARIANTS.items():
             report = evaluate_lodo(snap, strategies=["topk", "invariant:topk"], k=8, trainer=CCITrainer("cpu"),
                                    adapter_params=params, resamples=1000)
@@ -59,7 +61,8 @@ def main() -> None:
         print(f"| {r['pool']} | {r['variant']} | {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}] | "
               f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
     write_json(args.out, rows)
-    pools.close()
+    snapshots.close()
+    store.close()
 
 
 if __name__ == "__main__":

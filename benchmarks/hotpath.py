@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from exemplar.encoders import EncoderRegistry
-    from exemplar.retrieval import PoolService
+    from exemplar.retrieval import PoolService, PoolStore, SnapshotCache
     from exemplar.retrieval.store.catalog import ItemRow
 
     root = args.reuse or Path(tempfile.mkdtemp(prefix="exemplar-hotpath-"))
@@ -180,19 +180,21 @@ def main() -> None:
     V, labels = clustered(args.items + args.queries, args.dim, args.classes, seed=0)
     Q, V, labels = V[args.items :].copy(), V[: args.items], labels[: args.items]
     report: dict = {"items": args.items, "dim": args.dim, "classes": args.classes, "k": args.k, "cpus": os.cpu_count()}
-
-    pools = PoolService(root / "data", EncoderRegistry())
+    store = PoolStore(root / "data")
+    snapshots = SnapshotCache(store)
+    pools = PoolService(store, snapshots, EncoderRegistry())
     if args.reuse is None:
         pools.create(name="hot", encoder=f"precomputed:{args.dim}", index=args.index)
         rows = [ItemRow(-1, f"h{i}", f"class-{c}", None, None, None, None, None) for i, c in enumerate(labels.tolist())]
         started = time.perf_counter()
-        pools.write(pools.get("hot"), rows, V, source="hotpath", replace_all=True)
+        store.write(pools.get("hot"), rows, V, bases=snapshots, source="hotpath", replace_all=True)
         report["build_s"] = round(time.perf_counter() - started, 1)
         del rows
     else:
         report["build_s"] = None
-    report["index"] = pools.catalog.versions(pools.get("hot").id)[-1].stats["index"]
-    pools.close()
+    report["index"] = store.catalog.versions(pools.get("hot").id)[-1].stats["index"]
+    snapshots.close()
+    store.close()
 
     import faiss
 

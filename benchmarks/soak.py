@@ -40,21 +40,24 @@ MAX_REQUESTS = 2_000_000  # a bound on the loop besides the clock
 def build_pools(root: Path, items: int) -> tuple[np.ndarray, list[str]]:
     sys.path.insert(0, str(ROOT))
     from exemplar.encoders import EncoderRegistry
-    from exemplar.retrieval import PoolService
+    from exemplar.retrieval import PoolService, PoolStore, SnapshotCache
     from exemplar.retrieval.build.runner import build_pool
     from exemplar.retrieval.store.catalog import ItemRow
     from exemplar.samples import generate_shapes
 
     V, labels = clustered(items + 500, 512, 20, seed=1)
-    pools = PoolService(root / "data", EncoderRegistry())
+    store = PoolStore(root / "data")
+    snapshots = SnapshotCache(store)
+    pools = PoolService(store, snapshots, EncoderRegistry())
     pools.create(name="soak", encoder="precomputed:512", index="auto")
     rows = [ItemRow(-1, f"s{i}", f"class-{c}", None, None, None, None, None) for i, c in enumerate(labels[:items].tolist())]
     pools.write(pools.get("soak"), rows, V[:items], source="soak", replace_all=True)
     manifest = generate_shapes(root / "shapes", per_class_per_domain=6)
     pools.create(name="shapes", encoder="open_clip:exemplar-tiny")
-    build_pool(pools, "shapes", manifest)
-    ids = list(pools.snapshot("shapes").ids)
-    pools.close()
+    build_pool(store, snapshots, pools.encoders, "shapes", manifest)
+    ids = list(snapshots.snapshot("shapes").ids)
+    snapshots.close()
+    store.close()
     return V[items:], ids
 
 

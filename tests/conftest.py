@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from exemplar.encoders import EncoderRegistry  # noqa: E402
-from exemplar.retrieval import NewItem, PoolService, SelectionService  # noqa: E402
+from exemplar.retrieval import NewItem, PoolService, PoolStore, SelectionService, SnapshotCache  # noqa: E402
 from tests.helpers import clustered_vectors  # noqa: E402
 
 
@@ -25,15 +25,28 @@ def encoders() -> EncoderRegistry:
 
 
 @pytest.fixture
-def pools(tmp_path: Path, encoders: EncoderRegistry) -> Iterator[PoolService]:
-    service = PoolService(tmp_path / "data", encoders, refresh_s=0.0)
-    yield service
-    service.close()
+def store(tmp_path: Path) -> Iterator[PoolStore]:
+    opened = PoolStore(tmp_path / "data")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
-def selection(pools: PoolService) -> SelectionService:
-    return SelectionService(pools)
+def snapshots(store: PoolStore) -> Iterator[SnapshotCache]:
+    """This process's snapshots; no refresher (tests that need one start it)."""
+    cache = SnapshotCache(store, refresh_s=0.0)
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def pools(store: PoolStore, snapshots: SnapshotCache, encoders: EncoderRegistry) -> PoolService:
+    return PoolService(store, snapshots, encoders)
+
+
+@pytest.fixture
+def selection(store: PoolStore, snapshots: SnapshotCache, encoders: EncoderRegistry) -> SelectionService:
+    return SelectionService(store, snapshots, encoders)
 
 
 @pytest.fixture

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["clustered_vectors", "oracle_balanced", "oracle_topk", "png_b64", "png_bytes", "wait_job"]
+from exemplar.retrieval import EncoderProvider, PoolService, PoolStore, SnapshotCache
+
+__all__ = ["clustered_vectors", "close_pools", "open_pools", "oracle_balanced", "oracle_topk", "png_b64", "png_bytes", "wait_job"]
 
 
 def clustered_vectors(*, n: int, dim: int, n_labels: int, n_domains: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -89,3 +93,15 @@ def wait_job(client, job_id: str, timeout_s: float = 60) -> dict:  # noqa: ANN00
             return job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish within {timeout_s} s")
+
+
+def open_pools(data_dir: Path, encoders: EncoderProvider, **store_options: Any) -> PoolService:  # noqa: ANN401
+    """A pool service over a store and snapshot cache of its own (no refresher): with a second
+    one on the same data directory, a test stands for two processes."""
+    store = PoolStore(data_dir, **store_options)
+    return PoolService(store, SnapshotCache(store, refresh_s=0.0), encoders)
+
+
+def close_pools(pools: PoolService) -> None:
+    pools.snapshots.close()
+    pools.store.close()

@@ -409,7 +409,7 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_quer
     services = build_services(settings)
     try:
         report = evaluate_lodo(
-            services.pools.snapshot(pool), strategies=[s.strip() for s in strategies.split(",") if s.strip()], k=k,
+            services.snapshots.snapshot(pool), strategies=[s.strip() for s in strategies.split(",") if s.strip()], k=k,
             trainer=CCITrainer(settings.device), adapter_params=_adapter_params(params),
             max_queries_per_domain=max_queries, resamples=resamples, seed=seed,
         )

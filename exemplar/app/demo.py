@@ -38,7 +38,7 @@ def prepare_demo(settings: Settings, *, per_class: int = 12, fresh: bool = False
             source = settings.data_dir / "demo-source"
             manifest = generate_shapes(source, per_class_per_domain=per_class)
             echo(f"generated sample images under {source}")
-            report = build_pool(pools, DEMO_POOL, manifest)
+            report = build_pool(services.store, services.snapshots, services.encoders, DEMO_POOL, manifest)
             echo(f"built pool {DEMO_POOL!r} version {report.version}: {report.added} items in {report.seconds:.1f}s")
         if pools.stats(DEMO_POOL).adapter is None:
             job = services.jobs.wait(services.adapters.start(DEMO_POOL, {}).id, timeout_s=600)
@@ -46,7 +46,7 @@ def prepare_demo(settings: Settings, *, per_class: int = 12, fresh: bool = False
                 echo(f"trained the CCI adapter for strategy=invariant in {job.result['seconds']:.1f}s")
             else:
                 echo(f"adapter training {job.state}: {job.errors}; strategy=invariant will answer 409")
-        snap = pools.snapshot(DEMO_POOL)
+        snap = services.snapshots.snapshot(DEMO_POOL)
         return snap.ids[0]
     finally:
         services.close()

@@ -48,7 +48,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(services.pools.load_all)
+        await run_in_threadpool(services.snapshots.load_all)
+        # Versions other processes commit reach this one through the refresher, off the request path.
+        services.snapshots.start()
         services.ready = True
         log.info("exemplar ready: %d pools in %s", len(services.pools.list()), settings.data_dir)
         if on_ready is not None:

@@ -12,7 +12,16 @@ from exemplar.app.auth import Authenticator, require_scope
 from exemplar.app.observability import Observability, StateCollector
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
-from exemplar.retrieval import AdapterService, BuildService, JobService, PoolService, SelectionLimits, SelectionService
+from exemplar.retrieval import (
+    AdapterService,
+    BuildService,
+    JobService,
+    PoolService,
+    PoolStore,
+    SelectionLimits,
+    SelectionService,
+    SnapshotCache,
+)
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.infer import InferService
 from exemplar.retrieval.store.maintenance import CompactionService
@@ -33,6 +42,7 @@ __all__ = [
     "Services",
     "ServicesDep",
     "SettingsDep",
+    "SnapshotsDep",
     "build_services",
 ]
 
@@ -41,6 +51,8 @@ __all__ = [
 class Services:
     settings: Settings
     encoders: EncoderRegistry
+    store: PoolStore
+    snapshots: SnapshotCache
     pools: PoolService
     selection: SelectionService
     jobs: JobService
@@ -54,29 +66,34 @@ class Services:
     ready: bool = False
 
     def close(self) -> None:
+        self.snapshots.close()  # before the catalog closes under its refresher
         self.jobs.close(wait=True)
         self.mllms.close()
-        self.pools.close()
+        self.store.close()
 
 
 def build_services(settings: Settings) -> Services:
     encoders = EncoderRegistry(
         device=settings.device, batch_size=settings.encode_batch_size, max_pixels=settings.max_image_pixels
     )
-    pools = PoolService(settings.data_dir, encoders, refresh_s=settings.refresh_s, keep_versions=settings.keep_versions,
-                        index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
+    store = PoolStore(settings.data_dir, keep_versions=settings.keep_versions,
+                      index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
+    # Listens to the store's changes from here on; the app starts its refresher (other processes' changes).
+    snapshots = SnapshotCache(store, refresh_s=settings.refresh_s)
+    pools = PoolService(store, snapshots, encoders)
     selection = SelectionService(
-        pools, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
+        store, snapshots, encoders, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
     )
-    jobs = JobService(pools.catalog)
-    adapters = AdapterService(pools, jobs, CCITrainer(settings.device))
+    jobs = JobService(store.catalog)
+    adapters = AdapterService(store, snapshots, jobs, CCITrainer(settings.device))
     mllms = MLLMRegistry(settings.mllm_endpoints)
-    builds = BuildService(pools, jobs, stage=shard_stage(settings))
-    compaction = CompactionService(pools, jobs, CompactionPolicy(merge_factor=settings.compaction_merge_factor),
-                                   automatic=settings.compaction)
+    builds = BuildService(store, snapshots, encoders, jobs, stage=shard_stage(settings))
+    compaction = CompactionService(store, jobs, CompactionPolicy(merge_factor=settings.compaction_merge_factor),
+                                   segments=snapshots.segments, automatic=settings.compaction)
     # Builds left running by a process that died resume here from their last completed shard.
     jobs.recover({BuildService.KIND: builds.work})
-    services = Services(settings=settings, encoders=encoders, pools=pools, selection=selection, jobs=jobs,
+    services = Services(settings=settings, encoders=encoders, store=store, snapshots=snapshots, pools=pools,
+                        selection=selection, jobs=jobs,
                         adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds,
                         compaction=compaction,
                         auth=Authenticator(settings.api_keys), obs=Observability())
@@ -100,6 +117,10 @@ def get_services(request: Request) -> Services:
 
 def get_pools(request: Request) -> PoolService:
     return get_services(request).pools
+
+
+def get_snapshots(request: Request) -> SnapshotCache:
+    return get_services(request).snapshots
 
 
 def get_selection(request: Request) -> SelectionService:
@@ -139,6 +160,7 @@ ADMIN = Depends(require_scope("admin"))
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
+SnapshotsDep = Annotated[SnapshotCache, Depends(get_snapshots)]
 SelectionDep = Annotated[SelectionService, Depends(get_selection)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]

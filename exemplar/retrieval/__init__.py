@@ -1,4 +1,4 @@
-"""The core: pool store, FAISS index wrapper, selection strategies, builds.
+"""The core: pool store, snapshot cache, FAISS index wrapper, selection strategies, builds.
 
 No HTTP and no torch here. Encoders are reached through the ``Encoder`` port (``ports.py``).
 """
@@ -10,11 +10,13 @@ from exemplar.retrieval.adapt.evaluation import DEFAULT_EVAL_STRATEGIES, EvalRep
 from exemplar.retrieval.build.jobs import JobRecord, JobService
 from exemplar.retrieval.index.vectors import VectorIndex, gpu_available
 from exemplar.retrieval.store.items import NewItem
-from exemplar.retrieval.store.pools import PoolService, PoolStats
+from exemplar.retrieval.pools import PoolService, PoolStats
 from exemplar.retrieval.ports import Encoder, EncoderProvider
+from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionLimits, SelectionResult, SelectionService
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import ORDERS, SelectionOptions, list_strategies
+from exemplar.retrieval.store.store import PoolStore
 
 __all__ = [
     "DEFAULT_EVAL_STRATEGIES",
@@ -40,12 +42,14 @@ __all__ = [
     "NewItem",
     "PoolService",
     "PoolStats",
+    "PoolStore",
     "Query",
     "SelectionLimits",
     "SelectionOptions",
     "SelectionResult",
     "SelectionService",
     "Snapshot",
+    "SnapshotCache",
     "VectorIndex",
     "build_pool",
     "gpu_available",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from exemplar.app.errors import ErrorEnvelope
-from exemplar.app.services import ADMIN, QUERY, ObsDep, PoolsDep, ServicesDep
+from exemplar.app.services import ADMIN, QUERY, ObsDep, ServicesDep, SnapshotsDep
 from exemplar.errors import NotFound
 from exemplar.retrieval.prompting import read_image
 
@@ -72,8 +72,8 @@ def overview(services: ServicesDep) -> OverviewOut:
 
 @router.get("/v1/pools/{pool}/items/{item_id}/image", summary="An item's image (for thumbnails)",
             dependencies=[QUERY], response_class=Response, responses={200: {"content": {"image/*": {}}}})
-def item_image(pool: str, item_id: str, pools: PoolsDep) -> Response:
-    snap = pools.snapshot(pool)
+def item_image(pool: str, item_id: str, snapshots: SnapshotsDep) -> Response:
+    snap = snapshots.snapshot(pool)
     row = snap.row_of.get(item_id)
     if row is None:
         raise NotFound(f"item {item_id!r} is not in version {snap.version} of pool {pool!r}", param="item_id")

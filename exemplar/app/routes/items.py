@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.items import ItemOut, ItemPageOut, ItemsDeleted, ItemsDeleteIn
 from exemplar.app.services import ADMIN, QUERY, PoolsDep
-from exemplar.retrieval.store.pools import DeletedItems, MAX_PAGE, StoredItem
+from exemplar.retrieval.pools import DeletedItems, MAX_PAGE, StoredItem
 
 router = APIRouter(prefix="/v1/pools", tags=["items"], responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StrictFloat
 from exemplar.app.schemas.common import IDENTIFIER, INDEX_FACTORY, NON_ZERO_VECTOR, Base64Image, StrictModel, limit
 from exemplar.encoders.spec import MAX_PRECOMPUTED_DIM, TINY_ARCH
 from exemplar.retrieval.store.items import EMBED_MODES, MAX_ID_CHARS, MAX_TEXT_CHARS
-from exemplar.retrieval.store.pools import METRICS, POOL_NAME
+from exemplar.retrieval.pools import METRICS, POOL_NAME
 
 __all__ = ["ItemIn", "ItemsAdded", "ItemsIn", "PoolCreate", "PoolList", "PoolOut", "PoolStatsOut", "VersionOut"]
 

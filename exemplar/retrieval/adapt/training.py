@@ -12,8 +12,9 @@ from exemplar.errors import Incompatible
 from exemplar.retrieval.adapt.adapters import AdapterTrainer, TrainedAdapter, write_adapter
 from exemplar.retrieval.store.segments import write_adapter_vectors
 from exemplar.retrieval.build.jobs import JobContext, JobRecord, JobService
-from exemplar.retrieval.store.pools import PoolService
+from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.store.store import PoolStore
 
 __all__ = ["AdapterService", "training_inputs"]
 
@@ -25,14 +26,15 @@ def training_inputs(snap: Snapshot, rows: np.ndarray | None = None) -> tuple[np.
 
 
 class AdapterService:
-    def __init__(self, pools: PoolService, jobs: JobService, trainer: AdapterTrainer) -> None:
-        self.pools = pools
+    def __init__(self, store: PoolStore, snapshots: SnapshotCache, jobs: JobService, trainer: AdapterTrainer) -> None:
+        self.store = store
+        self.snapshots = snapshots
         self.jobs = jobs
         self.trainer = trainer
 
     def start(self, pool: str, params: dict[str, Any]) -> JobRecord:
         """Train an adapter for the pool's current version in the background; returns the job."""
-        snap = self.pools.snapshot(pool)
+        snap = self.snapshots.snapshot(pool)
         labelled = snap.label_codes >= 0
         if len(np.unique(snap.label_codes[labelled])) < 2:
             raise Incompatible(f"pool {pool!r} needs labelled items of at least 2 classes to train an adapter", param="pool")
@@ -42,19 +44,17 @@ class AdapterService:
 
     def _remove_replaced(self, pool_id: int, snap: Snapshot, *, keep: int) -> None:
         """Remove the files of the version's earlier adapters that no kept version inherited."""
-        catalog = self.pools.catalog
-        inherited = {m.get("adapter") for _, state, m in catalog.version_manifests(pool_id)
-                     if m is not None and state not in ("failed", "pruned")}
-        for old in catalog.adapter_ids(pool_id, snap.version):
+        inherited = self.store.inherited_adapters(pool_id)
+        for old in self.store.adapter_ids(pool_id, snap.version):
             if old == keep or old in inherited:
                 continue
-            shutil.rmtree(self.pools.files.adapters_dir(pool_id) / str(old), ignore_errors=True)
+            shutil.rmtree(self.store.adapters_dir(pool_id) / str(old), ignore_errors=True)
             for part in snap.space.parts if snap.space is not None else ():
                 shutil.rmtree(part.segment.folder / "adapters" / str(old), ignore_errors=True)
 
     def _train(self, snap: Snapshot, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-        pool = self.pools.get(snap.pool)
-        catalog = self.pools.catalog
+        store = self.store
+        pool = store.pool(snap.pool)
         vectors, labels, domains = training_inputs(snap)
         epochs = int(params.get("epochs", 0)) or None
         started = time.monotonic()
@@ -63,20 +63,19 @@ class AdapterService:
             ctx.progress(done=epoch + 1, total=epochs, val_loss=record.get("val_loss"),
                          rate_per_s=round((epoch + 1) / max(time.monotonic() - started, 1e-9), 3))
 
-        adapter_id = catalog.reserve_adapter(pool.id, snap.version)
+        adapter_id = store.reserve_adapter(pool.id, snap.version)
         try:
             trained = self.trainer(vectors, labels, domains, params, on_epoch=on_epoch, should_stop=ctx.cancelled)
             ctx.check()
             info = {**trained.info, "version": snap.version, "adapter_id": adapter_id, "trained_at": time.time()}
-            files = self.pools.files
-            write_adapter(files.adapters_dir(pool.id) / str(adapter_id), TrainedAdapter(trained.adapter, info))
+            write_adapter(store.adapters_dir(pool.id) / str(adapter_id), TrainedAdapter(trained.adapter, info))
             # Every segment of the version gets its rows mapped (segments shared with later versions
             # too: a version written on top of this one inherits the adapter with its manifest).
             for part in snap.space.parts if snap.space is not None else ():
                 write_adapter_vectors(part.segment.folder, adapter_id, trained.adapter.apply(part.segment.vectors))
-            catalog.commit_adapter(pool.id, adapter_id, info)
+            store.commit_adapter(pool, adapter_id, info)
         except BaseException:
-            catalog.fail_adapter(adapter_id)
+            store.fail_adapter(adapter_id)
             raise
         self._remove_replaced(pool.id, snap, keep=adapter_id)
         ctx.progress(force=True, done=len(trained.info.get("history", [])), total=epochs)

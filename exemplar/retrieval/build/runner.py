@@ -35,14 +35,16 @@ from exemplar.retrieval.store.items import (
     column_field_errors,
     embed_items,
     encode_prepared,
+    item_row,
     prepare_items,
     unit_rows,
     validate_item_fields,
     width_message,
 )
 from exemplar.retrieval.build.jobs import JobCancelled, JobContext, JobRecord, JobService
-from exemplar.retrieval.store.pools import PoolService, item_row
-from exemplar.retrieval.ports import Encoder
+from exemplar.retrieval.ports import Encoder, EncoderProvider
+from exemplar.retrieval.serving.cache import SnapshotCache
+from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.build.sources import (
     FORMATS,
     ColumnBlock,
@@ -226,10 +228,12 @@ class BuildRunner:
     take: the reference that read is tested against.
     """
 
-    def __init__(self, pools: PoolService, spec: BuildSpec, workdir: Path,
-                 stage: Callable[[Encoder, str, bool, BuildSpec], ShardEncoder] | None = None, *,
+    def __init__(self, store: PoolStore, snapshots: SnapshotCache, encoders: EncoderProvider, spec: BuildSpec,
+                 workdir: Path, stage: Callable[[Encoder, str, bool, BuildSpec], ShardEncoder] | None = None, *,
                  columnar: bool = True) -> None:
-        self.pools = pools
+        self.store = store
+        self.snapshots = snapshots  # what an upsert is written on top of
+        self.encoders = encoders
         self.spec = spec
         self.workdir = workdir
         self.stage = stage or (lambda enc, embed, pre, spec: LocalShardEncoder(
@@ -240,12 +244,12 @@ class BuildRunner:
         spec = self.spec
         spec.check()
         started = time.monotonic()
-        pool = self.pools.get(spec.pool)
+        pool = self.store.pool(spec.pool)
         source = Path(spec.source)
         fmt = spec.format or detect_format(source)
         rows_iter = read_source(source, fmt, Path(spec.media_root) if spec.media_root else None)
         total = count_rows(source, fmt)
-        encoder = self.pools.encoder_for(pool)
+        encoder = self.encoders(pool.encoder)
         precomputed = pool.encoder.startswith("precomputed:")
         # Vectors need no encoder: a column-wise source skips the encode stage (and its executor).
         columns = columnar_source(source, fmt) if self.columnar and precomputed else None
@@ -328,9 +332,10 @@ class BuildRunner:
         index_stats: dict[str, Any] = {}
         if rows or spec.mode == "replace":
             matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
-            version = self.pools.write(pool, rows, matrix, source=str(source), replace_all=spec.mode == "replace",
+            version = self.store.write(pool, rows, matrix, bases=self.snapshots, source=str(source),
+                                       replace_all=spec.mode == "replace",
                                        index_spec=spec.index)
-            index_stats = self.pools.catalog.version(pool.id, version).stats.get("index", {})
+            index_stats = self.store.version(pool.id, version).stats.get("index", {})
         return BuildReport(pool=spec.pool, version=version, added=len(rows), skipped=counts["skipped"], errors=errors,
                            seconds=round(time.monotonic() - started, 3), shards=shards, resumed_shards=resumed,
                            index=index_stats)
@@ -363,7 +368,7 @@ class BuildRunner:
             shard_errors.append(RowError(lines[err.index], err.item_id, err.message))
             seen.discard(items[err.index].id)
         for i in kept:
-            self.pools.store_media(pool, items[i])
+            self.store.store_media(pool, items[i])
         shard_errors.sort(key=lambda e: e.line)
         return vectors, _shard_columns([item_row(items[i]) for i in kept]), shard_errors
 
@@ -434,16 +439,18 @@ class BuildService:
 
     KIND = "build"
 
-    def __init__(self, pools: PoolService, jobs: JobService,
+    def __init__(self, store: PoolStore, snapshots: SnapshotCache, encoders: EncoderProvider, jobs: JobService,
                  stage: Callable[[Encoder, str, bool, BuildSpec], ShardEncoder] | None = None) -> None:
-        self.pools = pools
+        self.store = store
+        self.snapshots = snapshots
+        self.encoders = encoders
         self.jobs = jobs
         self.stage = stage
-        self.root = pools.data_dir / "builds"
+        self.root = store.builds_dir
 
     def start(self, spec: BuildSpec) -> JobRecord:
         spec.check()
-        self.pools.get(spec.pool)
+        self.store.pool(spec.pool)
         try:
             exists = Path(spec.source).exists()
         except OSError:  # e.g. a name longer than the filesystem allows: nothing there either
@@ -462,7 +469,7 @@ class BuildService:
         def run(ctx: JobContext) -> dict[str, Any]:
             workdir = self.root / ctx.job_id
             try:
-                report = BuildRunner(self.pools, spec, workdir, self.stage).run(ctx)
+                report = BuildRunner(self.store, self.snapshots, self.encoders, spec, workdir, self.stage).run(ctx)
             except JobCancelled:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise
@@ -473,7 +480,9 @@ class BuildService:
 
 
 def build_pool(
-    pools: PoolService,
+    store: PoolStore,
+    snapshots: SnapshotCache,
+    encoders: EncoderProvider,
     name: str,
     source: Path,
     *,
@@ -491,9 +500,9 @@ def build_pool(
     spec = BuildSpec(pool=name, source=str(source), format=fmt, media_root=str(media_root) if media_root else None,
                      mode=mode, index=index, shard_size=shard_size, batch_size=batch_size, workers=workers)
     spec.check()
-    folder = workdir or pools.data_dir / "builds" / f"inline-{time.time_ns()}"
+    folder = workdir or store.builds_dir / f"inline-{time.time_ns()}"
     try:
-        return BuildRunner(pools, spec, folder).run(_Inline(on_progress))
+        return BuildRunner(store, snapshots, encoders, spec, folder).run(_Inline(on_progress))
     finally:
         if workdir is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,7 +13,9 @@ from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, c
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.index.vectors import normalize
 from exemplar.retrieval.store.items import check_vector
-from exemplar.retrieval.store.pools import PoolService
+from exemplar.retrieval.ports import EncoderProvider
+from exemplar.retrieval.serving.cache import SnapshotCache
+from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
 
@@ -91,8 +93,11 @@ class SelectionLimits:
 
 
 class SelectionService:
-    def __init__(self, pools: PoolService, limits: SelectionLimits = SelectionLimits()) -> None:
-        self.pools = pools
+    def __init__(self, store: PoolStore, snapshots: SnapshotCache, encoders: EncoderProvider,
+                 limits: SelectionLimits = SelectionLimits()) -> None:
+        self.store = store
+        self.snapshots = snapshots
+        self.encoders = encoders
         self.limits = limits
 
     def select(self, pool: str, query: Query, strategy: str, options: SelectionOptions) -> SelectionResult:
@@ -123,7 +128,7 @@ class SelectionService:
             raise InvalidRequest("no queries given", param="queries")
         if len(queries) > self.limits.max_queries:
             raise InvalidRequest(f"at most {self.limits.max_queries} queries per batch", param="queries")
-        snap = self.pools.snapshot(pool)
+        snap = self.snapshots.snapshot(pool)
         if options.k_per_class is not None:
             classes = len(options.labels) if options.labels is not None else len(snap.labels)
             if options.k_per_class * classes > self.limits.max_k:
@@ -144,7 +149,7 @@ class SelectionService:
         try:
             windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
-            adapted = self.pools.catalog.adapted_versions(self.pools.get(snap.pool).id)
+            adapted = self.store.adapted_versions(self.store.pool(snap.pool).id)
             if not adapted:
                 raise
             raise AdapterMissing(
@@ -228,7 +233,7 @@ class SelectionService:
                 vectors[i] = check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
             else:
                 if encoder is None:
-                    encoder = self.pools.encoders(snap.encoder)
+                    encoder = self.encoders(snap.encoder)
                 if q.image is not None:
                     try:
                         images.append((i, encoder.preprocess_image(q.image)))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import numpy as np
 
 from exemplar.errors import ExemplarError, Incompatible, InvalidImage, InvalidRequest, UnsupportedQuery
 from exemplar.retrieval.ports import Encoder
+from exemplar.retrieval.store.catalog import ItemRow
 
 __all__ = [
     "EMBED_MODES",
@@ -29,6 +30,7 @@ __all__ = [
     "encode_prepared",
     "prepare_items",
     "image_extension",
+    "item_row",
     "media_name",
     "unit_rows",
     "validate_item_fields",
@@ -379,3 +381,17 @@ def embed_items(
         parts.append(vectors)
     matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
     return matrix, kept, errors
+
+
+def item_row(item: NewItem) -> ItemRow:
+    """The catalog row for a new item (its uid is assigned when the version is written)."""
+    return ItemRow(
+        uid=-1,
+        item_id=item.id,
+        label=item.label,
+        text=item.text,
+        image=item.image,
+        media_root=item.media_root,
+        domain=item.domain,
+        metadata=json.dumps(item.metadata) if item.metadata else None,
+    )

@@ -76,3 +76,16 @@ def test_healthz_readyz_and_openapi(client: TestClient) -> None:
                  "/v1/pools/{pool}/select/batch", "/v1/pools/{pool}/versions/{version}/activate"]:
         assert path in spec["paths"], path
     assert "ErrorEnvelope" in spec["components"]["schemas"]
+
+
+def test_the_app_refreshes_snapshots_while_it_runs(settings) -> None:  # noqa: ANN001
+    """The server follows other processes' writes through the cache's refresher: started by the
+    lifespan (after the pools are loaded), stopped when the app shuts down."""
+    from exemplar.app import create_app
+
+    app = create_app(settings)
+    snapshots = app.state.services.snapshots
+    assert not snapshots.refreshing
+    with TestClient(app):
+        assert snapshots.refreshing
+    assert not snapshots.refreshing

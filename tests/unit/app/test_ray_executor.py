@@ -35,11 +35,11 @@ def test_ray_build_equals_local_build(ray_local, pools: PoolService, tmp_path: P
     manifest.write_text("\n".join(lines + ['{"id": "broken", "image": "images/missing.png", "label": "circle"}']) + "\n")
     pools.create(name="local", encoder="open_clip:exemplar-tiny")
     pools.create(name="ray", encoder="open_clip:exemplar-tiny")
-    local = build_pool(pools, "local", manifest, shard_size=16)
+    local = build_pool(pools.store, pools.snapshots, pools.encoders, "local", manifest, shard_size=16)
     spec = BuildSpec(pool="ray", source=str(manifest), shard_size=16, batch_size=8)
-    report = BuildRunner(pools, spec, tmp_path / "work", RayStage(actors=2, device="cpu")).run(_Quiet())
+    report = BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, tmp_path / "work", RayStage(actors=2, device="cpu")).run(_Quiet())
     assert (report.added, report.skipped, report.shards) == (local.added, local.skipped, local.shards) == (36, 1, 3)
     assert report.errors[0].item_id == "broken" and "not found" in report.errors[0].message
-    a, b = pools.snapshot("local"), pools.snapshot("ray")
+    a, b = pools.snapshots.snapshot("local"), pools.snapshots.snapshot("ray")
     assert a.ids == b.ids
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-5)

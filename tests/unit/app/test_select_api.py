@@ -27,7 +27,7 @@ def ranked(body: dict) -> list[int]:
 def test_select_matches_the_oracle_over_http(client: TestClient, pool) -> None:
     V, labels = pool
     q = V[17]
-    stored = np.asarray(client.app.state.services.pools.snapshot("v").vectors)  # float32 as stored
+    stored = np.asarray(client.app.state.services.snapshots.snapshot("v").vectors)  # float32 as stored
     r = client.post("/v1/pools/v/select", json={"query": {"item_id": "v0017"}, "strategy": "balanced", "k_per_class": 2})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -72,7 +72,7 @@ def test_batch_with_one_shared_demonstration_set(client: TestClient, pool) -> No
     sets = [[d["id"] for d in res["demonstrations"]] for res in body["results"]]
     assert sets[0] == sets[1] == sets[2] and len(sets[0]) == 8
     assert not {"v0001", "v0002"} & set(sets[0])
-    stored = np.asarray(client.app.state.services.pools.snapshot("v").vectors)
+    stored = np.asarray(client.app.state.services.snapshots.snapshot("v").vectors)
     mean = stored[1] + stored[2] + (V[3] / np.linalg.norm(V[3]))
     mean /= np.linalg.norm(mean)
     allowed = np.ones(len(V), bool)

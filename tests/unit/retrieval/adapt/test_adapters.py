@@ -11,7 +11,7 @@ import torch
 from exemplar.app.adapters import CCITrainer
 from exemplar.encoders.cci import CCIConfig, build_head
 from exemplar.errors import InvalidRequest
-from exemplar.retrieval.store.pools import item_row
+from exemplar.retrieval.store.items import item_row
 from exemplar.retrieval import (
     Adapter,
     AdapterMissing,
@@ -24,6 +24,7 @@ from exemplar.retrieval import (
     SelectionService,
 )
 from exemplar.samples import domain_dominant_embeddings
+from tests.helpers import close_pools, open_pools
 
 
 def test_numpy_adapter_equals_the_torch_head() -> None:
@@ -58,8 +59,8 @@ def shifted_pool(pools: PoolService) -> str:
 
 @pytest.fixture
 def adapters(pools: PoolService):
-    jobs = JobService(pools.catalog)
-    yield AdapterService(pools, jobs, CCITrainer("cpu"))
+    jobs = JobService(pools.store.catalog)
+    yield AdapterService(pools.store, pools.snapshots, jobs, CCITrainer("cpu"))
     jobs.close()
 
 
@@ -70,24 +71,24 @@ def test_training_job_stores_the_adapter_with_its_version(pools, adapters, shift
     assert job.progress["done"] >= 1
     stats = pools.stats(shifted_pool)
     assert stats.adapter["version"] == 1 and stats.adapter["config"]["epochs"] == 30
-    selection = SelectionService(pools)
+    selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
     result = selection.select(shifted_pool, Query(item_id="s0000"), "invariant", SelectionOptions(k=6, invariant_base="topk"))
     assert len(result.demonstrations) == 6 and "s0000" not in {d.id for d in result.demonstrations}
     balanced = selection.select(shifted_pool, Query(item_id="s0000"), "invariant", SelectionOptions(k_per_class=1))
     assert len({d.label for d in balanced.demonstrations}) == 6
 
-    reopened = PoolService(pools.data_dir, encoders)  # a restart reloads the adapter from disk
+    reopened = open_pools(pools.store.data_dir, encoders)  # a restart reloads the adapter from disk
     try:
-        again = SelectionService(reopened).select(shifted_pool, Query(item_id="s0000"), "invariant",
+        again = SelectionService(reopened.store, reopened.snapshots, encoders).select(shifted_pool, Query(item_id="s0000"), "invariant",
                                                   SelectionOptions(k=6, invariant_base="topk"))
         assert [d.id for d in again.demonstrations] == [d.id for d in result.demonstrations]
         np.testing.assert_allclose([d.score for d in again.demonstrations], [d.score for d in result.demonstrations])
     finally:
-        reopened.close()
+        close_pools(reopened)
 
 
 def test_additions_are_mapped_through_the_adapter_and_a_new_build_needs_one(pools, adapters, shifted_pool) -> None:
-    selection = SelectionService(pools)
+    selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
     with pytest.raises(AdapterMissing, match="no CCI adapter"):
         selection.select(shifted_pool, Query(item_id="s0001"), "invariant", SelectionOptions())
     assert adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 3}).id).state == "succeeded"
@@ -100,8 +101,9 @@ def test_additions_are_mapped_through_the_adapter_and_a_new_build_needs_one(pool
     assert pools.stats(shifted_pool).adapter["version"] == 1  # inherited, and the stats say so
     assert found.demonstrations[0].score == pytest.approx(1.0, abs=1e-5)
     # A full rebuild starts without an adapter; the message names the versions that have one.
-    pools.write(pools.get(shifted_pool), [item_row(NewItem(id="only", label="class-0", embedding=extra))],
-                np.asarray([extra / np.linalg.norm(extra)], np.float32), source="test", replace_all=True)
+    pools.store.write(pools.get(shifted_pool), [item_row(NewItem(id="only", label="class-0", embedding=extra))],
+                      np.asarray([extra / np.linalg.norm(extra)], np.float32), bases=pools.snapshots, source="test",
+                      replace_all=True)
     with pytest.raises(AdapterMissing, match=r"adapters exist for version\(s\) 1"):
         selection.select(shifted_pool, Query(item_id="only"), "invariant", SelectionOptions())
     pools.activate(shifted_pool, 2)
@@ -112,10 +114,10 @@ def test_retraining_replaces_the_adapter(pools, adapters, shifted_pool) -> None:
     first = adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 2, "seed": 1}).id).result["adapter_id"]
     second = adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 2, "seed": 2}).id).result["adapter_id"]
     assert pools.stats(shifted_pool).adapter["id"] == second != first
-    snap = pools.snapshot(shifted_pool)
+    snap = pools.snapshots.snapshot(shifted_pool)
     assert snap.adapter.adapter_id == second
     pool_id = pools.get(shifted_pool).id
-    assert sorted(p.name for p in pools.files.adapters_dir(pool_id).iterdir()) == [str(second)]
+    assert sorted(p.name for p in pools.store.files.adapters_dir(pool_id).iterdir()) == [str(second)]
     for part in snap.space.parts:
         assert sorted(p.name for p in (part.segment.folder / "adapters").iterdir()) == [str(second)]
 
@@ -128,7 +130,7 @@ def test_bad_training_requests(pools, adapters, shifted_pool) -> None:
     job = adapters.jobs.wait(adapters.start(shifted_pool, {"head": "cnn"}).id)
     assert job.state == "failed" and job.errors[0]["param"] == "head"
     assert pools.stats(shifted_pool).adapter is None
-    states = [r["state"] for r in pools.catalog.query("SELECT state FROM adapters")]
+    states = [r["state"] for r in pools.store.catalog.query("SELECT state FROM adapters")]
     assert states == ["failed"]
 
 
@@ -141,10 +143,10 @@ def test_cancelling_a_training_job_stores_nothing(pools, adapters, shifted_pool)
 
 
 def test_jobs_left_running_by_a_dead_process_are_marked_failed(pools) -> None:
-    pools.catalog.query("SELECT 1")
-    with pools.catalog.transaction() as conn:
+    pools.store.catalog.query("SELECT 1")
+    with pools.store.catalog.transaction() as conn:
         conn.execute("INSERT INTO jobs (id, kind, pool, state, pid, created_at) VALUES ('old', 'adapter', 'p', 'running', 999999999, 0)")
-    jobs = JobService(pools.catalog)
+    jobs = JobService(pools.store.catalog)
     try:
         assert jobs.recover() == []
         job = jobs.get("old")

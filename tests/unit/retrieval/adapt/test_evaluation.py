@@ -18,7 +18,7 @@ def shifted(pools: PoolService):
     pools.create(name="shift", encoder="precomputed:32")
     pools.add_items("shift", [NewItem(id=f"s{i:04d}", label=labels[i], domain=domains[i], embedding=V[i])
                               for i in range(len(V))])
-    return pools.snapshot("shift")
+    return pools.snapshots.snapshot("shift")
 
 
 def test_invariant_beats_topk_under_domain_shift(shifted) -> None:
@@ -69,7 +69,7 @@ def test_bad_evaluations_are_refused(pools: PoolService, shifted) -> None:
     pools.create(name="one", encoder="precomputed:4")
     pools.add_items("one", [NewItem(id=f"o{i}", label=str(i % 2), domain="d", embedding=np.eye(4)[i % 4] + 0.1) for i in range(8)])
     with pytest.raises(InvalidRequest, match="at least 2 domains"):
-        evaluate_lodo(pools.snapshot("one"), strategies=["topk"])
+        evaluate_lodo(pools.snapshots.snapshot("one"), strategies=["topk"])
 
 
 def test_bootstrap_interval_covers_the_mean() -> None:

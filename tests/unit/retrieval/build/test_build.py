@@ -35,9 +35,9 @@ def test_jsonl_build(pools: PoolService, tmp_path: Path) -> None:
     manifest = tmp_path / "items.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pools.create(name="p", encoder="open_clip:exemplar-tiny")
-    report = build_pool(pools, "p", manifest)
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "p", manifest)
     assert (report.version, report.added, report.skipped) == (1, 9, 0)
-    snap = pools.snapshot("p")
+    snap = pools.snapshots.snapshot("p")
     row = snap.row_of["green-1"]
     assert snap.label_of(row) == "green" and snap.domain_of(row) == "site-1"
     assert snap.images[row] == "media/green/1.png" and snap.metadata_of(row) == {"n": 1}
@@ -54,9 +54,9 @@ def test_csv_build_equals_jsonl_build(pools: PoolService, tmp_path: Path) -> Non
             writer.writerow(dict(r, metadata=json.dumps(r["metadata"])))
     pools.create(name="a", encoder="open_clip:exemplar-tiny")
     pools.create(name="b", encoder="open_clip:exemplar-tiny")
-    build_pool(pools, "a", tmp_path / "items.jsonl")
-    build_pool(pools, "b", tmp_path / "items.csv")
-    a, b = pools.snapshot("a"), pools.snapshot("b")
+    build_pool(pools.store, pools.snapshots, pools.encoders, "a", tmp_path / "items.jsonl")
+    build_pool(pools.store, pools.snapshots, pools.encoders, "b", tmp_path / "items.csv")
+    a, b = pools.snapshots.snapshot("a"), pools.snapshots.snapshot("b")
     assert a.ids == b.ids and a.metadata == b.metadata
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-6)
 
@@ -65,9 +65,9 @@ def test_imagefolder_build(pools: PoolService, tmp_path: Path) -> None:
     write_images(tmp_path)
     (tmp_path / "media" / "red" / "notes.txt").write_text("not an image")
     pools.create(name="p", encoder="open_clip:exemplar-tiny")
-    report = build_pool(pools, "p", tmp_path / "media")
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "p", tmp_path / "media")
     assert report.added == 9
-    snap = pools.snapshot("p")
+    snap = pools.snapshots.snapshot("p")
     assert snap.label_of(snap.row_of["blue/2"]) == "blue" and snap.images[snap.row_of["blue/2"]] == "blue/2.png"
     assert pools.stats("p").labels == {"blue": 3, "green": 3, "red": 3}
 
@@ -92,14 +92,14 @@ def test_bad_rows_are_skipped_and_reported(pools: PoolService, tmp_path: Path) -
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     pools.create(name="p", encoder="open_clip:exemplar-tiny")
-    report = build_pool(pools, "p", manifest, batch_size=2)
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "p", manifest, batch_size=2)
     assert report.added == 3 and report.skipped == 9
     reasons = {e.item_id: e.message for e in report.errors}
     assert "'..'" in reasons["traversal"] and "absolute" in reasons["absolute"]
     assert "leaves the media root" in reasons["symlink"]
     assert reasons["missing"] == "image file not found" and "not a decodable image" in reasons["corrupt"]
     assert "duplicate" in reasons["red-0"] and "JSON object" in reasons["badmeta"]
-    assert sorted(pools.snapshot("p").ids) == ["red-0", "red-1", "red-2"]
+    assert sorted(pools.snapshots.snapshot("p").ids) == ["red-0", "red-1", "red-2"]
     os.unlink(outside)
 
 
@@ -110,26 +110,26 @@ def test_precomputed_build_from_jsonl_and_upsert(pools: PoolService, tmp_path: P
         json.dumps({"id": f"v{i}", "label": "a", "embedding": rng.normal(size=4).tolist()}) + "\n" for i in range(5)
     ) + json.dumps({"id": "bad", "embedding": [1, 2]}) + "\n")
     pools.create(name="p", encoder="precomputed:4")
-    report = build_pool(pools, "p", manifest)
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "p", manifest)
     assert report.added == 5 and report.skipped == 1 and "dimensions" in report.errors[0].message
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"id": "v9", "embedding": [1, 0, 0, 0]}) + "\n")
-    assert build_pool(pools, "p", more, mode="upsert").version == 2
-    assert len(pools.snapshot("p").ids) == 6
-    assert build_pool(pools, "p", more, mode="replace").version == 3
-    assert pools.snapshot("p").ids == ("v9",)
+    assert build_pool(pools.store, pools.snapshots, pools.encoders, "p", more, mode="upsert").version == 2
+    assert len(pools.snapshots.snapshot("p").ids) == 6
+    assert build_pool(pools.store, pools.snapshots, pools.encoders, "p", more, mode="replace").version == 3
+    assert pools.snapshots.snapshot("p").ids == ("v9",)
 
 
 def test_missing_or_unknown_sources_are_refused(pools: PoolService, tmp_path: Path) -> None:
     pools.create(name="p", encoder="precomputed:4")
     with pytest.raises(NotFound):
-        build_pool(pools, "p", tmp_path / "nope.jsonl")
+        build_pool(pools.store, pools.snapshots, pools.encoders, "p", tmp_path / "nope.jsonl")
     (tmp_path / "x.xyz").write_text("")
     with pytest.raises(InvalidRequest, match="cannot tell the format"):
-        build_pool(pools, "p", tmp_path / "x.xyz")
+        build_pool(pools.store, pools.snapshots, pools.encoders, "p", tmp_path / "x.xyz")
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(InvalidRequest, match="not a readable Parquet file"):
-        build_pool(pools, "p", tmp_path / "x.parquet")
+        build_pool(pools.store, pools.snapshots, pools.encoders, "p", tmp_path / "x.parquet")
     (tmp_path / "noheader.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InvalidRequest, match="header"):
         list(read_source(tmp_path / "noheader.csv"))
@@ -188,12 +188,12 @@ def test_parquet_with_paths_and_embedded_bytes(pools: PoolService, tmp_path: Pat
     })
     pq.write_table(bytes_table, tmp_path / "bytes.parquet")
     pools.create(name="p", encoder="open_clip:exemplar-tiny")
-    report = build_pool(pools, "p", tmp_path / "paths.parquet")
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "p", tmp_path / "paths.parquet")
     assert report.added == 4 and report.skipped == 5, "rows without an image cannot be embedded"
     pools.create(name="b", encoder="open_clip:exemplar-tiny")
-    assert build_pool(pools, "b", tmp_path / "bytes.parquet").added == 3
-    snap = pools.snapshot("b")
-    stored = pools.files.media_dir(pools.get("b").id) / snap.images[0]
+    assert build_pool(pools.store, pools.snapshots, pools.encoders, "b", tmp_path / "bytes.parquet").added == 3
+    snap = pools.snapshots.snapshot("b")
+    stored = pools.store.files.media_dir(pools.get("b").id) / snap.images[0]
     assert stored.read_bytes() == (tmp_path / rows[0]["image"]).read_bytes() and snap.media_roots[0] is None
 
 
@@ -218,10 +218,10 @@ def test_webdataset_shards(pools: PoolService, tmp_path: Path) -> None:
                     tar.addfile(info, io.BytesIO(data))
     (shards / "broken.tar").write_bytes(b"this is no tar")
     pools.create(name="w", encoder="open_clip:exemplar-tiny")
-    report = build_pool(pools, "w", shards)
+    report = build_pool(pools.store, pools.snapshots, pools.encoders, "w", shards)
     assert report.added == 9 and report.skipped == 1, report.errors
-    snap = pools.snapshot("w")
+    snap = pools.snapshots.snapshot("w")
     row = snap.row_of["red-0"]
     assert snap.label_of(row) == "red" and snap.domain_of(row) == "site-0"
     assert snap.texts[row] == "a red square" and snap.metadata_of(row) == {"n": 0}
-    assert (pools.files.media_dir(pools.get("w").id) / snap.images[row]).is_file()
+    assert (pools.store.files.media_dir(pools.get("w").id) / snap.images[row]).is_file()

@@ -28,7 +28,7 @@ def vector_manifest(path: Path, n: int, dim: int = 8, seed: int = 0, bad_every: 
 
 @pytest.fixture
 def jobs(pools: PoolService):
-    service = JobService(pools.catalog)
+    service = JobService(pools.store.catalog)
     yield service
     service.close()
 
@@ -64,7 +64,7 @@ class CrashingStage:
 def test_build_job_reports_progress_and_writes_a_version(pools: PoolService, jobs: JobService, tmp_path: Path) -> None:
     pools.create(name="p", encoder="precomputed:8")
     manifest = vector_manifest(tmp_path / "m.jsonl", 50, bad_every=10)
-    builds = BuildService(pools, jobs)
+    builds = BuildService(pools.store, pools.snapshots, pools.encoders, jobs)
     job = jobs.wait(builds.start(BuildSpec(pool="p", source=str(manifest), shard_size=12)).id)
     assert job.state == "succeeded", job.errors
     result = job.result
@@ -73,7 +73,7 @@ def test_build_job_reports_progress_and_writes_a_version(pools: PoolService, job
     assert job.progress["done"] == 50 and job.progress["total"] == 50 and job.progress["encoded"] == 45
     assert job.progress["skipped"] == 5 and job.progress["shards_done"] == 5
     assert result["index"]["factory"] == "Flat" and result["index"]["recall_at_k"] == 1.0
-    assert not (pools.data_dir / "builds" / job.id).exists(), "the work folder goes once the version is written"
+    assert not (pools.store.data_dir / "builds" / job.id).exists(), "the work folder goes once the version is written"
     assert pools.stats("p").size == 45
 
 
@@ -84,16 +84,16 @@ def test_a_crashed_build_resumes_from_its_last_shard(pools: PoolService, tmp_pat
     workdir = tmp_path / "work"
     stage = CrashingStage(crash_at=2)
     with pytest.raises(Crash):
-        BuildRunner(pools, spec, workdir, stage).run(_Quiet())
+        BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, workdir, stage).run(_Quiet())
     assert sorted(p.name for p in workdir.glob("*.json")) == ["shard-000000.json", "shard-000001.json"]
     assert pools.get("p").current_version is None, "a broken build never touches the serving version"
-    report = BuildRunner(pools, spec, workdir, CrashingStage(crash_at=99)).run(_Quiet())
+    report = BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, workdir, CrashingStage(crash_at=99)).run(_Quiet())
     assert (report.resumed_shards, report.shards, report.added) == (2, 4, 40)
-    resumed = np.asarray(pools.snapshot("p").vectors).copy()
-    resumed_ids = pools.snapshot("p").ids
-    clean = build_pool(pools, "p", manifest, shard_size=10)
-    assert clean.version == 2 and pools.snapshot("p").ids == resumed_ids
-    np.testing.assert_array_equal(np.asarray(pools.snapshot("p").vectors), resumed)
+    resumed = np.asarray(pools.snapshots.snapshot("p").vectors).copy()
+    resumed_ids = pools.snapshots.snapshot("p").ids
+    clean = build_pool(pools.store, pools.snapshots, pools.encoders, "p", manifest, shard_size=10)
+    assert clean.version == 2 and pools.snapshots.snapshot("p").ids == resumed_ids
+    np.testing.assert_array_equal(np.asarray(pools.snapshots.snapshot("p").vectors), resumed)
 
 
 def test_cancelling_a_build(pools: PoolService, jobs: JobService, tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_cancelling_a_build(pools: PoolService, jobs: JobService, tmp_path: Path
 
             return Stage()
 
-    builds = BuildService(pools, jobs, stage=SlowStage())
+    builds = BuildService(pools.store, pools.snapshots, pools.encoders, jobs, stage=SlowStage())
     job = builds.start(BuildSpec(pool="p", source=str(manifest), shard_size=10))
     with pytest.raises(Conflict, match="already has a build running"):
         builds.start(BuildSpec(pool="p", source=str(manifest)))
@@ -124,7 +124,7 @@ def test_cancelling_a_build(pools: PoolService, jobs: JobService, tmp_path: Path
     final = jobs.wait(job.id)
     assert final.state == "cancelled"
     assert pools.get("p").current_version is None
-    assert not (pools.data_dir / "builds" / job.id).exists()
+    assert not (pools.store.data_dir / "builds" / job.id).exists()
     again = jobs.wait(builds.start(BuildSpec(pool="p", source=str(manifest), shard_size=50)).id)
     assert again.state == "succeeded" and again.result["added"] == 200
 
@@ -134,12 +134,12 @@ def test_recovery_resumes_builds_of_dead_processes(pools: PoolService, jobs: Job
     manifest = vector_manifest(tmp_path / "m.jsonl", 30)
     spec = BuildSpec(pool="p", source=str(manifest), shard_size=10)
     job_id = "deadbeef"
-    with pools.catalog.transaction() as conn:
+    with pools.store.catalog.transaction() as conn:
         conn.execute("INSERT INTO jobs (id, kind, pool, state, params, pid, created_at) VALUES (?,?,?,?,?,?,?)",
                      (job_id, "build", "p", "running", json.dumps(spec.to_params()), 999_999_999, 0))
     with pytest.raises(Crash):
-        BuildRunner(pools, spec, pools.data_dir / "builds" / job_id, CrashingStage(crash_at=1)).run(_Quiet())
-    builds = BuildService(pools, jobs)
+        BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, pools.store.data_dir / "builds" / job_id, CrashingStage(crash_at=1)).run(_Quiet())
+    builds = BuildService(pools.store, pools.snapshots, pools.encoders, jobs)
     assert jobs.recover({"build": builds.work}) == [job_id]
     job = jobs.wait(job_id)
     assert job.state == "succeeded" and job.result["resumed_shards"] == 1 and job.result["added"] == 30
@@ -181,9 +181,9 @@ def test_progress_of_manifests_with_irregular_lines(pools: PoolService, jobs: Jo
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(text)
     recorder = _Recording()
-    BuildRunner(pools, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
+    BuildRunner(pools.store, pools.snapshots, pools.encoders, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
     assert_progress_settles(recorder.reports, 25)
-    job = jobs.wait(BuildService(pools, jobs).start(BuildSpec(pool="q", source=str(manifest), shard_size=10)).id)
+    job = jobs.wait(BuildService(pools.store, pools.snapshots, pools.encoders, jobs).start(BuildSpec(pool="q", source=str(manifest), shard_size=10)).id)
     assert job.state == "succeeded" and (job.progress["done"], job.progress["total"]) == (25, 25)
 
 
@@ -195,5 +195,5 @@ def test_progress_total_is_settled_by_the_rows_read(pools: PoolService, tmp_path
     pools.create(name="p", encoder="precomputed:8")
     manifest = vector_manifest(tmp_path / "m.jsonl", 25)
     recorder = _Recording()
-    BuildRunner(pools, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
+    BuildRunner(pools.store, pools.snapshots, pools.encoders, BuildSpec(pool="p", source=str(manifest), shard_size=10), tmp_path / "work").run(recorder)
     assert_progress_settles(recorder.reports, 25)

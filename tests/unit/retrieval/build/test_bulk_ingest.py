@@ -106,7 +106,7 @@ def write_table(table: pa.Table, path: Path) -> Path:
 
 
 def contents(pools: PoolService, name: str) -> dict[str, Any]:
-    snap = pools.snapshot(name)
+    snap = pools.snapshots.snapshot(name)
     rows = range(len(snap.ids))
     return {"ids": list(snap.ids), "vectors": np.asarray(snap.vectors).copy(),
             "labels": [snap.label_of(r) for r in rows], "domains": [snap.domain_of(r) for r in rows],
@@ -149,7 +149,7 @@ def run(pools: PoolService, name: str, source: Path, workdir: Path, *, columnar:
         ctx: Quiet | None = None, shard_size: int = 16) -> BuildReport:
     """Build ``source`` into ``name``; read column-wise (checked: no encode stage) or a row at a time."""
     spec = BuildSpec(pool=name, source=str(source), shard_size=shard_size)
-    return BuildRunner(pools, spec, workdir, no_stage if columnar else None, columnar=columnar).run(ctx or Quiet())
+    return BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, workdir, no_stage if columnar else None, columnar=columnar).run(ctx or Quiet())
 
 
 EMBEDDINGS = {
@@ -176,7 +176,7 @@ def test_columnar_build_equals_the_jsonl_build(pools: PoolService, tmp_path: Pat
     assert columnar_source(source, detect_format(source)) is not None
     pools.create(name="jsonl", encoder=f"precomputed:{DIM}")
     pools.create(name="columns", encoder=f"precomputed:{DIM}")
-    oracle = build_pool(pools, "jsonl", write_jsonl(tmp_path / "m.jsonl", rows), shard_size=16)
+    oracle = build_pool(pools.store, pools.snapshots, pools.encoders, "jsonl", write_jsonl(tmp_path / "m.jsonl", rows), shard_size=16)
     report = run(pools, "columns", source, tmp_path / "work")
     assert_same_build(oracle, report, pools, "jsonl", "columns")
     assert oracle.skipped >= 20 and oracle.added >= 35
@@ -302,8 +302,8 @@ def test_other_columns_are_read_a_row_at_a_time(pools: PoolService, tmp_path: Pa
     assert columnar_source(source, "parquet") is None
     pools.create(name="p", encoder="precomputed:2")
     spec = BuildSpec(pool="p", source=str(source))
-    report = BuildRunner(pools, spec, tmp_path / "w1").run(Quiet())
-    oracle = BuildRunner(pools, spec, tmp_path / "w2", columnar=False).run(Quiet())
+    report = BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, tmp_path / "w1").run(Quiet())
+    oracle = BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, tmp_path / "w2", columnar=False).run(Quiet())
     assert (report.added, report.errors) == (oracle.added, oracle.errors)
 
 

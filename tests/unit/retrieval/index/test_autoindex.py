@@ -7,7 +7,7 @@ import pytest
 
 from exemplar.retrieval import NewItem, PoolService
 from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, reaches
-from tests.helpers import clustered_vectors
+from tests.helpers import close_pools, clustered_vectors, open_pools
 
 
 @pytest.mark.parametrize(("n", "dim", "budget", "expected"), [
@@ -52,13 +52,13 @@ def test_version_stats_carry_the_index_and_reload_its_parameters(pools: PoolServ
     pools.add_items("ivf", [NewItem(id=f"i{i}", label=labels[i], embedding=V[i]) for i in range(len(V))])
     stats = pools.stats("ivf").versions[0].stats["index"]
     assert stats["factory"] == "IVF64,Flat" and 0 < stats["recall_at_k"] <= 1 and "nprobe" in stats["params"]
-    reopened = PoolService(pools.data_dir, pools.encoders)
+    reopened = open_pools(pools.store.data_dir, pools.encoders)
     try:
-        snap = reopened.snapshot("ivf")
+        snap = reopened.snapshots.snapshot("ivf")
         assert snap.index.params == stats["params"]
         import faiss
 
         assert faiss.extract_index_ivf(snap.index.index).nprobe == stats["params"]["nprobe"]
     finally:
-        reopened.close()
+        close_pools(reopened)
     assert np.isfinite(stats["latency_ms"])

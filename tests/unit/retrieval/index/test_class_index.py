@@ -12,7 +12,7 @@ from exemplar.retrieval import NewItem, PoolService, SelectionOptions, Selection
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.index.classes import ClassIndexes
 from exemplar.retrieval.serving.snapshot import label_codes_of
-from tests.helpers import clustered_vectors, oracle_balanced
+from tests.helpers import close_pools, clustered_vectors, open_pools, oracle_balanced
 
 POLICY = AutoIndexPolicy(class_exact_max_bytes=1_000 * 32 * 4, class_train_points=4_000, target_recall=0.9, sample_queries=100)
 
@@ -67,13 +67,13 @@ def test_approximate_class_indexes_reach_the_recall_target_and_reload(tmp_path: 
 def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: str) -> None:  # noqa: ANN001
     V, labels, _ = clustered_vectors(n=3_000, dim=16, n_labels=5, n_domains=2, seed=6)
     policy = AutoIndexPolicy(class_exact_max_bytes=500 * 16 * 4, class_train_points=2_000, target_recall=0.9, sample_queries=100)
-    pools = PoolService(tmp_path / "data", encoders, refresh_s=0.0, index_policy=policy)
+    pools = open_pools(tmp_path / "data", encoders, index_policy=policy)
     try:
         pools.create(name="p", encoder="precomputed:16", index=index)
         pools.add_items("p", [NewItem(id=f"i{i}", label=labels[i], embedding=V[i]) for i in range(len(V))])
-        snap = pools.snapshot("p")
+        snap = pools.snapshots.snapshot("p")
         assert snap.classes is not None and bool(snap.classes.approximate) == (index != "Flat")
-        selection = SelectionService(pools)
+        selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
         from exemplar.retrieval import Query
 
         overlap = total = 0
@@ -88,4 +88,4 @@ def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: 
             total += len(want)
         assert overlap / total >= 0.9
     finally:
-        pools.close()
+        close_pools(pools)

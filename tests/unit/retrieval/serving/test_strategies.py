@@ -277,6 +277,6 @@ def test_balanced_is_exact_per_class_on_ann_indexes(pools, selection: SelectionS
     V, labels, _ = clustered_vectors(n=2_000, dim=16, n_labels=8, n_domains=1, seed=4)
     pools.create(name="ann", encoder="precomputed:16", index=factory)
     pools.add_items("ann", [NewItem(id=f"v{i:04d}", label=labels[i], embedding=V[i]) for i in range(len(V))])
-    stored = np.asarray(pools.snapshot("ann").vectors)
+    stored = np.asarray(pools.snapshots.snapshot("ann").vectors)
     result = selection.select("ann", Query(item_id="v0007"), "balanced", SelectionOptions(k_per_class=2))
     assert rank_order(result) == ids(oracle_balanced(stored, labels, stored[7], k_per_class=2, skip=7))

@@ -14,7 +14,7 @@ from exemplar.retrieval import JobService, NewItem, PoolService, Query, Selectio
 from exemplar.retrieval.store.maintenance import CompactionService
 from exemplar.retrieval.store.compaction import CompactionPolicy, plan
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry
-from tests.helpers import clustered_vectors, oracle_balanced, oracle_topk
+from tests.helpers import close_pools, clustered_vectors, open_pools, oracle_balanced, oracle_topk
 
 LEGACY = Path(__file__).parents[3] / "fixtures" / "legacy-v1"
 
@@ -55,14 +55,15 @@ def test_plan_rewrites_version_folders_from_before_segments() -> None:
 
 @pytest.fixture
 def service(pools: PoolService):
-    jobs = JobService(pools.catalog)
-    yield CompactionService(pools, jobs, CompactionPolicy(merge_factor=4), automatic=False)
+    jobs = JobService(pools.store.catalog)
+    yield CompactionService(pools.store, jobs, CompactionPolicy(merge_factor=4), segments=pools.snapshots.segments,
+                            automatic=False)
     jobs.close()
 
 
 def segment_names(pools: PoolService, name: str) -> list[str]:
     record = pools.get(name)
-    return [s["name"] for s in pools.catalog.version(record.id, record.current_version).manifest["segments"]]
+    return [s["name"] for s in pools.store.catalog.version(record.id, record.current_version).manifest["segments"]]
 
 
 def test_many_small_writes_then_compaction_stay_exact(pools: PoolService, service: CompactionService) -> None:
@@ -71,10 +72,10 @@ def test_many_small_writes_then_compaction_stay_exact(pools: PoolService, servic
     for start in range(0, 400, 20):  # 20 writes of 20 items: 20 segments
         pools.add_items("p", [NewItem(id=f"i{n:03d}", label=labels[n], embedding=V[n]) for n in range(start, start + 20)])
     pools.delete_items("p", [f"i{n:03d}" for n in range(0, 400, 7)])
-    selection = SelectionService(pools)
+    selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
 
     def check_exact() -> None:
-        snap = pools.snapshot("p")
+        snap = pools.snapshots.snapshot("p")
         stored = np.asarray(snap.vectors)
         ids = [snap.ids[r] for r in range(snap.size)]
         keep = [labels[int(i[1:])] for i in ids]
@@ -87,13 +88,13 @@ def test_many_small_writes_then_compaction_stay_exact(pools: PoolService, servic
             want = oracle_balanced(stored, keep, norm, k_per_class=2)
             assert sorted(d.id for d in got.demonstrations) == sorted(ids[r] for r in want)
 
-    assert len(segment_names(pools, "p")) == 20 and pools.snapshot("p").size == 400 - 58
+    assert len(segment_names(pools, "p")) == 20 and pools.snapshots.snapshot("p").size == 400 - 58
     check_exact()
     job = service.jobs.wait(service.start("p").id)
     assert job.state == "succeeded", job.errors
     names = segment_names(pools, "p")
     assert len(names) < 8 and all(n.startswith("m") for n in names[:1])
-    assert pools.snapshot("p").size == 400 - 58
+    assert pools.snapshots.snapshot("p").size == 400 - 58
     check_exact()
     # Merged away: the small segments' files go once no kept version lists them.
     assert pools.get("p").current_version == 21  # compaction made no version of its own
@@ -113,7 +114,7 @@ def test_compaction_carries_over_a_write_made_while_it_ran(pools: PoolService, s
 
     result = service.compact_once("p", _Checker(meanwhile))  # type: ignore[arg-type]
     assert raced == [6, 7] and result["version"] == 7 and len(result["merged"]) == 5
-    snap = pools.snapshot("p")
+    snap = pools.snapshots.snapshot("p")
     assert snap.version == 7 and snap.size == 99
     assert "i005" not in snap.row_of and "i050" not in snap.row_of and "late" in snap.row_of
     assert segment_names(pools, "p")[0] == result["into"] and segment_names(pools, "p")[1] == "s7"
@@ -134,22 +135,22 @@ def test_compaction_purges_deleted_rows(pools: PoolService, service: CompactionS
     assert service.needed("p")
     result = service.compact_once("p")
     assert result["rows"] == 30 and result["purged"] == 20
-    record = pools.catalog.version(pools.get("p").id, 2)
+    record = pools.store.catalog.version(pools.get("p").id, 2)
     assert record.manifest["segments"] == [{"name": result["into"], "deletes": None, "deleted": 0, "rows": 30}]
     assert not service.needed("p")
 
 
 def test_writes_start_compaction_by_themselves(pools: PoolService) -> None:
-    jobs = JobService(pools.catalog)
+    jobs = JobService(pools.store.catalog)
     try:
-        CompactionService(pools, jobs, CompactionPolicy(merge_factor=3))
+        CompactionService(pools.store, jobs, CompactionPolicy(merge_factor=3))
         pools.create(name="p", encoder="precomputed:4")
         for n in range(6):
             pools.add_items("p", [NewItem(id=f"i{n}", embedding=np.eye(4)[n % 4] + n)])
         for job in jobs.list(pool="p"):
             assert jobs.wait(job.id).state == "succeeded"
         assert jobs.list(pool="p", kinds=("compact",))
-        assert len(segment_names(pools, "p")) < 6 and pools.snapshot("p").size == 6
+        assert len(segment_names(pools, "p")) < 6 and pools.snapshots.snapshot("p").size == 6
     finally:
         jobs.close()
 
@@ -157,32 +158,31 @@ def test_writes_start_compaction_by_themselves(pools: PoolService) -> None:
 def test_compaction_migrates_a_version_folder_into_a_segment(tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(LEGACY, data)
-    pools = PoolService(data, EncoderRegistry())
-    jobs = JobService(pools.catalog)
+    pools = open_pools(data, EncoderRegistry())
+    jobs = JobService(pools.store.catalog)
     try:
-        before = SelectionService(pools).select("legacy", Query(item_id="old04"), "invariant",
+        before = SelectionService(pools.store, pools.snapshots, pools.encoders).select("legacy", Query(item_id="old04"), "invariant",
                                                 SelectionOptions(k=5, invariant_base="topk"))
-        result = CompactionService(pools, jobs, automatic=False).compact_once("legacy")
+        result = CompactionService(pools.store, jobs, automatic=False).compact_once("legacy")
         assert result["merged"] == ["v2"] and result["version"] == 2
-        folder = pools.files.segment_dir(pools.get("legacy").id, result["into"])
+        folder = pools.store.files.segment_dir(pools.get("legacy").id, result["into"])
         assert (folder / "items.arrow").is_file() and (folder / "adapters" / "1" / "vectors.npy").is_file()
-        after = SelectionService(pools).select("legacy", Query(item_id="old04"), "invariant",
+        after = SelectionService(pools.store, pools.snapshots, pools.encoders).select("legacy", Query(item_id="old04"), "invariant",
                                                SelectionOptions(k=5, invariant_base="topk"))
         assert [d.id for d in after.demonstrations] == [d.id for d in before.demonstrations]
         assert pools.item("legacy", "old09").metadata == {"n": 9}
         # Version 1 still lists its folder (kept for rollback); version 2's is gone with nothing listing it.
-        assert pools.files.version_dir(pools.get("legacy").id, 1).is_dir()
-        assert not pools.files.version_dir(pools.get("legacy").id, 2).exists()
+        assert pools.store.files.version_dir(pools.get("legacy").id, 1).is_dir()
+        assert not pools.store.files.version_dir(pools.get("legacy").id, 2).exists()
     finally:
         jobs.close()
-        pools.close()
+        close_pools(pools)
 
 
 _KILLED_COMPACTION = """
 import os, sys
 from pathlib import Path
-from exemplar.encoders import EncoderRegistry
-from exemplar.retrieval import JobService, PoolService
+from exemplar.retrieval import JobService, PoolStore
 from exemplar.retrieval.store.catalog import Catalog
 from exemplar.retrieval.store.maintenance import CompactionService
 from exemplar.retrieval.store import compaction, segments
@@ -195,8 +195,8 @@ if where == "commit":  # the merged segment is written, the manifest not yet swa
     Catalog.replace_manifest = die
 else:  # half of the merged segment is on disk
     compaction.write_segment = lambda folder, *a, **k: (folder.with_name(".staging-" + folder.name).mkdir(parents=True), die())
-pools = PoolService(Path(sys.argv[1]), EncoderRegistry())
-CompactionService(pools, JobService(pools.catalog), CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
+store = PoolStore(Path(sys.argv[1]))
+CompactionService(store, JobService(store.catalog), CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
 """
 
 
@@ -207,30 +207,30 @@ def test_a_compaction_killed_midway_leaves_the_version_intact(tmp_path: Path, wh
     import sys
 
     data = tmp_path / "data"
-    pools = PoolService(data, EncoderRegistry())
+    pools = open_pools(data, EncoderRegistry())
     pools.create(name="p", encoder="precomputed:4")
     for n in range(4):
         pools.add_items("p", [NewItem(id=f"i{n}", embedding=np.eye(4)[n] + 0.1)])
     pools.delete_items("p", ["i1"])
-    before = [pools.snapshot("p").ids[r] for r in range(pools.snapshot("p").size)]
-    pools.close()
+    before = [pools.snapshots.snapshot("p").ids[r] for r in range(pools.snapshots.snapshot("p").size)]
+    close_pools(pools)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     proc = subprocess.run([sys.executable, "-c", _KILLED_COMPACTION, str(data), where], env=env, timeout=120)
     assert proc.returncode == 9
-    reopened = PoolService(data, EncoderRegistry())
-    jobs = JobService(reopened.catalog)
+    reopened = open_pools(data, EncoderRegistry())
+    jobs = JobService(reopened.store.catalog)
     try:
-        snap = reopened.snapshot("p")
+        snap = reopened.snapshots.snapshot("p")
         assert [snap.ids[r] for r in range(snap.size)] == before and snap.version == 5
         assert segment_names(reopened, "p") == ["s1", "s3", "s4"]  # s2 lost its one row to the deletion
         # The work is resumable: the next compaction does it, and the leftovers are not listed anywhere.
-        result = CompactionService(reopened, jobs, CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
+        result = CompactionService(reopened.store, jobs, CompactionPolicy(merge_factor=2), automatic=False).compact_once("p")
         assert len(result["merged"]) == 3
-        snap = reopened.snapshot("p")
+        snap = reopened.snapshots.snapshot("p")
         assert [snap.ids[r] for r in range(snap.size)] == before
     finally:
         jobs.close()
-        reopened.close()
+        close_pools(reopened)
 
 
 @pytest.mark.parametrize("spec,rows,build,want", [

@@ -12,7 +12,7 @@ import pytest
 
 from exemplar.errors import Conflict, EmptyPool, InvalidImage, InvalidRequest, NotFound, UnsupportedQuery
 from exemplar.retrieval import NewItem, PoolService, Query, SelectionOptions, SelectionService
-from tests.helpers import png_bytes
+from tests.helpers import close_pools, open_pools, png_bytes
 
 
 def vec_items(n: int, dim: int = 8, start: int = 0, seed: int = 0, label: str = "a") -> list[NewItem]:
@@ -31,7 +31,7 @@ def test_create_list_stats_delete(pools: PoolService) -> None:
     stats = pools.stats("p1")
     assert stats.size == 6 and stats.labels == {"a": 5, "b": 1} and stats.domains == {"(none)": 5, "d1": 1}
     assert [v.version for v in stats.versions] == [1] and stats.versions[0].state == "ready"
-    folder = pools.files.pool_dir(pools.get("p1").id)
+    folder = pools.store.files.pool_dir(pools.get("p1").id)
     assert folder.is_dir()
     pools.delete("p1")
     assert not folder.exists()
@@ -66,7 +66,7 @@ def test_each_write_is_a_new_version_and_replaces_by_id(pools: PoolService) -> N
     v1 = pools.add_items("p", vec_items(3))
     v2 = pools.add_items("p", [NewItem(id="i1", label="changed", embedding=np.ones(8))] + vec_items(2, start=10))
     assert (v1, v2) == (1, 2)
-    snap = pools.snapshot("p")
+    snap = pools.snapshots.snapshot("p")
     assert sorted(snap.ids) == ["i0", "i1", "i10", "i11", "i2"]
     assert snap.label_of(snap.row_of["i1"]) == "changed"
     np.testing.assert_allclose(snap.vectors[snap.row_of["i1"]], np.ones(8) / np.sqrt(8), rtol=1e-6)
@@ -77,11 +77,11 @@ def test_rollback_then_write_builds_on_the_active_version(pools: PoolService) ->
     pools.add_items("p", vec_items(2))  # v1: i0 i1
     pools.add_items("p", vec_items(2, start=5))  # v2: + i5 i6
     pools.activate("p", 1)
-    assert sorted(pools.snapshot("p").ids) == ["i0", "i1"]
+    assert sorted(pools.snapshots.snapshot("p").ids) == ["i0", "i1"]
     pools.add_items("p", vec_items(1, start=9))  # v3 from v1: i0 i1 i9
-    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i9"]
+    assert sorted(pools.snapshots.snapshot("p").ids) == ["i0", "i1", "i9"]
     pools.activate("p", 2)
-    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i5", "i6"]
+    assert sorted(pools.snapshots.snapshot("p").ids) == ["i0", "i1", "i5", "i6"]
     with pytest.raises(NotFound):
         pools.activate("p", 42)
 
@@ -113,14 +113,14 @@ def test_image_pool_rejects_bad_images_and_stores_good_ones(pools: PoolService) 
         pools.add_items("img", [NewItem(id="a", image_bytes=png_bytes(), embedding=np.ones(64))])
     assert pools.get("img").current_version is None
     pools.add_items("img", [NewItem(id="a", label="red", image_bytes=png_bytes())])
-    snap = pools.snapshot("img")
-    stored = pools.files.media_dir(pools.get("img").id) / snap.images[0]
+    snap = pools.snapshots.snapshot("img")
+    stored = pools.store.files.media_dir(pools.get("img").id) / snap.images[0]
     assert stored.read_bytes() == png_bytes()
     assert snap.images[0].endswith(".png")
 
 
 def test_precomputed_pool_refuses_encoded_queries(pools: PoolService, vector_pool) -> None:
-    selection = SelectionService(pools)
+    selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
     with pytest.raises(UnsupportedQuery, match="precomputed"):
         selection.select("vec", Query(text="hello"), "topk", SelectionOptions())
 
@@ -128,25 +128,25 @@ def test_precomputed_pool_refuses_encoded_queries(pools: PoolService, vector_poo
 def test_empty_pool_is_refused(pools: PoolService) -> None:
     pools.create(name="empty", encoder="precomputed:8")
     with pytest.raises(EmptyPool):
-        SelectionService(pools).select("empty", Query(embedding=[1.0] * 8), "topk", SelectionOptions())
+        SelectionService(pools.store, pools.snapshots, pools.encoders).select("empty", Query(embedding=[1.0] * 8), "topk", SelectionOptions())
 
 
 def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders, tmp_path: Path) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(20))
-    folder = pools.files.segment_dir(pools.get("p").id, "s1")
+    folder = pools.store.files.segment_dir(pools.get("p").id, "s1")
     # 20 vectors are scanned exactly: the segment has no index of its own
     assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "items.arrow", "segment.json", "uids.npy", "vectors.npy"]
     assert not list(folder.parent.glob(".staging-*"))
-    assert pools.catalog.version(pools.get("p").id, 1).manifest == {
+    assert pools.store.catalog.version(pools.get("p").id, 1).manifest == {
         "segments": [{"name": "s1", "deletes": None, "deleted": 0, "rows": 20}], "adapter": None}
-    reopened = PoolService(pools.data_dir, encoders)
+    reopened = open_pools(pools.store.data_dir, encoders)
     try:
-        a, b = pools.snapshot("p"), reopened.snapshot("p")
+        a, b = pools.snapshots.snapshot("p"), reopened.snapshots.snapshot("p")
         assert a.ids == b.ids
         np.testing.assert_array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
     finally:
-        reopened.close()
+        close_pools(reopened)
 
 
 def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,10 +162,10 @@ def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monk
         pools.add_items("p", vec_items(3, start=100))
     monkeypatch.undo()
     assert pools.get("p").current_version == 1
-    assert sorted(pools.snapshot("p").ids) == ["i0", "i1", "i2"]
+    assert sorted(pools.snapshots.snapshot("p").ids) == ["i0", "i1", "i2"]
     states = {v.version: v.state for v in pools.stats("p").versions}
     assert states == {1: "ready", 2: "failed"}
-    segments_dir = pools.files.segments_dir(pools.get("p").id)
+    segments_dir = pools.store.files.segments_dir(pools.get("p").id)
     assert sorted(p.name for p in segments_dir.iterdir()) == ["s1"]
     assert pools.add_items("p", vec_items(1, start=7)) == 3
 
@@ -174,9 +174,10 @@ _KILLED_WRITER = """
 import os, sys, numpy as np
 from pathlib import Path
 from exemplar.encoders import EncoderRegistry
-from exemplar.retrieval import NewItem, PoolService
+from exemplar.retrieval import NewItem
 from exemplar.retrieval.store import catalog
-pools = PoolService(Path(sys.argv[1]), EncoderRegistry())
+from tests.helpers import open_pools
+pools = open_pools(Path(sys.argv[1]), EncoderRegistry())
 def die(self, *a, **k):
     os._exit(9)  # the process dies after the files are written, before the catalog commits
 catalog.Catalog.commit_version = die
@@ -187,37 +188,42 @@ pools.add_items("p", [NewItem(id="late", embedding=np.ones(8))])
 def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, encoders) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(3))
-    pools.close()
+    close_pools(pools)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(pools.data_dir)], env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(pools.store.data_dir)], env=env, timeout=120)
     assert proc.returncode == 9
     pool_id = 1
-    assert (pools.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists(), "files written before the kill"
-    reopened = PoolService(pools.data_dir, encoders)
+    assert (pools.store.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists(), "files written before the kill"
+    reopened = open_pools(pools.store.data_dir, encoders)
     try:
         assert reopened.get("p").current_version == 1
-        assert sorted(reopened.snapshot("p").ids) == ["i0", "i1", "i2"]
+        assert sorted(reopened.snapshots.snapshot("p").ids) == ["i0", "i1", "i2"]
         assert {v.version: v.state for v in reopened.stats("p").versions} == {1: "ready", 2: "failed"}
-        assert not (pools.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists()
+        assert not (pools.store.data_dir / "pools" / str(pool_id) / "segments" / "s2").exists()
     finally:
-        reopened.close()
+        close_pools(reopened)
 
 
 def test_versions_written_elsewhere_are_picked_up_without_a_restart(pools: PoolService, encoders) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(2))
-    reader = PoolService(pools.data_dir, encoders, refresh_s=0.0)
+    reader = open_pools(pools.store.data_dir, encoders)
     try:
-        assert reader.snapshot("p").version == 1
+        assert reader.snapshots.snapshot("p").version == 1
         pools.add_items("p", vec_items(1, start=50))
-        assert reader.snapshot("p").version == 2 and "i50" in reader.snapshot("p").row_of
+        # One round of what the server's refresher thread does every refresh_s (tests/unit/
+        # retrieval/serving/test_cache.py runs the thread itself).
+        assert reader.snapshots.refresh() == ["p"]
+        assert reader.snapshots.snapshot("p").version == 2 and "i50" in reader.snapshots.snapshot("p").row_of
         pools.activate("p", 1)
-        assert reader.snapshot("p").version == 1
+        assert reader.snapshots.refresh() == ["p"] and reader.snapshots.snapshot("p").version == 1
+        assert reader.snapshots.refresh() == []  # nothing changed since
         pools.delete("p")
+        assert reader.snapshots.refresh() == ["p"]
         with pytest.raises(NotFound):
-            reader.snapshot("p")
+            reader.snapshots.snapshot("p")
     finally:
-        reader.close()
+        close_pools(reader)
 
 
 def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolService, monkeypatch) -> None:
@@ -227,7 +233,7 @@ def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolServic
 
     pools.create(name="race", encoder="precomputed:4")
     pools.add_items("race", vec_items(4, dim=4))
-    other = PoolService(pools.data_dir, pools.encoders, refresh_s=0.0)
+    other = open_pools(pools.store.data_dir, pools.encoders)
     real_write_segment = versions_module.write_segment
     raced: list[int] = []
     started: list[bool] = []
@@ -242,36 +248,36 @@ def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolServic
     try:
         version = pools.add_items("race", [NewItem(id="mine", label="y", embedding=[1, 1, 0, 0])])
     finally:
-        other.close()
-    snap = pools.snapshot("race")
+        close_pools(other)
+    snap = pools.snapshots.snapshot("race")
     assert raced == [3] and version == 4 and snap.version == 4  # 2 was the first try, 3 the rival
     assert {"rival", "mine"} <= set(snap.ids) and snap.size == 6
-    states = {v.version: v.state for v in pools.catalog.versions(pools.get("race").id)}
+    states = {v.version: v.state for v in pools.store.catalog.versions(pools.get("race").id)}
     assert states == {1: "ready", 2: "failed", 3: "ready", 4: "ready"}
 
 
 def test_old_versions_are_pruned_beyond_keep_versions(tmp_path, encoders) -> None:  # noqa: ANN001
     from exemplar.errors import Conflict
 
-    pools = PoolService(tmp_path / "data", encoders, refresh_s=0.0, keep_versions=2)
+    pools = open_pools(tmp_path / "data", encoders, keep_versions=2)
     try:
         pools.create(name="p", encoder="precomputed:4")
         for i in range(5):  # each write replaces the same three items
             pools.add_items("p", vec_items(3, dim=4, start=0, seed=i))
         pool = pools.get("p")
-        states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
+        states = {v.version: v.state for v in pools.store.catalog.versions(pool.id)}
         assert states == {1: "pruned", 2: "pruned", 3: "ready", 4: "ready", 5: "ready"}
         # A segment goes when no kept version lists it: each version here is its own one segment.
-        on_disk = sorted(p.name for p in pools.files.segments_dir(pool.id).iterdir())
+        on_disk = sorted(p.name for p in pools.store.files.segments_dir(pool.id).iterdir())
         assert on_disk == ["s3", "s4", "s5"]
-        assert not list(pools.files.deletes_dir(pool.id).glob("s1-*")) and not list(pools.files.deletes_dir(pool.id).glob("s2-*"))
+        assert not list(pools.store.files.deletes_dir(pool.id).glob("s1-*")) and not list(pools.store.files.deletes_dir(pool.id).glob("s2-*"))
         with pytest.raises(Conflict, match="pruned"):
             pools.activate("p", 1)
         pools.activate("p", 3)  # a rollback within the kept history; the current version is never pruned
         pools.add_items("p", vec_items(1, dim=4, start=100))
-        states = {v.version: v.state for v in pools.catalog.versions(pool.id)}
+        states = {v.version: v.state for v in pools.store.catalog.versions(pool.id)}
         # 6 (on top of 3) is current; of the others only the newest two are kept
-        assert pools.get("p").current_version == 6 and pools.snapshot("p").size == 4
+        assert pools.get("p").current_version == 6 and pools.snapshots.snapshot("p").size == 4
         assert [states[v] for v in (3, 4, 5, 6)] == ["pruned", "ready", "ready", "ready"]
     finally:
-        pools.close()
+        close_pools(pools)

@@ -11,6 +11,7 @@ import pytest
 from exemplar.retrieval import NewItem, PoolService, SelectionOptions, SelectionService
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.index.classes import ClassIndexes
+from exemplar.retrieval.index.partitioned import PartitionedClasses
 from exemplar.retrieval.serving.snapshot import label_codes_of
 from tests.helpers import close_pools, clustered_vectors, open_pools, oracle_balanced
 
@@ -63,7 +64,7 @@ def test_approximate_class_indexes_reach_the_recall_target_and_reload(tmp_path: 
     assert ClassIndexes.load(tmp_path / "missing", V, names) is None
 
 
-@pytest.mark.parametrize("index", ["Flat", "IVF32,Flat"])
+@pytest.mark.parametrize("index", ["Flat", "IVF32,Flat", "IVF32,SQ4"])
 def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: str) -> None:  # noqa: ANN001
     V, labels, _ = clustered_vectors(n=3_000, dim=16, n_labels=5, n_domains=2, seed=6)
     policy = AutoIndexPolicy(class_exact_max_bytes=500 * 16 * 4, class_train_points=2_000, target_recall=0.9, sample_queries=100)
@@ -73,6 +74,8 @@ def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: 
         pools.add_items("p", [NewItem(id=f"i{i}", label=labels[i], embedding=V[i]) for i in range(len(V))])
         snap = pools.snapshots.snapshot("p")
         assert snap.classes is not None and bool(snap.classes.approximate) == (index != "Flat")
+        # codes (SQ4) are partitioned by class: one index serves topk and balanced
+        assert isinstance(snap.classes, PartitionedClasses) == index.endswith("SQ4")
         selection = SelectionService(pools.store, pools.snapshots, pools.encoders)
         from exemplar.retrieval import Query
 

@@ -93,6 +93,9 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
             "on 127.0.0.1."
         )
     configure_logging(settings.log_level, settings.log_format)
+    from exemplar.app.memory import tune_allocator
+
+    tune_allocator()  # before any pool is opened (workers apply it in create_app_from_environment)
     if workers > 1:
         # Each worker is a fresh process that reads its settings from the environment: the
         # command-line options go there first.

@@ -29,10 +29,12 @@ def create_app_from_environment() -> FastAPI:
     services from the ``EXEMPLAR_*`` variables (the command puts its options there) and shares the
     data directory, catalog and memory-mapped segments with the others."""
     from exemplar.app.cli import configure_logging
+    from exemplar.app.memory import tune_allocator
     from exemplar.retrieval.index.vectors import set_search_threads
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    tune_allocator()  # a fresh process: before its services open any pool
     set_search_threads(settings.search_threads)
     return create_app(settings)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.index.roundrobin import interleave
 from exemplar.retrieval.index.vectors import VectorIndex
 
-__all__ = ["NPROBES", "ClassIndexes", "ClassSearch", "RowsView", "class_rows", "round_robin", "tune_class_nprobe"]
+__all__ = ["NPROBES", "ClassIndexes", "ClassSearch", "RowsView", "class_rows", "round_robin", "search_each", "tune_class_nprobe"]
 
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 META = "classes.json"
@@ -46,6 +46,16 @@ class ClassSearch(Protocol):
 
     def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
+                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]: ...
+
+
+def search_each(search: Callable[..., tuple[np.ndarray, np.ndarray]], codes: Sequence[int], queries: np.ndarray,
+                k: int, allowed: Mapping[int, np.ndarray] | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``search_many`` as one ``search`` per class."""
+    allowed = allowed or {}
+    return {code: search(code, queries, k, allowed.get(code)) for code in dict.fromkeys(codes)}
 
 
 class RowsView:
@@ -165,6 +175,10 @@ class ClassIndexes:
         D, local = self.indexes[code].search(queries, k, allowed)
         rows = self.rows[code]
         return D, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+
+    def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
+                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return search_each(self.search, codes, queries, k, allowed)
 
     def tune(self, vectors: np.ndarray, policy: AutoIndexPolicy) -> dict[str, Any]:
         """One nprobe for every approximate class (see ``tune_class_nprobe``)."""

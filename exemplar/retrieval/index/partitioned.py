@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,10 @@ class PartitionedClasses:
         self.spans = spans
         self.nprobe = nprobe
         self.stats = stats
+        width = int((spans[:, 1] - spans[:, 0]).max()) if len(spans) else 0
+        self._lists = np.full((len(spans), max(width, 1)), -1, np.int64)
+        for c, (first, last) in enumerate(spans):
+            self._lists[c, : last - first] = np.arange(first, last)
         self._ivf = faiss.extract_index_ivf(index.cpu_index)
         quantizer = faiss.downcast_index(self._ivf.quantizer)
         # A view of the centroids the quantizer holds (no copy); the index keeps them alive.
@@ -72,44 +76,83 @@ class PartitionedClasses:
                ) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of the top ``k`` rows of class ``code`` (``allowed``: a mask over the class's
         rows); ``I`` holds the segment's rows, ``-1`` where the class has fewer."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        members = self.rows[code]
-        count = len(members) if allowed is None else int(allowed.sum())
-        k = max(1, k)
-        if count == 0:
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        if allowed is not None and count <= min(EXACT_SUBSET_ROWS, len(members) // 2):
-            return exact_scan(self.vectors, q, k, members[allowed])
-        D, I = self._probe(code, q, min(k * RERANK, count), allowed)
-        D, I = rerank(self.vectors, q, I, k)
-        # A filter can leave the probed lists short of rows the class still has elsewhere.
-        short = np.flatnonzero((I >= 0).sum(axis=1) < min(k, count))
-        if len(short):
-            subset = members if allowed is None else members[allowed]
-            D[short], I[short] = exact_scan(self.vectors, q[short], k, subset)
-        return D, I
+        return self.search_many([code], queries, k, {code: allowed} if allowed is not None else None)[code]
 
-    def _probe(self, code: int, q: np.ndarray, wide: int, allowed: np.ndarray | None
+    def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
+                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``search`` for several classes in one faiss call: each (query, class) pair is one row of
+        a preassigned search whose probes are that class's nearest lists."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, k)
+        allowed = allowed or {}
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        probed: list[int] = []
+        for code in dict.fromkeys(codes):
+            members, mask = self.rows[code], allowed.get(code)
+            count = len(members) if mask is None else int(mask.sum())
+            if count == 0:
+                out[code] = (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
+            elif mask is not None and count <= min(EXACT_SUBSET_ROWS, len(members) // 2):
+                out[code] = exact_scan(self.vectors, q, k, members[mask])
+            else:
+                probed.append(code)
+        if probed:
+            D, I = self._probe(probed, q, k, allowed)
+            for j, code in enumerate(probed):
+                out[code] = self._complete(code, q, k, allowed.get(code), D[:, j], I[:, j])
+        return out
+
+    def _probe(self, codes: list[int], q: np.ndarray, k: int, allowed: Mapping[int, np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:
-        first, last = int(self.spans[code, 0]), int(self.spans[code, 1])
-        nprobe = min(self.nprobe, last - first)
-        scores = q @ self._centroids[first:last].T
-        nearest = np.argpartition(-scores, nprobe - 1, axis=1)[:, :nprobe] if nprobe < last - first else \
-            np.broadcast_to(np.arange(last - first), (len(q), nprobe))
-        Dq = np.ascontiguousarray(np.take_along_axis(scores, nearest, axis=1), dtype=np.float32)
-        Iq = np.ascontiguousarray(nearest + first, dtype=np.int64)
+        """``D, I`` of shape (queries, classes, k): candidates from each class's nearest lists,
+        re-scored exactly."""
+        nq, m = len(q), len(codes)
+        lists = self._lists[codes]  # (m, width): the classes' list ids, -1 past a class's last
+        width = lists.shape[1]
+        nprobe = min(self.nprobe, width)
+        scores = np.where(lists >= 0, (q @ self._centroids.T)[:, np.maximum(lists, 0)], -np.inf)  # (nq, m, width)
+        if nprobe < width:
+            nearest = np.argpartition(-scores, nprobe - 1, axis=2)[:, :, :nprobe]
+        else:
+            nearest = np.broadcast_to(np.arange(width), (nq, m, width))
+        Dq = np.take_along_axis(scores, nearest, axis=2)
+        Iq = np.take_along_axis(np.broadcast_to(lists, (nq, m, width)), nearest, axis=2)
+        Iq = np.ascontiguousarray(np.where(np.isfinite(Dq), Iq, -1).reshape(nq * m, nprobe), dtype=np.int64)
+        Dq = np.ascontiguousarray(np.where(np.isfinite(Dq), Dq, 0).reshape(nq * m, nprobe), dtype=np.float32)
+        wide = min(k * RERANK, max(len(self.rows[c]) for c in codes))
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
-        if allowed is not None:
+        if any(code in allowed for code in codes):
+            # Lists are pure in one class, so one bitmap serves every class searched.
             mask = np.zeros(self._ivf.ntotal, np.uint8)
-            mask[self.rows[code][allowed]] = 1
+            for code in codes:
+                rows = self.rows[code]
+                mask[rows if code not in allowed else rows[allowed[code]]] = 1
             bitmap = np.packbits(mask, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
-        D = np.empty((len(q), wide), np.float32)
-        I = np.empty((len(q), wide), np.int64)
+        repeated = np.ascontiguousarray(np.repeat(q, m, axis=0))
+        D = np.empty((nq * m, wide), np.float32)
+        I = np.empty((nq * m, wide), np.int64)
         search_threads()
-        self._ivf.search_preassigned_c(len(q), faiss.swig_ptr(q), wide, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
+        self._ivf.search_preassigned_c(nq * m, faiss.swig_ptr(repeated), wide, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
                                        faiss.swig_ptr(D), faiss.swig_ptr(I), False, params)
+        D, I = rerank(self.vectors, repeated, I, k)
+        return D.reshape(nq, m, -1), I.reshape(nq, m, -1)
+
+    def _complete(self, code: int, q: np.ndarray, k: int, mask: np.ndarray | None, D: np.ndarray, I: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Pad to ``k`` columns; a filter can leave the probed lists short of rows the class still
+        has elsewhere, and those queries are answered exactly over the allowed rows."""
+        if D.shape[1] < k:
+            pad = k - D.shape[1]
+            D = np.hstack([D, np.full((len(q), pad), -np.inf, np.float32)])
+            I = np.hstack([I, np.full((len(q), pad), -1, np.int64)])
+        members = self.rows[code]
+        count = len(members) if mask is None else int(mask.sum())
+        short = np.flatnonzero((I >= 0).sum(axis=1) < min(k, count))
+        if len(short):
+            D, I = D.copy(), I.copy()
+            D[short], I[short] = exact_scan(self.vectors, q[short], k, members if mask is None else members[mask])
         return D, I
 
     def tune(self, policy: AutoIndexPolicy) -> dict[str, Any]:

@@ -10,12 +10,12 @@ as good as each segment's own search.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from exemplar.retrieval.index.classes import ClassSearch
+from exemplar.retrieval.index.classes import ClassSearch, search_each
 from exemplar.retrieval.index.vectors import VectorIndex, exact_scan
 from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
@@ -270,6 +270,10 @@ class SegmentedClasses:
                 D, I = exact_scan(self.vectors[cp.part], q, k, cp.local_rows[keep])
             results.append((D, part.to_global(I)))
         return merge_hits(results, len(q), k)
+
+    def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
+                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return search_each(self.search, codes, queries, k, allowed)
 
 
 class ItemColumn:

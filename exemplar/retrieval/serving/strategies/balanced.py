@@ -1,7 +1,7 @@
 """``balanced``: nearest items per class with exact per-class quotas.
 
-Each class is searched in its own index (``ClassIndexes``), so the cost is about one scan of the
-pool, not one filtered scan per class. The ranking is a round robin over the classes in scope (the
+Each class is searched over its own rows only (the class lists of a partitioned IVF, or one index
+per class), so the cost is about one scan of the pool, not one filtered scan per class. The ranking is a round robin over the classes in scope (the
 ``labels`` asked for, else every label of the pool), ordered by each class's best similarity to the
 query: the best of every class, then the second best of every class, and so on (``quotas.py``). A
 window of ``k`` gives each of ``C`` classes ``k // C`` items and the ``k % C`` classes most similar
@@ -74,11 +74,13 @@ class Balanced:
         depth = depth_needed(options.offset + k, len(scope), options.fill)
         has_self = any(r is not None for r in self_rows)
         per_query: list[dict[int, list[tuple[int, float]]]] = [{} for _ in self_rows]
-        # One search per class in that class's own index; a filter becomes a mask over its rows.
-        for code, (local, count) in counts.items():
-            if not count:
-                continue
-            D, I = classes.search(code, queries, min(count, depth + (1 if has_self else 0)), local)
+        # Every class searched over its own rows (one faiss call where the index allows); a filter
+        # becomes a mask over the class's rows.
+        wanted = [code for code, (_, count) in counts.items() if count]
+        masks = {code: local for code, (local, _) in counts.items() if local is not None}
+        found = classes.search_many(wanted, queries, depth + (1 if has_self else 0), masks)
+        for code in wanted:
+            D, I = found[code]
             for q, skip in enumerate(self_rows):
                 per_query[q][code] = ranked_hits(D[q], I[q], skip)[:depth]
         out = []

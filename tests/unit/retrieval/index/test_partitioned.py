@@ -137,3 +137,19 @@ def test_a_segment_keeps_one_set_of_codes_and_reloads_under_other_label_codes(tm
         old_code = names.index(name)
         assert np.array_equal(again.rows[new_code], segment.classes.rows[old_code])
         assert np.array_equal(again.search(new_code, q, 4)[1], segment.classes.search(old_code, q, 4)[1])
+
+
+def test_many_classes_in_one_call_answer_as_each_class_alone(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, _ = built
+    rng = np.random.default_rng(4)
+    q = V[rng.choice(len(V), 7, replace=False)]
+    masks = {1: np.arange(len(classes.rows[1])) % 4 != 0,  # most of a class: through the bitmap
+             3: np.arange(len(classes.rows[3])) % 11 == 0}  # a few rows: scanned exactly
+    together = classes.search_many([4, 1, 3, 0, 2], q, 5, masks)
+    assert sorted(together) == [0, 1, 2, 3, 4]
+    for code in range(len(names)):
+        D, I = classes.search(code, q, 5, masks.get(code))
+        assert np.array_equal(together[code][1], I)
+        assert np.allclose(together[code][0], D)
+        allowed_rows = classes.rows[code] if code not in masks else classes.rows[code][masks[code]]
+        assert set(I.ravel().tolist()) <= set(allowed_rows.tolist())

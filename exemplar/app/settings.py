@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(256, ge=1, description="Most queries in one select/batch call.")
     max_items_per_request: int = Field(1024, ge=1, description="Most items in one POST .../items call.")
     default_encoder: str = Field("open_clip:exemplar-tiny", description="Encoder for pools created without one.")
-    refresh_s: float = Field(1.0, ge=0.0, description="How often a pool's current version is re-read from the catalog.")
+    refresh_s: float = Field(1.0, ge=0.0, description="How often a background thread checks the catalog for versions "
+                             "made current by other processes (at least every 50 ms); requests never wait on it.")
     keep_versions: int = Field(20, ge=0, description="Ready versions kept per pool besides the current one, for "
                                "rollback (older ones are pruned after each write); 0 keeps all.")
     compaction: bool = Field(True, description="Merge a pool's small segments in the background after writes.")

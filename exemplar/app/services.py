@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from exemplar.app.adapters import CCITrainer
 from exemplar.app.auth import Authenticator, require_scope
+from exemplar.app.memory import release_freed_memory
 from exemplar.app.observability import Observability, StateCollector
 from exemplar.app.settings import Settings
 from exemplar.encoders import EncoderRegistry
@@ -79,7 +80,7 @@ def build_services(settings: Settings) -> Services:
     store = PoolStore(settings.data_dir, keep_versions=settings.keep_versions,
                       index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
     # Listens to the store's changes from here on; the app starts its refresher (other processes' changes).
-    snapshots = SnapshotCache(store, refresh_s=settings.refresh_s)
+    snapshots = SnapshotCache(store, refresh_s=settings.refresh_s, on_swap=release_freed_memory)
     pools = PoolService(store, snapshots, encoders)
     selection = SelectionService(
         store, snapshots, encoders, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 
 from exemplar.errors import EmptyPool, NotFound
 from exemplar.retrieval.serving.loading import SegmentCache, load_snapshot
@@ -40,9 +41,13 @@ class SnapshotCache:
     only the segments it adds). Listens to ``store``'s changes; call ``start`` to follow other
     processes' changes too (the server does; a command that reads once does not need to)."""
 
-    def __init__(self, store: PoolStore, *, refresh_s: float = 1.0) -> None:
+    def __init__(self, store: PoolStore, *, refresh_s: float = 1.0,
+                 on_swap: Callable[[], object] | None = None) -> None:
         self.store = store
         self.refresh_s = refresh_s
+        # Called after a newly loaded version replaced the one served (the server hands the
+        # memory freed with the old snapshot back to the OS there).
+        self._on_swap = on_swap
         self.segments = SegmentCache()
         self._served: dict[str, _Served] = {}
         # Bumped by every invalidation, so that a load that began before one does not cache what
@@ -73,7 +78,13 @@ class SnapshotCache:
                 return served.snapshot
         with self._load_lock:
             epoch = self._invalidations
-            return self._load(self.store.pool(name), epoch)
+            before = self._served.get(name)
+            snap = self._load(self.store.pool(name), epoch)
+            loaded = before is None or before.snapshot is not snap
+            before = None
+        if loaded:
+            self._swapped()
+        return snap
 
     def serves(self, name: str) -> bool:
         """Whether a snapshot of ``name`` is cached (a request for it reads no catalog)."""
@@ -128,6 +139,9 @@ class SnapshotCache:
             except Exception:  # noqa: BLE001 - a broken pool must not stop the others from refreshing
                 log.exception("pool %s: cannot load its changed current version; still serving version %s",
                               name, served.snapshot.version)
+        served = None  # noqa: F841 - the last replaced snapshot must not stay alive through the hook
+        if changed:
+            self._swapped()
         return changed
 
     # the refresher thread ------------------------------------------------------------------------
@@ -192,3 +206,12 @@ class SnapshotCache:
         if self._invalidations == epoch:
             self._served[pool.name] = _Served(snap, pool.id)
         return snap
+
+    def _swapped(self) -> None:
+        """Run the after-swap hook (its caller holds no reference to the snapshot replaced)."""
+        if self._on_swap is None:
+            return
+        try:
+            self._on_swap()
+        except Exception:  # noqa: BLE001 - upkeep must not fail the load it follows
+            log.exception("the after-swap hook failed")

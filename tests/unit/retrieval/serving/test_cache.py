@@ -152,3 +152,44 @@ def test_a_load_overtaken_by_a_change_is_not_cached(pools: PoolService, snapshot
     assert loads == [1, 1]  # loaded again: the first load was not kept
     snapshots.snapshot("p")
     assert loads == [1, 1]  # and the second one was
+
+
+def test_the_after_swap_hook_runs_once_per_version_swapped_in(store: PoolStore, encoders, other: PoolService) -> None:  # noqa: ANN001
+    swaps: list[int] = []
+    snapshots = SnapshotCache(store, refresh_s=0.0, on_swap=lambda: swaps.append(1))
+    pools = PoolService(store, snapshots, encoders)
+    try:
+        pools.create(name="p", encoder="precomputed:4")
+        pools.add_items("p", items(3))
+        snapshots.snapshot("p")
+        first = len(swaps)
+        assert first >= 1  # the first version loaded
+        for _ in range(5):
+            snapshots.snapshot("p")  # cached reads swap nothing
+        assert len(swaps) == first
+        pools.add_items("p", items(2, start=10))  # this process's write: the next read loads
+        assert snapshots.snapshot("p").version == 2
+        assert len(swaps) == first + 1
+        other.add_items("p", items(2, start=20))  # another process's write: the refresher loads
+        assert snapshots.refresh() == ["p"]
+        assert snapshots.snapshot("p").version == 3 and len(swaps) == first + 2
+        assert snapshots.refresh() == [] and len(swaps) == first + 2
+    finally:
+        snapshots.close()
+
+
+def test_a_failing_after_swap_hook_does_not_fail_the_load(store: PoolStore, encoders,  # noqa: ANN001
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise RuntimeError("hook failed")
+
+    snapshots = SnapshotCache(store, refresh_s=0.0, on_swap=broken)
+    pools = PoolService(store, snapshots, encoders)
+    try:
+        pools.create(name="p", encoder="precomputed:4")
+        pools.add_items("p", items(3))
+        with caplog.at_level(logging.ERROR):
+            assert snapshots.snapshot("p").version == 1
+        assert "after-swap hook failed" in caplog.text
+    finally:
+        snapshots.close()

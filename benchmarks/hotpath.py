@@ -79,10 +79,10 @@ async def worker(start, deadline):
 async def main():
     await worker(0, time.monotonic() + 2)  # warm-up on one connection
     latencies.clear(); statuses.clear(); answers.clear()
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     await asyncio.gather(*(worker(s, started + limit_s) for s in range(concurrency)))
-    elapsed = time.monotonic() - started
-    print(json.dumps({"latencies": latencies, "statuses": statuses, "elapsed": elapsed,
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu_started
+    print(json.dumps({"latencies": latencies, "statuses": statuses, "elapsed": elapsed, "cpu_s": cpu,
                       "answers": {str(k): v for k, v in answers.items()}}))
 asyncio.run(main())
 """
@@ -245,7 +245,9 @@ def main() -> None:
                 entry = {"requests": len(lat), "errors": sum(v for s, v in run["statuses"].items() if s != "200"),
                          "statuses": run["statuses"],
                          "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
-                         "rps": round(len(lat) / run["elapsed"], 1)}
+                         "rps": round(len(lat) / run["elapsed"], 1),
+                         # the load generator's own share of the 2 cores it shares with the server
+                         "loadgen_cpu_share": round(run["cpu_s"] / run["elapsed"], 3)}
                 if c == 1:
                     want = [set(t.tolist()) for t in truth] if name == "topk" else balanced_truth
                     hits = [len({int(d["id"][1:]) for d in run["answers"][str(i)]["demonstrations"]} & want[i])
@@ -254,8 +256,10 @@ def main() -> None:
                 results[f"{name} c={c}"] = entry
         run = loadgen(base, "/v1/pools/hot/select/batch", batch, 2, args.seconds, 100_000)
         results["batch x64 c=2"] = {"calls": len(run["latencies"]), "queries_per_s": round(len(run["latencies"]) * 64 / run["elapsed"], 1),
-                                    "p50_ms_per_call": pct(run["latencies"], 50)}
+                                    "p50_ms_per_call": pct(run["latencies"], 50),
+                                    "loadgen_cpu_share": round(run["cpu_s"] / run["elapsed"], 3)}
         report["http"] = results
+        report["server_rss_mb_after_load"] = round(rss_mb(server.pid), 1)
         write_json(args.out, report)  # the HTTP figures are kept even if a peer fails later
     finally:
         server.send_signal(signal.SIGTERM)
@@ -287,7 +291,10 @@ def main() -> None:
     classes = report["index"].get("classes", {})
     print(f"pool: {args.items} x {args.dim}, {args.classes} classes, index {report['index']['factory']} "
           f"{report['index'].get('params')}, per-class indexes nprobe {classes.get('nprobe')} (window recall "
-          f"{classes.get('recall_at_k')}), built in {report['build_s']} s; server RSS {report['server_rss_mb']} MB")
+          f"{classes.get('recall_at_k')}), built in {report['build_s']} s; server RSS {report['server_rss_mb']} MB "
+          f"when ready, {report['server_rss_mb_after_load']} MB after the load")
+    shares = {name: entry.get("loadgen_cpu_share") for name, entry in http.items()}
+    print(f"load generator CPU share (CPU time / wall, of 2 cores shared with the server): {json.dumps(shares)}")
     print("| target | goal | measured |\n|---|---|---|")
     for row in rows_md:
         print("| " + " | ".join(row) + " |")

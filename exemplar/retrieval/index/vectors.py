@@ -21,7 +21,6 @@ __all__ = [
     "VectorIndex",
     "exact_scan",
     "gpu_available",
-    "lossy",
     "normalize",
     "rerank",
     "search_threads",
@@ -169,7 +168,7 @@ class VectorIndex:
     @property
     def reranks(self) -> bool:
         """Whether results are re-scored from the vectors (an index over lossy codes)."""
-        return self.vectors is not None and lossy(self.factory)
+        return self.vectors is not None and _lossy(self.factory)
 
     @property
     def cpu_index(self) -> faiss.Index:
@@ -244,7 +243,7 @@ def rerank(vectors: Any, q: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarr
     return D, np.where(np.isfinite(D), I, -1)
 
 
-def lossy(factory: str) -> bool:
+def _lossy(factory: str) -> bool:
     """Whether a faiss factory stores compressed codes rather than the vectors (SQ, PQ...)."""
     storage = factory.split(",")[-1]
     return storage.startswith(("SQ", "PQ", "RQ", "LSQ")) or "PQ" in storage

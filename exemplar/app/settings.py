@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     ray_actors: int = Field(2, ge=1, description="Encoder actors (Ray executor).")
     ray_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (Ray executor).")
     search_threads: int = Field(
-        1, ge=0, description="OpenMP threads per faiss search in the server (0: faiss's default). Concurrent "
-        "requests already run in parallel; more threads per search oversubscribe the cores.",
+        0, ge=0, description="OpenMP threads per faiss search in the server. 0: adapt, every core for a search "
+        "that runs alone (a request at concurrency 1), one per search while requests overlap (they already keep "
+        "the cores busy; more threads each would oversubscribe them). N: always N.",
     )
     index_memory_budget_bytes: int = Field(8 * 1024**3, ge=1, description="Memory budget for index: auto.")
     mllm_endpoints: dict[str, EndpointConfig] = Field(

@@ -48,7 +48,12 @@ class ClassSearch(Protocol):
                ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]: ...
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``search`` for each of ``codes``; ``needed``: only the classes with the ``needed`` best
+        items must be ranked in full (a window with one slot for each of them), the others only
+        shown to rank below those; an implementation may search the others less deeply."""
+        ...
 
 
 def search_each(search: Callable[..., tuple[np.ndarray, np.ndarray]], codes: Sequence[int], queries: np.ndarray,
@@ -77,13 +82,15 @@ def round_robin(per_class: list[list[tuple[int, float]]], stop: int) -> list[tup
 
 
 def tune_class_nprobe(
-    rows: Sequence[np.ndarray], search: Callable[[int, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    rows: Sequence[np.ndarray], search_many: Callable[..., dict[int, tuple[np.ndarray, np.ndarray]]],
     set_nprobe: Callable[[int], None], vectors: np.ndarray, policy: AutoIndexPolicy, *, searched: Sequence[int],
 ) -> dict[str, Any]:
     """The smallest nprobe (set through ``set_nprobe``) whose balanced window of ``recall_k`` (the
     round robin over classes) for sample pool items, each left out of its own answer, reaches the
-    target recall against the same window from exact search. ``search(c, queries, k)`` answers for
-    class ``c`` (global rows); classes not in ``searched`` are exact and keep their exact answers."""
+    target recall against the same window from exact search. ``search_many(codes, queries, k,
+    needed=...)`` answers for classes ``codes`` (global rows) as ``balanced`` asks, for a window of
+    one item from each of its first ``recall_k`` classes when there are more classes than that;
+    classes not in ``searched`` are exact and keep their exact answers."""
     rng = np.random.default_rng(policy.seed)
     n = len(vectors)
     sample = np.sort(rng.choice(n, size=min(policy.sample_queries, n), replace=False))
@@ -109,8 +116,9 @@ def tune_class_nprobe(
     for nprobe in NPROBES:
         set_nprobe(nprobe)
         hits = list(exact_hits)
+        found = search_many(list(searched), queries, depth, needed=k if k < len(rows) else None)
         for c in searched:
-            hits[c] = search(c, queries, depth)
+            hits[c] = found[c]
         got = windows(hits)
         trials = max(sum(len(t) for t in truth), 1)
         best = (nprobe, sum(len(g & t) for g, t in zip(got, truth)) / trials)
@@ -177,7 +185,8 @@ class ClassIndexes:
         return D, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         return search_each(self.search, codes, queries, k, allowed)
 
     def tune(self, vectors: np.ndarray, policy: AutoIndexPolicy) -> dict[str, Any]:
@@ -189,7 +198,7 @@ class ClassIndexes:
                 ivf = faiss.extract_index_ivf(self.indexes[c].index)
                 ivf.nprobe = min(nprobe, ivf.nlist)
 
-        stats = tune_class_nprobe(self.rows, self.search, set_nprobe, vectors, policy, searched=approximate)
+        stats = tune_class_nprobe(self.rows, self.search_many, set_nprobe, vectors, policy, searched=approximate)
         for c in approximate:
             self.indexes[c].params = {"nprobe": faiss.extract_index_ivf(self.indexes[c].index).nprobe}
         return stats

@@ -79,9 +79,17 @@ class PartitionedClasses:
         return self.search_many([code], queries, k, {code: allowed} if allowed is not None else None)[code]
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """``search`` for several classes in one faiss call: each (query, class) pair is one row of
-        a preassigned search whose probes are that class's nearest lists."""
+        a preassigned search whose probes are that class's nearest lists.
+
+        ``needed``: only the ``needed`` classes whose best items score highest need their ranking in
+        full (a ``balanced`` window that gives one slot to each of its first classes). All classes
+        are then scanned shallowly first (a quarter of their lists), and only the ``needed`` best of
+        them plus half as many again, per query, are scanned to the full depth; the others keep
+        their shallow answers, which rank them below the window. Tuning measures the window with
+        this in place (``tune``)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, k)
         allowed = allowed or {}
@@ -97,13 +105,13 @@ class PartitionedClasses:
             else:
                 probed.append(code)
         if probed:
-            D, I = self._probe(probed, q, k, allowed)
+            D, I = self._probe(probed, q, k, allowed, needed)
             for j, code in enumerate(probed):
                 out[code] = self._complete(code, q, k, allowed.get(code), D[:, j], I[:, j])
         return out
 
-    def _probe(self, codes: list[int], q: np.ndarray, k: int, allowed: Mapping[int, np.ndarray]
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _probe(self, codes: list[int], q: np.ndarray, k: int, allowed: Mapping[int, np.ndarray],
+               needed: int | None) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of shape (queries, classes, k): candidates from each class's nearest lists,
         re-scored exactly."""
         nq, m = len(q), len(codes)
@@ -117,11 +125,36 @@ class PartitionedClasses:
             nearest = np.broadcast_to(np.arange(width), (nq, m, width))
         Dq = np.take_along_axis(scores, nearest, axis=2)
         Iq = np.take_along_axis(np.broadcast_to(lists, (nq, m, width)), nearest, axis=2)
-        Iq = np.ascontiguousarray(np.where(np.isfinite(Dq), Iq, -1).reshape(nq * m, nprobe), dtype=np.int64)
-        Dq = np.ascontiguousarray(np.where(np.isfinite(Dq), Dq, 0).reshape(nq * m, nprobe), dtype=np.float32)
-        wide = min(k * RERANK, max(len(self.rows[c]) for c in codes))
+        order = np.argsort(-Dq, axis=2, kind="stable")  # each class's lists, nearest first
+        Dq, Iq = np.take_along_axis(Dq, order, axis=2), np.take_along_axis(Iq, order, axis=2)
+        Iq = np.where(np.isfinite(Dq), Iq, -1)
+        Dq = np.where(np.isfinite(Dq), Dq, 0).astype(np.float32)
+        wide = max(k, min(k * RERANK, max(len(self.rows[c]) for c in codes)))
+        params, _bitmap = self._params(codes, allowed)  # the selector points into the bitmap: keep it alive
+        pairs = np.repeat(np.arange(nq), m)
+        shallow = max(1, nprobe // 4)
+        deep = m if needed is None else min(m, needed + -(-needed // 2))
+        if deep >= m or shallow >= nprobe:
+            D, I = self._scan(q[pairs], Iq.reshape(nq * m, nprobe), Dq.reshape(nq * m, nprobe), wide, k, params)
+            return D.reshape(nq, m, -1), I.reshape(nq, m, -1)
+        D, I = self._scan(q[pairs], Iq[:, :, :shallow].reshape(nq * m, shallow),
+                          Dq[:, :, :shallow].reshape(nq * m, shallow), wide, k, params)
+        D, I = D.reshape(nq, m, -1), I.reshape(nq, m, -1)
+        # The classes each query ranks highest after the shallow pass get the rest of their lists.
+        top = np.argpartition(-D[:, :, 0], deep - 1, axis=1)[:, :deep]
+        rows, cols = np.repeat(np.arange(nq), deep), top.reshape(-1)
+        D2, I2 = self._scan(q[rows], np.ascontiguousarray(Iq[rows, cols, shallow:]),
+                            np.ascontiguousarray(Dq[rows, cols, shallow:]), wide, k, params)
+        # Both passes are re-scored exactly and their lists are disjoint: the best k of the union.
+        Du, Iu = np.hstack([D[rows, cols], D2]), np.hstack([I[rows, cols], I2])
+        best = np.argsort(-Du, axis=1, kind="stable")[:, : D.shape[2]]
+        D[rows, cols], I[rows, cols] = np.take_along_axis(Du, best, axis=1), np.take_along_axis(Iu, best, axis=1)
+        return D, I
+
+    def _params(self, codes: list[int], allowed: Mapping[int, np.ndarray]
+                ) -> tuple[faiss.SearchParametersIVF, np.ndarray | None]:
         params = faiss.SearchParametersIVF()
-        params.nprobe = nprobe
+        bitmap = None
         if any(code in allowed for code in codes):
             # Lists are pure in one class, so one bitmap serves every class searched.
             mask = np.zeros(self._ivf.ntotal, np.uint8)
@@ -130,14 +163,23 @@ class PartitionedClasses:
                 mask[rows if code not in allowed else rows[allowed[code]]] = 1
             bitmap = np.packbits(mask, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
-        repeated = np.ascontiguousarray(np.repeat(q, m, axis=0))
-        D = np.empty((nq * m, wide), np.float32)
-        I = np.empty((nq * m, wide), np.int64)
+        return params, bitmap
+
+    def _scan(self, q: np.ndarray, Iq: np.ndarray, Dq: np.ndarray, wide: int, k: int,
+              params: faiss.SearchParametersIVF) -> tuple[np.ndarray, np.ndarray]:
+        """One preassigned search: row ``i`` of ``q`` scans lists ``Iq[i]`` (``-1``: none); the
+        best ``wide`` by their codes, re-scored exactly, the best ``k`` kept."""
+        rows, probes = Iq.shape
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        Iq = np.ascontiguousarray(Iq, dtype=np.int64)
+        Dq = np.ascontiguousarray(Dq, dtype=np.float32)
+        params.nprobe = probes
+        D = np.empty((rows, wide), np.float32)
+        I = np.empty((rows, wide), np.int64)
         search_threads()
-        self._ivf.search_preassigned_c(nq * m, faiss.swig_ptr(repeated), wide, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
+        self._ivf.search_preassigned_c(rows, faiss.swig_ptr(q), wide, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
                                        faiss.swig_ptr(D), faiss.swig_ptr(I), False, params)
-        D, I = rerank(self.vectors, repeated, I, k)
-        return D.reshape(nq, m, -1), I.reshape(nq, m, -1)
+        return rerank(self.vectors, q, I, k)
 
     def _complete(self, code: int, q: np.ndarray, k: int, mask: np.ndarray | None, D: np.ndarray, I: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +201,7 @@ class PartitionedClasses:
         def set_nprobe(nprobe: int) -> None:
             self.nprobe = nprobe
 
-        return tune_class_nprobe(self.rows, self.search, set_nprobe, self.vectors, policy,
+        return tune_class_nprobe(self.rows, self.search_many, set_nprobe, self.vectors, policy,
                                  searched=self.approximate)
 
     # persistence --------------------------------------------------------------------------------

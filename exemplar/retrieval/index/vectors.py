@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ __all__ = [
     "normalize",
     "rerank",
     "search_threads",
+    "searching",
     "set_search_threads",
 ]
 
@@ -44,20 +48,43 @@ faiss.cvar.distance_compute_blas_threshold = 16
 
 
 _search_threads = 0
+_cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+_in_flight = 0
+_in_flight_lock = threading.Lock()
 
 
 def set_search_threads(threads: int) -> None:
-    """OpenMP threads per search (0: faiss's default). OpenMP keeps this per calling thread, so each
-    search sets it in the thread that runs it: a server's request threads would otherwise each start
-    a team of one thread per core and oversubscribe them."""
+    """OpenMP threads per search; 0 (the default) adapts: every core for a search that runs alone,
+    one per search while several overlap. OpenMP keeps this per calling thread, so each search sets
+    it in the thread that runs it: concurrent request threads that each started a team of one thread
+    per core would oversubscribe the cores."""
     global _search_threads
     _search_threads = max(0, int(threads))
 
 
-def search_threads() -> None:
-    """Apply ``set_search_threads`` in the calling thread (before a faiss call)."""
-    if _search_threads:
-        faiss.omp_set_num_threads(_search_threads)
+@contextlib.contextmanager
+def searching() -> Iterator[None]:
+    """Count a search (a request's whole selection, say) as in flight while the block runs, so that
+    ``search_threads`` knows whether it runs alone."""
+    global _in_flight
+    with _in_flight_lock:
+        _in_flight += 1
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight -= 1
+
+
+def search_threads() -> int:
+    """Apply ``set_search_threads`` in the calling thread (before a faiss call); returns the threads set.
+
+    A lone search (a request at concurrency 1, or a build's tuning) gets every core: faiss splits a
+    batch or a multi-class search over them. Overlapping searches already keep the cores busy, and
+    more threads each would only make them wait on one another."""
+    threads = _search_threads or (_cores if _in_flight <= 1 else 1)
+    faiss.omp_set_num_threads(threads)
+    return threads
 
 
 def gpu_available() -> bool:

@@ -272,7 +272,8 @@ class SegmentedClasses:
         return merge_hits(results, len(q), k)
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
+                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         return search_each(self.search, codes, queries, k, allowed)
 
 

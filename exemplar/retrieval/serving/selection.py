@@ -11,7 +11,7 @@ import numpy as np
 
 from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
 from exemplar.retrieval.adapt.adapters import AdapterMissing
-from exemplar.retrieval.index.vectors import normalize
+from exemplar.retrieval.index.vectors import normalize, searching
 from exemplar.retrieval.store.items import check_vector
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
@@ -147,7 +147,8 @@ class SelectionService:
         self._check_options(options, prepared.strategy)
         snap = prepared.snap
         try:
-            windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
+            with searching():
+                windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
             adapted = self.store.adapted_versions(self.store.pool(snap.pool).id)
             if not adapted:

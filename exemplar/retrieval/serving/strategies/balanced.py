@@ -78,7 +78,11 @@ class Balanced:
         # becomes a mask over the class's rows.
         wanted = [code for code, (_, count) in counts.items() if count]
         masks = {code: local for code, (local, _) in counts.items() if local is not None}
-        found = classes.search_many(wanted, queries, depth + (1 if has_self else 0), masks)
+        # A window that ends before the round robin's second round gives one slot to each of its
+        # first classes: only those need their best items in full.
+        stop = options.offset + k
+        needed = stop if not options.fill and stop < len(scope) else None
+        found = classes.search_many(wanted, queries, depth + (1 if has_self else 0), masks, needed=needed)
         for code in wanted:
             D, I = found[code]
             for q, skip in enumerate(self_rows):

@@ -90,5 +90,18 @@ def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: 
             overlap += len(set(got) & set(want))
             total += len(want)
         assert overlap / total >= 0.9
+        # A window of fewer items than classes (one slot for each of the 2 classes nearest the query):
+        # the other classes are scanned less deeply, and the window still matches the definition.
+        overlap = total = 0
+        for row in range(75, 3_000, 150):
+            result = selection.select("p", Query(embedding=V[row].tolist()), "balanced", SelectionOptions(k=2))
+            got = [snap.row_of[d.id] for d in sorted(result.demonstrations, key=lambda d: d.rank)]
+            want = oracle_balanced(V, labels, V[row], k=2)
+            assert len({labels[r] for r in got}) == 2
+            if index == "Flat":
+                assert got == want
+            overlap += len(set(got) & set(want))
+            total += len(want)
+        assert overlap / total >= 0.9
     finally:
         close_pools(pools)

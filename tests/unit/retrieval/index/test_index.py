@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -139,3 +140,23 @@ def test_indexes_over_codes_return_exact_scores_from_the_mapped_vectors(data, tm
     D, I = index.search(Q, 5, allowed)
     assert allowed[I[I >= 0]].all()
     np.testing.assert_allclose(D, np.einsum("qkd,qd->qk", V[I], Q), rtol=1e-5, atol=1e-5)
+
+
+def test_a_lone_search_gets_every_core_and_overlapping_searches_one_each() -> None:
+    from exemplar.retrieval.index import vectors
+
+    cores = vectors._cores
+    try:
+        vectors.set_search_threads(0)
+        assert vectors.search_threads() == cores  # a build's tuning, outside any request
+        with vectors.searching():
+            assert vectors.search_threads() == cores and faiss.omp_get_max_threads() == cores
+            with vectors.searching():  # a second request in flight
+                assert vectors.search_threads() == 1 and faiss.omp_get_max_threads() == 1
+            assert vectors.search_threads() == cores
+        vectors.set_search_threads(3)
+        with vectors.searching(), vectors.searching():
+            assert vectors.search_threads() == 3
+    finally:
+        vectors.set_search_threads(0)
+        faiss.omp_set_num_threads(cores)

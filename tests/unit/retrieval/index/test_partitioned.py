@@ -153,3 +153,34 @@ def test_many_classes_in_one_call_answer_as_each_class_alone(built) -> None:  # 
         assert np.allclose(together[code][0], D)
         allowed_rows = classes.rows[code] if code not in masks else classes.rows[code][masks[code]]
         assert set(I.ravel().tolist()) <= set(allowed_rows.tolist())
+
+
+def test_a_window_of_few_classes_scans_the_other_classes_shallowly(built) -> None:  # noqa: ANN001
+    V, codes, names, index, classes, _ = built
+    rng = np.random.default_rng(6)
+    q = V[rng.choice(len(V), 30, replace=False)] + rng.normal(scale=0.05, size=(30, V.shape[1])).astype(np.float32)
+    everyone = list(range(len(names)))
+    saved = classes.nprobe
+    try:
+        classes.nprobe = 8
+        full = classes.search_many(everyone, q, 3)
+        window = classes.search_many(everyone, q, 3, needed=2)
+        classes.nprobe = 2  # the first pass's depth: a quarter of the lists
+        shallow = classes.search_many(everyone, q, 3)
+    finally:
+        classes.nprobe = saved
+    same_window = 0
+    for row in range(len(q)):
+        deepened = 0
+        for c in everyone:
+            D, I = window[c][0][row], window[c][1][row]
+            assert np.allclose(D, V[I] @ q[row], atol=1e-5)  # exact scores, whichever pass found them
+            if np.all(D >= full[c][0][row] - 1e-6):
+                deepened += 1  # scanned to the full depth (both passes' candidates: never worse)
+            else:
+                assert np.array_equal(I, shallow[c][1][row])  # only the first pass
+        # the 2 classes the window needs, and half as many again, get every probe
+        assert deepened >= 3
+        best = sorted(everyone, key=lambda c: -full[c][0][row][0])[:2]
+        same_window += sorted(best) == sorted(sorted(everyone, key=lambda c: -window[c][0][row][0])[:2])
+    assert same_window >= 0.9 * len(q)  # the window's classes, as probing every class fully finds them

@@ -176,7 +176,7 @@ class PartitionedClasses:
         params.nprobe = probes
         D = np.empty((rows, wide), np.float32)
         I = np.empty((rows, wide), np.int64)
-        search_threads()
+        search_threads(rows)
         self._ivf.search_preassigned_c(rows, faiss.swig_ptr(q), wide, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
                                        faiss.swig_ptr(D), faiss.swig_ptr(I), False, params)
         return rerank(self.vectors, q, I, k)

@@ -13,9 +13,9 @@ from tests.helpers import close_pools, clustered_vectors, open_pools
 @pytest.mark.parametrize(("n", "dim", "budget", "expected"), [
     (1_000, 512, 8 * 1024**3, "Flat"),
     (16_384, 512, 8 * 1024**3, "Flat"),
-    (16_385, 512, 8 * 1024**3, "HNSW32"),
+    (16_385, 512, 8 * 1024**3, "IVF420,SQ4"),
     (99_999, 64, 8 * 1024**3, "Flat"),
-    (150_000, 512, 8 * 1024**3, "HNSW32"),
+    (150_000, 512, 8 * 1024**3, "IVF2048,SQ4"),
     (2_000_000, 512, 8 * 1024**3, "IVF4096,SQ4"),
     (100_000_000, 512, 8 * 1024**3, "IVF32768,PQ64"),
     (150_000, 512, 100 * 1024**2, "IVF2048,PQ64"),
@@ -23,6 +23,11 @@ from tests.helpers import close_pools, clustered_vectors, open_pools
 ])
 def test_choice_by_size_and_memory(n: int, dim: int, budget: int, expected: str) -> None:
     assert choose_factory(n, dim, AutoIndexPolicy(memory_budget_bytes=budget)) == expected
+
+
+def test_hnsw_only_where_the_policy_asks_for_it() -> None:
+    assert choose_factory(150_000, 512, AutoIndexPolicy(hnsw_below=250_000)) == "HNSW32"
+    assert choose_factory(300_000, 512, AutoIndexPolicy(hnsw_below=250_000)).endswith(",SQ4")
 
 
 def test_tuning_reaches_the_recall_target_and_records_it() -> None:

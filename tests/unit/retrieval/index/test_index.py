@@ -148,15 +148,16 @@ def test_a_lone_search_gets_every_core_and_overlapping_searches_one_each() -> No
     cores = vectors._cores
     try:
         vectors.set_search_threads(0)
-        assert vectors.search_threads() == cores  # a build's tuning, outside any request
+        assert vectors.search_threads(64) == cores  # a build's tuning, outside any request
         with vectors.searching():
-            assert vectors.search_threads() == cores and faiss.omp_get_max_threads() == cores
+            assert vectors.search_threads(20) == cores and faiss.omp_get_max_threads() == cores
+            assert vectors.search_threads(1) == 1  # one query: not worth waking a team
             with vectors.searching():  # a second request in flight
-                assert vectors.search_threads() == 1 and faiss.omp_get_max_threads() == 1
-            assert vectors.search_threads() == cores
+                assert vectors.search_threads(20) == 1 and faiss.omp_get_max_threads() == 1
+            assert vectors.search_threads(20) == cores
         vectors.set_search_threads(3)
         with vectors.searching(), vectors.searching():
-            assert vectors.search_threads() == 3
+            assert vectors.search_threads(1) == 3
     finally:
         vectors.set_search_threads(0)
         faiss.omp_set_num_threads(cores)

@@ -8,7 +8,7 @@ from exemplar.retrieval.adapt.adapters import Adapter, AdapterMissing, AdapterTr
 from exemplar.retrieval.build.runner import BuildReport, BuildService, BuildSpec, LocalShardEncoder, ShardEncoder, build_pool
 from exemplar.retrieval.adapt.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
 from exemplar.retrieval.build.jobs import JobRecord, JobService
-from exemplar.retrieval.index.vectors import VectorIndex, gpu_available
+from exemplar.retrieval.index.vectors import Effort, VectorIndex, gpu_available
 from exemplar.retrieval.store.items import NewItem
 from exemplar.retrieval.pools import PoolService, PoolStats
 from exemplar.retrieval.ports import Encoder, EncoderProvider
@@ -37,6 +37,7 @@ __all__ = [
     "LocalShardEncoder",
     "ShardEncoder",
     "Demonstration",
+    "Effort",
     "Encoder",
     "EncoderProvider",
     "NewItem",

@@ -26,7 +26,7 @@ import numpy as np
 from exemplar.retrieval.index.auto import AutoIndexPolicy, ivf_lists, reaches
 from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.index.roundrobin import interleave
-from exemplar.retrieval.index.vectors import VectorIndex
+from exemplar.retrieval.index.vectors import TUNED, Effort, VectorIndex
 
 __all__ = ["NPROBES", "ClassIndexes", "ClassSearch", "RowsView", "class_rows", "round_robin", "search_each", "tune_class_nprobe"]
 
@@ -44,12 +44,12 @@ class ClassSearch(Protocol):
     @property
     def approximate(self) -> list[int]: ...
 
-    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]: ...
+    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               effort: Effort = TUNED) -> tuple[np.ndarray, np.ndarray]: ...
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
-                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None,
+                    effort: Effort = TUNED) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """``search`` for each of ``codes``; ``needed``: only the classes with the ``needed`` best
         items must be ranked in full (a window with one slot for each of them), the others only
         shown to rank below those; an implementation may search the others less deeply."""
@@ -57,10 +57,11 @@ class ClassSearch(Protocol):
 
 
 def search_each(search: Callable[..., tuple[np.ndarray, np.ndarray]], codes: Sequence[int], queries: np.ndarray,
-                k: int, allowed: Mapping[int, np.ndarray] | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                k: int, allowed: Mapping[int, np.ndarray] | None, effort: Effort = TUNED
+                ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``search_many`` as one ``search`` per class."""
     allowed = allowed or {}
-    return {code: search(code, queries, k, allowed.get(code)) for code in dict.fromkeys(codes)}
+    return {code: search(code, queries, k, allowed.get(code), effort) for code in dict.fromkeys(codes)}
 
 
 class RowsView:
@@ -176,18 +177,18 @@ class ClassIndexes:
     def approximate(self) -> list[int]:
         return [c for c, index in enumerate(self.indexes) if not index.exact]
 
-    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               effort: Effort = TUNED) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of the top ``k`` rows of class ``code`` (``allowed``: a mask over the class's
         rows); ``I`` holds global rows, ``-1`` where the class has fewer."""
-        D, local = self.indexes[code].search(queries, k, allowed)
+        D, local = self.indexes[code].search(queries, k, allowed, effort)
         rows = self.rows[code]
         return D, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
-                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        return search_each(self.search, codes, queries, k, allowed)
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None,
+                    effort: Effort = TUNED) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return search_each(self.search, codes, queries, k, allowed, effort)
 
     def tune(self, vectors: np.ndarray, policy: AutoIndexPolicy) -> dict[str, Any]:
         """One nprobe for every approximate class (see ``tune_class_nprobe``)."""

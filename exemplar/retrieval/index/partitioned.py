@@ -28,7 +28,16 @@ import numpy as np
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy, tune
 from exemplar.retrieval.index.classes import META, ROWS, class_rows, tune_class_nprobe
-from exemplar.retrieval.index.vectors import EXACT_SUBSET_ROWS, RERANK, VectorIndex, exact_scan, rerank, search_threads
+from exemplar.retrieval.index.vectors import (
+    EXACT_SUBSET_ROWS,
+    RERANK,
+    TUNED,
+    Effort,
+    VectorIndex,
+    exact_scan,
+    rerank,
+    search_threads,
+)
 from exemplar.retrieval.store.files import write_bytes_atomic
 
 __all__ = ["KIND", "PartitionedClasses", "build_partitioned", "partitionable"]
@@ -72,15 +81,16 @@ class PartitionedClasses:
     def approximate(self) -> list[int]:
         return list(range(len(self.rows)))
 
-    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               effort: Effort = TUNED) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of the top ``k`` rows of class ``code`` (``allowed``: a mask over the class's
         rows); ``I`` holds the segment's rows, ``-1`` where the class has fewer."""
-        return self.search_many([code], queries, k, {code: allowed} if allowed is not None else None)[code]
+        return self.search_many([code], queries, k, {code: allowed} if allowed is not None else None,
+                                effort=effort)[code]
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
-                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None,
+                    effort: Effort = TUNED) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """``search`` for several classes in one faiss call: each (query, class) pair is one row of
         a preassigned search whose probes are that class's nearest lists.
 
@@ -100,24 +110,24 @@ class PartitionedClasses:
             count = len(members) if mask is None else int(mask.sum())
             if count == 0:
                 out[code] = (np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64))
-            elif mask is not None and count <= min(EXACT_SUBSET_ROWS, len(members) // 2):
-                out[code] = exact_scan(self.vectors, q, k, members[mask])
+            elif effort.exact or (mask is not None and count <= min(EXACT_SUBSET_ROWS, len(members) // 2)):
+                out[code] = exact_scan(self.vectors, q, k, members if mask is None else members[mask])
             else:
                 probed.append(code)
         if probed:
-            D, I = self._probe(probed, q, k, allowed, needed)
+            D, I = self._probe(probed, q, k, allowed, needed, effort)
             for j, code in enumerate(probed):
                 out[code] = self._complete(code, q, k, allowed.get(code), D[:, j], I[:, j])
         return out
 
     def _probe(self, codes: list[int], q: np.ndarray, k: int, allowed: Mapping[int, np.ndarray],
-               needed: int | None) -> tuple[np.ndarray, np.ndarray]:
+               needed: int | None, effort: Effort) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of shape (queries, classes, k): candidates from each class's nearest lists,
         re-scored exactly."""
         nq, m = len(q), len(codes)
         lists = self._lists[codes]  # (m, width): the classes' list ids, -1 past a class's last
         width = lists.shape[1]
-        nprobe = min(self.nprobe, width)
+        nprobe = effort.lists(self.nprobe, width)
         scores = np.where(lists >= 0, (q @ self._centroids.T)[:, np.maximum(lists, 0)], -np.inf)  # (nq, m, width)
         if nprobe < width:
             nearest = np.argpartition(-scores, nprobe - 1, axis=2)[:, :, :nprobe]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from exemplar.retrieval.store.files import write_bytes_atomic
 __all__ = [
     "DEFAULT_INDEX",
     "EXACT_SUBSET_ROWS",
+    "Effort",
     "RERANK",
     "VectorIndex",
     "exact_scan",
@@ -46,6 +48,32 @@ RERANK = 10
 # are the common case here and are several times faster through BLAS.
 faiss.cvar.distance_compute_blas_threshold = 16
 
+
+@dataclasses.dataclass(frozen=True)
+class Effort:
+    """How hard one search looks: the settings tuned at build time to the recall target (the
+    default), ``scale`` times their probes (IVF nprobe, HNSW efSearch; ``balanced``'s per-class
+    nprobe), a fixed ``nprobe`` (lists, on IVF indexes), or an ``exact`` scan of the vectors."""
+
+    exact: bool = False
+    scale: float = 1.0
+    nprobe: int | None = None
+
+    @property
+    def tuned(self) -> bool:
+        return not self.exact and self.scale == 1.0 and self.nprobe is None
+
+    def lists(self, tuned: int, nlist: int) -> int:
+        """Inverted lists to probe where the tuned setting is ``tuned`` of ``nlist``."""
+        want = self.nprobe if self.nprobe is not None else round(tuned * self.scale)
+        return max(1, min(nlist, want))
+
+    def ef(self, tuned: int, k: int) -> int:
+        """An HNSW efSearch (``nprobe`` does not apply to graphs); at least ``k``."""
+        return max(k, round(tuned * self.scale))
+
+
+TUNED = Effort()
 
 _search_threads = 0
 _cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -181,8 +209,10 @@ class VectorIndex:
             self.on_gpu = True
         return True
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` rows per query among ``allowed`` rows (a boolean mask over rows).
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, effort: Effort = TUNED
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` rows per query among ``allowed`` rows (a boolean mask over rows), as hard as
+        ``effort`` says (``exact``: a scan of the vectors, on any index that keeps them).
 
         Missing results (fewer allowed rows than ``k``) have ``I == -1``.
         """
@@ -191,11 +221,13 @@ class VectorIndex:
         search_threads(len(q))
         if self.ntotal == 0:
             return np.full((len(q), 1), -np.inf, np.float32), np.full((len(q), 1), -1, np.int64)
+        if effort.exact and not self.exact and self.vectors is not None:
+            return exact_scan(self.vectors, q, k, None if allowed is None else np.flatnonzero(allowed))
         if self.reranks:
             wide = min(k * RERANK, self.ntotal)
-            D, I = self._search(q, wide, allowed)
+            D, I = self._search(q, wide, allowed, effort)
             return rerank(self.vectors, q, I, k)
-        return self._search(q, k, allowed)
+        return self._search(q, k, allowed, effort)
 
     @property
     def reranks(self) -> bool:
@@ -207,9 +239,13 @@ class VectorIndex:
         """The index on the CPU (the same object unless ``to_gpu`` moved a copy to a GPU)."""
         return self._cpu_index
 
-    def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None, effort: Effort
+                ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
-            return self.batcher.search(q, k)
+            if effort.tuned:
+                return self.batcher.search(q, k)
+            # another depth than the tuned one: its own call, not batched with tuned searches
+            return self._cpu_index.search(q, k, params=self._params(None, effort, k))
         count = int(allowed.sum())
         # A small subset is searched exactly; a filter that keeps most rows (say, a few exclusions)
         # leaves the inverted lists or graph near the query well populated, so the index serves it.
@@ -217,7 +253,7 @@ class VectorIndex:
             return self._exact_subset(q, k, allowed)
         bitmap = np.packbits(allowed.astype(np.uint8), bitorder="little")
         selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-        D, I = self._cpu_index.search(q, k, params=self._params(selector))
+        D, I = self._cpu_index.search(q, k, params=self._params(selector, effort, k))
         if not self.exact and self.vectors is not None:
             # A graph or an inverted list explored near the query can miss a filtered subset that lies
             # far from it; those queries are answered exactly over the subset instead.
@@ -234,13 +270,13 @@ class VectorIndex:
     def _exact_subset(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return exact_scan(self.vectors, q, k, np.flatnonzero(allowed))
 
-    def _params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    def _params(self, selector: faiss.IDSelector | None, effort: Effort = TUNED, k: int = 1) -> faiss.SearchParameters:
         ivf = faiss.try_extract_index_ivf(self._cpu_index)
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=effort.lists(ivf.nprobe, ivf.nlist))
         hnsw = getattr(faiss.downcast_index(self._cpu_index), "hnsw", None)
         if hnsw is not None:
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=hnsw.efSearch)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=effort.ef(hnsw.efSearch, k))
         return faiss.SearchParameters(sel=selector)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.retrieval.index.classes import ClassSearch, search_each
-from exemplar.retrieval.index.vectors import VectorIndex, exact_scan
+from exemplar.retrieval.index.classes import ClassSearch
+from exemplar.retrieval.index.vectors import TUNED, Effort, VectorIndex, exact_scan
 from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
 __all__ = [
@@ -165,7 +165,8 @@ class ExactIndex:
     def ntotal(self) -> int:
         return len(self.vectors)
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, effort: Effort = TUNED
+               ) -> tuple[np.ndarray, np.ndarray]:
         return exact_scan(self.vectors, queries, max(1, min(k, max(self.ntotal, 1))),
                           None if allowed is None else np.flatnonzero(allowed))
 
@@ -184,7 +185,8 @@ class SegmentedIndex:
     def ntotal(self) -> int:
         return self.space.size
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, effort: Effort = TUNED
+               ) -> tuple[np.ndarray, np.ndarray]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, max(self.ntotal, 1)))
         results = []
@@ -192,7 +194,7 @@ class SegmentedIndex:
             mask = part.mask(allowed)
             if mask is not None and not mask.any():
                 continue
-            D, I = index.search(q, k, mask)
+            D, I = index.search(q, k, mask, effort)
             results.append((D, part.to_global(I)))
         return merge_hits(results, len(q), k)
 
@@ -247,34 +249,65 @@ class SegmentedClasses:
     def approximate(self) -> list[int]:
         return []
 
-    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               effort: Effort = TUNED) -> tuple[np.ndarray, np.ndarray]:
         """``D, I`` of the top ``k`` live rows of class ``code`` (``allowed``: a mask over
         ``rows[code]``); ``I`` holds global rows."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        results = []
-        for cp in self._parts[code]:
-            n_live = int(cp.live.sum())
-            if not n_live:
-                continue
-            keep = cp.live.copy()
-            if allowed is not None:
-                keep[cp.live] = allowed[cp.start : cp.start + n_live]
-                if not keep.any():
-                    continue
-            part = self.space.parts[cp.part]
-            classes = self.class_indexes[cp.part]
-            if classes is not None and cp.segment_code is not None:
-                D, I = classes.search(cp.segment_code, q, k, None if keep.all() else keep)
-            else:
-                D, I = exact_scan(self.vectors[cp.part], q, k, cp.local_rows[keep])
-            results.append((D, part.to_global(I)))
-        return merge_hits(results, len(q), k)
+        return self.search_many([code], queries, k, {code: allowed} if allowed is not None else None,
+                                effort=effort)[code]
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
-                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None
-                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        return search_each(self.search, codes, queries, k, allowed)
+                    allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None,
+                    effort: Effort = TUNED) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per part, every class at once: one ``search_many`` of the part's class search, or one
+        exact scan of the part's rows of those classes; then each class's parts merged."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        allowed = allowed or {}
+        found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {code: [] for code in dict.fromkeys(codes)}
+        by_part: dict[int, list[tuple[int, _ClassPart, np.ndarray]]] = {}
+        for code in found:
+            mask = allowed.get(code)
+            for cp in self._parts[code]:
+                n_live = int(cp.live.sum())
+                keep = cp.live.copy()
+                if mask is not None and n_live:
+                    keep[cp.live] = mask[cp.start : cp.start + n_live]
+                if keep.any():
+                    by_part.setdefault(cp.part, []).append((code, cp, keep))
+        for p, entries in by_part.items():
+            part, classes = self.space.parts[p], self.class_indexes[p]
+            has_index = [classes is not None and cp.segment_code is not None for _, cp, _ in entries]
+            indexed = [e for e, yes in zip(entries, has_index) if yes]
+            if indexed:
+                assert classes is not None
+                masks = {cp.segment_code: keep for _, cp, keep in indexed if not keep.all()}
+                hits = classes.search_many([cp.segment_code for _, cp, _ in indexed], q, k, masks,
+                                           needed=needed, effort=effort)
+                for code, cp, _ in indexed:
+                    D, I = hits[cp.segment_code]
+                    found[code].append((D, part.to_global(I)))
+            scanned = [e for e, yes in zip(entries, has_index) if not yes]
+            if scanned:
+                for code, D, I in _scan_classes(self.vectors[p], q, k, [(c, cp.local_rows[keep]) for c, cp, keep in scanned]):
+                    found[code].append((D, part.to_global(I)))
+        return {code: merge_hits(results, len(q), k) for code, results in found.items()}
+
+
+def _scan_classes(vectors: np.ndarray, q: np.ndarray, k: int, classes: list[tuple[int, np.ndarray]]
+                  ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Exact top ``k`` of each class's ``rows`` of one small segment, from one product with all of them."""
+    rows = np.concatenate([r for _, r in classes])
+    scores = q @ np.asarray(vectors[rows], dtype=np.float32).T
+    start = 0
+    for code, members in classes:
+        block = scores[:, start : start + len(members)]
+        start += len(members)
+        top = min(k, len(members))
+        best = np.argpartition(-block, top - 1, axis=1)[:, :top] if top < len(members) else np.broadcast_to(
+            np.arange(len(members)), (len(q), len(members)))
+        D = np.take_along_axis(block, best, axis=1)
+        order = np.argsort(-D, axis=1, kind="stable")
+        yield code, np.take_along_axis(D, order, axis=1).astype(np.float32), members[np.take_along_axis(best, order, axis=1)]
 
 
 class ItemColumn:

@@ -82,7 +82,8 @@ class Balanced:
         # first classes: only those need their best items in full.
         stop = options.offset + k
         needed = stop if not options.fill and stop < len(scope) else None
-        found = classes.search_many(wanted, queries, depth + (1 if has_self else 0), masks, needed=needed)
+        found = classes.search_many(wanted, queries, depth + (1 if has_self else 0), masks, needed=needed,
+                                    effort=options.effort)
         for code in wanted:
             D, I = found[code]
             for q, skip in enumerate(self_rows):

@@ -9,6 +9,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from exemplar.errors import InvalidRequest, choices
+from exemplar.retrieval.index.vectors import TUNED, Effort
 from exemplar.retrieval.serving.snapshot import Snapshot
 
 __all__ = [
@@ -45,6 +46,8 @@ class SelectionOptions:
     # Per-class quotas: a class with fewer items than its quota leaves its slots empty (and the
     # result says so, ``Window.shortfall``) unless ``fill`` lets the other classes take them.
     fill: bool = False
+    # How hard the index searches: as tuned at build time, shallower or deeper, or exactly.
+    effort: Effort = TUNED
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,7 @@ class TopK:
         if queries is None or options.k is None:
             raise ValueError("topk needs query vectors and k")
         depth = options.offset + options.k + (1 if any(r is not None for r in self_rows) else 0)
-        D, I = snap.index.search(queries, depth, allowed)
+        D, I = snap.index.search(queries, depth, allowed, options.effort)
         out = []
         for q, skip in enumerate(self_rows):
             hits = ranked_hits(D[q], I[q], skip)[options.offset : options.offset + options.k]

@@ -116,7 +116,7 @@ def main() -> None:
 
         service = AdapterService(store, snapshots, jobs, CCITrainer("cpu"))
         started = time.perf_counter()
-        job = jobs.wait(service.start("bench", json.loads(args.adapter)).id)
+        job = jobs.wait(service.start("bench", json.loads(args.adapter)).id, timeout_s=7200)
         if job.state != "succeeded":
             raise SystemExit(f"adapter training {job.state}: {job.errors}")
         out["adapter_job_s"] = round(time.perf_counter() - started, 1)

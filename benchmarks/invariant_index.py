@@ -12,6 +12,8 @@ bases, k=10) over ``--queries`` held-out queries:
   adapter vectors);
 - ``before``: what main served before it (an exact scan of the mapped adapter vectors, and exact
   per-class ``Flat`` indexes: an in-memory copy of the adapted vectors built on first use);
+- ``encoder_space``: ``topk`` / ``balanced`` themselves on the same pool (the cost ``invariant``
+  should match);
 - ``fallback``: an adapter folder without the index (trained before this change): exact scans over
   the mapped adapter vectors, class by class too, no copy held.
 
@@ -66,6 +68,7 @@ def domain_shifted(n: int, dim: int, classes: int, domains: int, seed: int) -> t
 
 
 def timed(strategy, snap, queries: np.ndarray, base: str) -> tuple[list[float], list[list[int]]]:  # noqa: ANN001
+    """Per-query latency (ms) and window of ``strategy`` (``invariant`` over ``base``, or ``base`` itself)."""
     options = SelectionOptions(k=10, invariant_base=base)
     strategy.select(snap, queries[:1], [None], None, options)  # warm-up (loads what is loaded lazily)
     latencies, windows = [], []
@@ -135,6 +138,8 @@ def main() -> None:
         out["files_mb"] = {name: round(path.stat().st_size / 2**20, 1) for name, path in (
             ("adapter_vectors", folder / "vectors.npy"), ("adapter_index_codes", folder / "index" / "index.faiss"),
             ("encoder_index_codes", segment.folder / "index.faiss"))}
+        out["encoder_space"] = {"factory": snap.index.factory, "params": snap.index.params,
+                                "class_nprobe": getattr(snap.classes, "nprobe", None)}
         out["served"] = {"index": type(view.index).__name__, "factory": view.index.factory,
                          "params": view.index.params, "classes": type(view.classes).__name__,
                          "class_nprobe": getattr(view.classes, "nprobe", None),
@@ -152,7 +157,9 @@ def main() -> None:
         for base in ("topk", "balanced"):
             exact_ms, exact_windows = timed(strategy, before, queries, base)
             ms, windows = timed(strategy, snap, queries, base)
+            main_ms, _ = timed(get_strategy(base), snap, queries, base)  # the same search in the encoder space
             results[base] = {"indexed_p50_ms": round(float(np.median(ms)), 3),
+                             "encoder_space_p50_ms": round(float(np.median(main_ms)), 3),
                              "indexed_p95_ms": round(float(np.percentile(ms, 95)), 3),
                              "before_p50_ms": round(float(np.median(exact_ms)), 3),
                              "window_recall": recall(windows, exact_windows)}

@@ -89,6 +89,7 @@ class AdapterService:
         adapter_id = store.reserve_adapter(pool.id, snap.version)
         try:
             trained = self.trainer(vectors, labels, domains, params, on_epoch=on_epoch, should_stop=ctx.cancelled)
+            del vectors, labels, domains  # the training copy goes before the segments are mapped and indexed
             ctx.check()
             info = {**trained.info, "version": snap.version, "adapter_id": adapter_id, "trained_at": time.time()}
             write_adapter(store.adapters_dir(pool.id) / str(adapter_id), TrainedAdapter(trained.adapter, info))

@@ -100,19 +100,28 @@ class AdapterTrainer(Protocol):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AdapterView:
-    """A version's adapter with the pool's vectors mapped into its space and indexed there."""
+    """A version's adapter with the pool's vectors mapped into its space and indexed there.
+
+    A served version's view (``serving/loading.py``) carries ``classes``: each segment's class
+    search in the adapter space, or an exact scan of its mapped adapter vectors. A view made over an
+    in-memory matrix (an evaluation fold) leaves it None and gets exact per-class indexes on first use.
+    """
 
     adapter_id: int
     adapter: Adapter
     vectors: Any  # the rows mapped into the adapter space: an array, or a view over segments
     index: Any  # VectorIndex-like, over ``vectors``
     info: dict[str, Any]
+    classes: Any = None  # ClassSearch-like over ``vectors`` (global rows); None: built on first use
     _classes: list[ClassIndexes] = dataclasses.field(default_factory=list, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    def class_indexes(self, label_codes: np.ndarray, n_labels: int) -> ClassIndexes:
-        """Exact per-label indexes in the adapter's space, built on first use (a view belongs to one
-        version, so its labels never change)."""
+    def class_search(self, label_codes: np.ndarray, n_labels: int) -> Any:  # noqa: ANN401 - ClassSearch-like
+        """Per-label search in the adapter's space: ``classes`` when the view has it, else exact
+        per-label indexes built on first use (a view belongs to one version, so its labels never
+        change; only views over an in-memory matrix take this path)."""
+        if self.classes is not None:
+            return self.classes
         with self._lock:
             if not self._classes:
                 self._classes.append(ClassIndexes.build(self.vectors, label_codes, n_labels, approximate=False))

@@ -134,7 +134,8 @@ def compose(pool: PoolRecord, version: int, manifest: Manifest, space: RowSpace,
     else:
         classes = SegmentedClasses(space, labels, label_parts, [p.segment.classes for p in parts],
                                    [p.segment.vectors for p in parts], segment_labels)
-    adapter = _adapter_view(files, pool.id, adapter_id, space) if adapter_id is not None else None
+    adapter = (_adapter_view(files, pool.id, adapter_id, space, labels, label_parts, segment_labels)
+               if adapter_id is not None else None)
     return Snapshot(
         pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, uids=uids,
         ids=ItemColumn(space, "item_id"), texts=ItemColumn(space, "text"), images=ItemColumn(space, "image"),
@@ -145,9 +146,15 @@ def compose(pool: PoolRecord, version: int, manifest: Manifest, space: RowSpace,
     )
 
 
-def _adapter_view(files: VersionFiles, pool_id: int, adapter_id: int, space: RowSpace) -> AdapterView | None:
+def _adapter_view(files: VersionFiles, pool_id: int, adapter_id: int, space: RowSpace, labels: Sequence[str],
+                  label_parts: Sequence[np.ndarray], segment_labels: Sequence[Sequence[str]]) -> AdapterView | None:
     """The adapter's view over every segment, or None when a segment lacks its vectors (a version
-    from before that adapter; ``invariant`` then answers that it needs retraining)."""
+    from before that adapter; ``invariant`` then answers that it needs retraining).
+
+    Composed as ``compose`` composes the encoder space: a segment's index and class search in the
+    adapter space where it has them (``adapters/<id>/index/``, loaded on first use), else an exact
+    scan of its mapped adapter vectors (a small segment, or an adapter trained before those indexes
+    existed); one segment without deletions serves its own directly."""
     matrices = [p.segment.adapter_vectors(adapter_id) for p in space.parts]
     if any(m is None for m in matrices):
         return None
@@ -155,11 +162,23 @@ def _adapter_view(files: VersionFiles, pool_id: int, adapter_id: int, space: Row
     # folder of the version it was trained on, which is one of this version's segments.
     adapter, info = load_adapter_weights([files.adapters_dir(pool_id) / str(adapter_id)] +
                                          [p.segment.folder / "adapters" / str(adapter_id) for p in space.parts])
+    indexed = [p.segment.adapter_index(adapter_id) for p in space.parts]
     out_dim = adapter.out_dim
-    if len(space.parts) == 1 and space.parts[0].live is None:
+    single = len(space.parts) == 1 and space.parts[0].live is None
+    if single:
         vectors: Any = matrices[0]
-        index: Any = ExactIndex(matrices[0])
+        index: Any = indexed[0][0] if indexed[0] is not None else ExactIndex(matrices[0])  # type: ignore[arg-type]
     else:
         vectors = SegmentedVectors(space, matrices, out_dim)  # type: ignore[arg-type]
-        index = SegmentedIndex(space, [ExactIndex(m) for m in matrices])  # type: ignore[arg-type]
-    return AdapterView(adapter_id=adapter_id, adapter=adapter, vectors=vectors, index=index, info=info)
+        index = SegmentedIndex(space, [found[0] if found is not None else ExactIndex(m)  # type: ignore[arg-type]
+                                       for found, m in zip(indexed, matrices)])
+    if single and indexed[0] is not None and list(segment_labels[0]) == list(labels):
+        classes: Any = indexed[0][1]
+    else:
+        # A part without a class search in the adapter space is scanned exactly, class by class,
+        # over its mapped adapter vectors: no copy of them is held.
+        classes = SegmentedClasses(space, labels, label_parts, [found[1] if found is not None else None
+                                                                for found in indexed],
+                                   matrices, segment_labels)  # type: ignore[arg-type]
+    return AdapterView(adapter_id=adapter_id, adapter=adapter, vectors=vectors, index=index, info=info,
+                       classes=classes)

@@ -66,11 +66,13 @@ class Snapshot:
         return Path(root) if root else self.media_dir
 
     def in_adapter_space(self) -> "Snapshot":
-        """The same items with the adapter's vectors and index (the caller checks there is one)."""
+        """The same items with the adapter's vectors, index and class search (the caller checks
+        there is one): the adapter space served like the encoder's, approximate where the segments
+        are indexed, exact over the mapped adapter vectors where they are not."""
         if self.adapter is None:
             raise Conflict(f"version {self.version} of pool {self.pool!r} has no adapter")
         return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index,
-                                   classes=self.adapter.class_indexes(self.label_codes, len(self.labels)))
+                                   classes=self.adapter.class_search(self.label_codes, len(self.labels)))
 
     @property
     def size(self) -> int:

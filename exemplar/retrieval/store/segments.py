@@ -13,6 +13,9 @@ classes/       per-class search of large segments: the class lists of ``index.fa
                IVF over codes partitioned by class (``PartitionedClasses``), else one index per
                class (``ClassIndexes``)
 adapters/<id>/vectors.npy   the rows mapped through adapter ``id``
+adapters/<id>/index/        the same kind of index over those rows (``index.faiss``, ``classes/``,
+               ``index.json``), only when the segment has an index: ``invariant`` searches the
+               adapter space as ``topk`` and ``balanced`` search the encoder space
 segment.json   rows, dim, index factory and parameters, stats
 ```
 
@@ -33,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
@@ -49,9 +53,13 @@ __all__ = [
     "ITEM_FIELDS",
     "LoadedSegment",
     "SegmentItems",
+    "adapter_factory",
     "id_hashes",
+    "index_adapter_vectors",
     "load_segment",
     "segment_factory",
+    "write_adapter_index",
+    "write_adapter_vectors",
     "write_segment",
 ]
 
@@ -63,6 +71,8 @@ INDEX = "index.faiss"
 CLASSES = "classes"
 META = "segment.json"
 ADAPTERS = "adapters"
+ADAPTER_INDEX = "index"  # adapters/<id>/index/: the adapter space's index, published as one folder
+ADAPTER_INDEX_META = "index.json"
 
 ITEM_FIELDS = ("item_id", "label", "domain", "text", "image", "media_root", "metadata")
 _SCHEMA = pa.schema([("uid", pa.int64())] + [(name, pa.string()) for name in ITEM_FIELDS])
@@ -127,24 +137,20 @@ def write_segment(
         np.save(staging / IDS, _id_table([r.item_id for r in rows]), allow_pickle=False)
         stats: dict[str, Any] = {"rows": len(rows), "dim": int(vectors.shape[1]), "created_at": time.time()}
         factory = segment_factory(index_spec, len(rows), int(vectors.shape[1]), policy, build_requested=build_requested)
+        labels = [r.label for r in rows]
+        names = sorted({lab for lab in labels if lab is not None})
+        codes = _codes(labels, names)
         if factory is not None:
-            labels = [r.label for r in rows]
-            names = sorted({lab for lab in labels if lab is not None})
-            codes = _codes(labels, names)
-            classes: ClassIndexes | PartitionedClasses
-            if names and partitionable(factory):
-                index, classes, index_stats = build_partitioned(vectors, codes, len(names), factory, policy)
-            else:
-                index, index_stats = build_index(vectors, factory, policy)
-                classes = ClassIndexes.build(vectors, codes, len(names), approximate=not index.exact, policy=policy)
-            index.save(staging / INDEX)
-            classes.save(staging / CLASSES, names)
-            stats["index"] = {**index_stats, "classes": classes.stats}
+            stats["index"] = _build_indexes(staging, vectors, codes, names, factory, policy)
         else:
             stats["index"] = {"factory": "Flat", "exact": True, "recall_at_k": 1.0, "params": {},
                               "scan": "exact over the memory-mapped vectors"}
         for adapter_id, apply in (adapters or {}).items():
-            write_adapter_vectors(staging, adapter_id, apply(vectors))
+            adapted = apply(vectors)
+            write_adapter_vectors(staging, adapter_id, adapted)
+            if factory is not None and factory != "Flat":
+                adapter_stats = write_adapter_index(staging, adapter_id, adapted, codes, names, factory, policy)
+                stats.setdefault("adapters", {})[str(adapter_id)] = _summary(adapter_stats)
         (staging / META).write_text(json.dumps(stats))
         publish_dir(staging, folder)
     except BaseException:
@@ -153,8 +159,77 @@ def write_segment(
     return stats
 
 
+def _build_indexes(folder: Path, vectors: np.ndarray, codes: np.ndarray, names: Sequence[str], factory: str,
+                   policy: AutoIndexPolicy) -> dict[str, Any]:
+    """Build ``factory`` over ``vectors`` and the class search beside it (one IVF partitioned by
+    class when the factory allows, else an index per class); save them as ``folder/index.faiss``
+    and ``folder/classes/``; returns the index's stats (the classes' under ``"classes"``)."""
+    classes: ClassIndexes | PartitionedClasses
+    if names and partitionable(factory):
+        index, classes, index_stats = build_partitioned(vectors, codes, len(names), factory, policy)
+    else:
+        index, index_stats = build_index(vectors, factory, policy)
+        classes = ClassIndexes.build(vectors, codes, len(names), approximate=not index.exact, policy=policy)
+    index.save(folder / INDEX)
+    classes.save(folder / CLASSES, names)
+    return {**index_stats, "classes": classes.stats}
+
+
+def _summary(stats: dict[str, Any]) -> dict[str, Any]:
+    classes = stats.get("classes") or {}
+    return {"factory": stats.get("factory"), "requested": stats.get("requested"), "build_s": stats.get("build_s"),
+            "index_s": stats.get("index_s"), "recall_at_k": stats.get("recall_at_k"),
+            "class_recall_at_k": classes.get("recall_at_k")}
+
+
 def write_adapter_vectors(folder: Path, adapter_id: int, adapted: np.ndarray) -> None:
     write_npy_atomic(folder / ADAPTERS / str(adapter_id) / VECTORS, np.ascontiguousarray(adapted, dtype=np.float32))
+
+
+def adapter_factory(factory: str, n: int, dim: int) -> str:
+    """The segment's factory for its rows in an adapter's space: the same one when faiss builds it at
+    the adapter's dimension (a PQ's sub-quantisers must divide it), else an IVF over 4-bit codes."""
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        return factory
+    except RuntimeError:
+        return f"IVF{ivf_lists(n)},SQ4"
+
+
+def write_adapter_index(folder: Path, adapter_id: int, adapted: np.ndarray, codes: np.ndarray, names: Sequence[str],
+                        factory: str, policy: AutoIndexPolicy) -> dict[str, Any]:
+    """Index a segment's rows in adapter ``adapter_id``'s space as the segment is indexed in the
+    encoder's (``factory``, its label ``codes`` over ``names``, ``policy``): written under
+    ``folder/adapters/<id>/index/`` through a staging folder, so it is there whole or not at all.
+    Re-scoring reads ``adapters/<id>/vectors.npy`` (mapped); no copy of the rows is kept."""
+    data = np.ascontiguousarray(adapted, dtype=np.float32)
+    target = folder / ADAPTERS / str(adapter_id) / ADAPTER_INDEX
+    staging = target.with_name(f".staging-{ADAPTER_INDEX}")
+    started = time.perf_counter()
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        chosen = adapter_factory(factory, len(data), int(data.shape[1]))
+        stats = _build_indexes(staging, data, codes, names, chosen, policy)
+        stats["index_s"] = round(time.perf_counter() - started, 3)
+        (staging / ADAPTER_INDEX_META).write_text(json.dumps(stats))
+        publish_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return stats
+
+
+def index_adapter_vectors(segment: "LoadedSegment", adapter_id: int, adapted: np.ndarray, policy: AutoIndexPolicy
+                          ) -> dict[str, Any] | None:
+    """``write_adapter_index`` for a written segment, with the factory its own index was built
+    with; None (nothing written) where the segment is scanned exactly."""
+    factory = segment.indexed_factory()
+    if factory is None:
+        return None
+    names = _label_names(segment.items)
+    codes = _codes(segment.items.column("label").to_pylist(), names)
+    return write_adapter_index(segment.folder, adapter_id, adapted, codes, names, factory, policy)
 
 
 def _codes(values: Sequence[str | None], names: Sequence[str]) -> np.ndarray:
@@ -202,7 +277,9 @@ class LoadedSegment:
     classes: ClassSearch | None  # None: class rows are scanned exactly
     stats: dict[str, Any]
     _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    _adapter_indexes: dict[int, tuple[VectorIndex, ClassSearch]] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _index_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def size(self) -> int:
@@ -216,6 +293,37 @@ class LoadedSegment:
                     return None
                 self._adapters[adapter_id] = np.load(path, mmap_mode="r", allow_pickle=False)
             return self._adapters[adapter_id]
+
+    def indexed_factory(self) -> str | None:
+        """The factory the segment's index was asked for (what its rows in an adapter's space get
+        too); None when it is scanned exactly or its index is exact."""
+        if self.index is None or self.index.exact:
+            return None
+        factory = (self.stats.get("index") or {}).get("requested") or self.index.factory
+        if factory == AUTO:
+            factory = choose_factory(self.size, int(self.vectors.shape[1]))
+        return None if factory == "Flat" else factory
+
+    def adapter_index(self, adapter_id: int) -> tuple[VectorIndex, ClassSearch] | None:
+        """The index and class search of the rows in adapter ``adapter_id``'s space, loaded on first
+        use (inverted lists mapped, re-scored from the mapped adapter vectors); None where the
+        segment has none (no index in the encoder space, or an adapter trained before these)."""
+        with self._index_lock:
+            if adapter_id in self._adapter_indexes:
+                return self._adapter_indexes[adapter_id]
+            folder = self.folder / ADAPTERS / str(adapter_id) / ADAPTER_INDEX
+            vectors = self.adapter_vectors(adapter_id)
+            if vectors is None or not (folder / ADAPTER_INDEX_META).is_file():
+                return None
+            stats = json.loads((folder / ADAPTER_INDEX_META).read_text())
+            index = VectorIndex.load(folder / INDEX, stats["factory"], stats.get("params"))
+            index.vectors = vectors
+            index.to_gpu()
+            classes = _load_classes(folder / CLASSES, index, vectors, _label_names(self.items))
+            if classes is None:
+                return None
+            self._adapter_indexes[adapter_id] = (index, classes)
+            return index, classes
 
 
 def load_segment(name: str, folder: Path, *, legacy_rows: Callable[[np.ndarray], Sequence[ItemRow]] | None = None,

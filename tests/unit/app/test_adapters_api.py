@@ -27,6 +27,9 @@ def test_train_adapter_then_select_invariant(client: TestClient, pool: str, sett
     assert r.json()["kind"] == "adapter" and r.json()["state"] in ("queued", "running", "succeeded")
     job = wait_job(client, r.json()["id"])
     assert job["state"] == "succeeded" and job["result"]["version"] == 1 and job["progress"]["done"] >= 1
+    # A small pool is scanned exactly in the adapter space too: no segment gets an adapter index.
+    assert job["result"]["index"]["segments"] == 1 and job["result"]["index"]["indexed"] == []
+    assert job["progress"]["phase"] == "done" and job["progress"]["index_s"] >= 0
     stats = client.get(f"/v1/pools/{pool}").json()
     assert stats["adapter"]["version"] == 1 and stats["adapter"]["config"]["head"] == "mlp"
     body = {"query": {"item_id": "s000"}, "strategy": "invariant", "k_per_class": 1}

@@ -161,3 +161,36 @@ def test_a_lone_search_gets_every_core_and_overlapping_searches_one_each() -> No
     finally:
         vectors.set_search_threads(0)
         faiss.omp_set_num_threads(cores)
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,SQ4", "HNSW16"])
+def test_a_search_can_ask_for_another_depth_or_an_exact_scan(data, factory: str) -> None:
+    from exemplar.retrieval import Effort
+
+    V, Q = data
+    index = VectorIndex.build(V, factory)
+    index.vectors = V
+    if factory.startswith("IVF"):
+        faiss.extract_index_ivf(index.index).nprobe = 2
+    D_ref, I_ref = exact(V, Q, 10)
+
+    def recall(I: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_ref)]))
+
+    D, I = index.search(Q, 10, effort=Effort(exact=True))
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_allclose(D, D_ref, atol=1e-5)
+    tuned = recall(index.search(Q, 10)[1])
+    deeper = recall(index.search(Q, 10, effort=Effort(scale=16.0))[1])
+    assert deeper >= tuned and deeper > 0.9
+    if factory.startswith("IVF"):
+        # every list probed: exact on IVF-Flat, exact after the re-rank on the codes
+        assert recall(index.search(Q, 10, effort=Effort(nprobe=32))[1]) >= (1.0 if factory.endswith("Flat") else 0.9)
+        assert recall(index.search(Q, 10, effort=Effort(nprobe=1))[1]) <= tuned
+    # a filter and an effort together: the subset, searched exactly
+    allowed = np.zeros(len(V), bool)
+    allowed[::3] = True
+    _, I = index.search(Q, 5, allowed, Effort(exact=True))
+    assert set(I.ravel().tolist()) <= set(np.flatnonzero(allowed).tolist())
+    if factory.startswith("IVF"):
+        assert faiss.extract_index_ivf(index.index).nprobe == 2  # the tuned setting is left as it was

@@ -184,3 +184,24 @@ def test_a_window_of_few_classes_scans_the_other_classes_shallowly(built) -> Non
         best = sorted(everyone, key=lambda c: -full[c][0][row][0])[:2]
         same_window += sorted(best) == sorted(sorted(everyone, key=lambda c: -window[c][0][row][0])[:2])
     assert same_window >= 0.9 * len(q)  # the window's classes, as probing every class fully finds them
+
+
+def test_class_searches_take_an_effort(built) -> None:  # noqa: ANN001
+    from exemplar.retrieval import Effort
+
+    V, codes, names, index, classes, _ = built
+    rng = np.random.default_rng(7)
+    q = V[rng.choice(len(V), 12, replace=False)] + rng.normal(scale=0.05, size=(12, V.shape[1])).astype(np.float32)
+    everyone = list(range(len(names)))
+    exact = classes.search_many(everyone, q, 4, effort=Effort(exact=True))
+    wide = classes.search_many(everyone, q, 4, effort=Effort(nprobe=10_000))
+    for c in everyone:
+        for row in range(len(q)):
+            want = _exact(V, classes.rows[c], q[row], 4)
+            assert exact[c][1][row].tolist() == want
+            assert wide[c][1][row].tolist()[:1] == want[:1]  # every list probed; the re-rank keeps the best
+    saved = classes.nprobe
+    shallow = classes.search_many(everyone, q, 4, effort=Effort(scale=1e-3))  # rounds down to one list
+    one = classes.search_many(everyone, q, 4, effort=Effort(nprobe=1))
+    assert all(np.array_equal(shallow[c][1], one[c][1]) for c in everyone)
+    assert classes.nprobe == saved  # the tuned setting is left as it was

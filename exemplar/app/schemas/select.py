@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 from exemplar.app.schemas.common import NON_BLANK, NON_ZERO_VECTOR, Base64Image, StrictModel, limit, rules, strategy_names
-from exemplar.retrieval import Query, SelectionOptions
+from exemplar.retrieval import Effort, Query, SelectionOptions
 
 __all__ = [
     "BatchSelectRequest",
@@ -17,6 +17,7 @@ __all__ = [
     "QueryIn",
     "SelectOptionsIn",
     "SelectRequest",
+    "SearchIn",
     "SelectResponse",
     "SelectionFieldsIn",
 ]
@@ -66,6 +67,31 @@ class QueryIn(StrictModel):
         return Query(image=self.image, text=self.text, embedding=self.embedding, item_id=self.item_id)
 
 
+class SearchIn(StrictModel):
+    """How hard the index searches for one request; the default is what the version was tuned to."""
+
+    recall: Literal["fast", "default", "exact"] = Field(
+        "default", description="'default': the settings tuned when the version was built (window recall >= 0.95 "
+        "against exact search, measured then). 'fast': half their probes (IVF lists, HNSW efSearch; per class "
+        "for balanced), lower recall. 'exact': an exact scan of the stored vectors (every row; about 160 ms a "
+        "query at 1M x 512 on one core here), for checking or for small filtered pools.",
+    )
+    nprobe: int | None = Field(
+        None, ge=1, le=65_536, description="Inverted lists to probe per search (per class for balanced) on IVF "
+        "indexes, instead of the tuned number; more: higher recall, slower. Not with recall 'exact'; graph (HNSW) "
+        "and exact indexes ignore it.",
+    )
+
+    @model_validator(mode="after")
+    def _exact_has_no_depth(self) -> "SearchIn":
+        if self.recall == "exact" and self.nprobe is not None:
+            raise ValueError("recall 'exact' scans every row: leave out nprobe, or ask for another recall")
+        return self
+
+    def effort(self) -> Effort:
+        return Effort(exact=self.recall == "exact", scale=0.5 if self.recall == "fast" else 1.0, nprobe=self.nprobe)
+
+
 class SelectionFieldsIn(StrictModel):
     """Filters and layout shared by every request that selects (select, select/batch, infer)."""
 
@@ -84,6 +110,8 @@ class SelectionFieldsIn(StrictModel):
         "items than its quota, let the other classes take its slots. Either way the response's 'shortfall' says "
         "which classes came up short."
     )
+    search: SearchIn = Field(default_factory=lambda: SearchIn(), description="How hard the index searches: "
+                             "speed against recall, per request.")
 
     def selection_options(self, *, k: int | None, k_per_class: int | None = None) -> SelectionOptions:
         """The one mapping from the wire to the core's options."""
@@ -92,7 +120,7 @@ class SelectionFieldsIn(StrictModel):
             labels=tuple(self.labels) if self.labels is not None else None,
             domains=tuple(self.domains) if self.domains is not None else None,
             exclude_ids=tuple(self.exclude_ids), order=self.order, seed=self.seed, offset=self.offset,
-            invariant_base=self.invariant_base, fill=self.fill,
+            invariant_base=self.invariant_base, fill=self.fill, effort=self.search.effort(),
         )
 
 

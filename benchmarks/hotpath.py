@@ -182,6 +182,9 @@ STRATEGIES = {
     "invariant": ({"strategy": "invariant", "invariant_base": "balanced"}, "balanced"),
     "invariant-topk": ({"strategy": "invariant", "invariant_base": "topk"}, "topk"),
     "random": ({"strategy": "random"}, None),
+    # the per-request knob: half the tuned probes
+    "topk-fast": ({"strategy": "topk", "search": {"recall": "fast"}}, "topk"),
+    "balanced-fast": ({"strategy": "balanced", "search": {"recall": "fast"}}, "balanced"),
 }
 
 

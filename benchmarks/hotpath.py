@@ -118,13 +118,15 @@ def loadgen(base: str, path: str, bodies: Path, concurrency: int, seconds: float
     return json.loads(out.stdout)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its children (the worker processes of ``--workers``)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` and its children (the worker processes of ``--workers``);
+    ``field``: VmRSS (all), RssAnon (the processes' own memory) or RssFile (mapped files, such as
+    the vectors read for re-ranking, which the kernel can drop)."""
     total = 0.0
     for p in [pid] + _children(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1]) / 1024
         except FileNotFoundError:
             continue
@@ -369,6 +371,8 @@ def main() -> None:
                                     "loadgen_cpu_share": round(run["cpu_s"] / run["elapsed"], 3)}
         report["http"] = results
         report["server_rss_mb_after_load"] = round(rss_mb(server.pid), 1)
+        report["server_rss_anon_mb_after_load"] = round(rss_mb(server.pid, "RssAnon"), 1)
+        report["server_rss_file_mb_after_load"] = round(rss_mb(server.pid, "RssFile"), 1)
         write_json(args.out, report)  # the HTTP figures are kept even if a peer fails later
     finally:
         server.send_signal(signal.SIGTERM)
@@ -395,7 +399,8 @@ def print_report(report: dict, concurrency: int) -> None:
           f"{report['index'].get('params')}, class nprobe {classes.get('nprobe')} (window recall "
           f"{classes.get('recall_at_k')}), built in {report['build_s']} s; {report['server_processes']} server "
           f"process(es); vectors as {report['vectors_as']}; server RSS {report['server_rss_mb']} MB when ready, "
-          f"{report['server_rss_mb_after_load']} MB after the load")
+          f"{report['server_rss_mb_after_load']} MB after the load ({report['server_rss_anon_mb_after_load']} MB "
+          f"anonymous, {report['server_rss_file_mb_after_load']} MB mapped files)")
     brute = peers.get("RICES brute force (torch, in-process)")
     print("| strategy | p50 / p99 ms, c=1 | req/s, c=%d | window recall | load generator CPU share c=1 / c=%d | p50 vs brute force |"
           % (concurrency, concurrency))

@@ -72,9 +72,13 @@ class Observability:
         self.encode = Histogram("exemplar_encode_seconds", "Query encoding time per request", buckets=_BUCKETS,
                                 registry=self.registry)
         self.recent = RecentStats()
+        self._selects: dict[str, Any] = {}
 
     def observe_selection(self, pool: str, strategy: str, timing_ms: dict[str, float], labels: Iterable[str | None]) -> None:
-        self.selects.labels(strategy).observe(timing_ms.get("total", 0.0) / 1000)
+        selects = self._selects.get(strategy)
+        if selects is None:  # labels() looks the child up under a lock on each call: once per strategy here
+            selects = self._selects[strategy] = self.selects.labels(strategy)
+        selects.observe(timing_ms.get("total", 0.0) / 1000)
         self.search.observe(timing_ms.get("search", 0.0) / 1000)
         self.encode.observe(timing_ms.get("encode", 0.0) / 1000)
         self.recent.record(pool, strategy, timing_ms.get("total", 0.0), labels)

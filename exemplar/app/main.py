@@ -78,10 +78,11 @@ def create_app(
     app.add_middleware(AccessMiddleware, observability=services.obs)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    # The hot path first: routes are matched in order, and no other route's path overlaps its paths.
+    app.include_router(select.router)
     app.include_router(pools.router)
     app.include_router(items.router)
     app.include_router(maintenance.router)
-    app.include_router(select.router)
     app.include_router(adapters.router)
     app.include_router(builds.router)
     app.include_router(infer.router)

@@ -157,10 +157,11 @@ class AccessMiddleware:
             seconds = time.perf_counter() - started
             self.obs.requests.labels(route, scope["method"], str(status)).inc()
             self.obs.latency.labels(route, scope["method"]).observe(seconds)
-            state = scope.get("state") or {}
-            log.info("request", extra={"event": "request", "method": scope["method"], "path": scope["path"],
-                                       "route": route, "status": status, "ms": round(seconds * 1000, 3),
-                                       "key": state.get("principal")})
+            if log.isEnabledFor(logging.INFO):
+                state = scope.get("state") or {}
+                log.info("request", extra={"event": "request", "method": scope["method"], "path": scope["path"],
+                                           "route": route, "status": status, "ms": round(seconds * 1000, 3),
+                                           "key": state.get("principal")})
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -65,6 +65,9 @@ class Services:
     auth: Authenticator
     obs: Observability
     ready: bool = False
+    # Threads that run select and select/batch (an anyio CapacityLimiter, made when the app starts;
+    # None: anyio's shared default).
+    select_limiter: Any = None
 
     def close(self) -> None:
         self.snapshots.close()  # before the catalog closes under its refresher

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         1, ge=0, description="OpenMP threads per faiss search in the server (0: faiss's default). Concurrent "
         "requests already run in parallel; more threads per search oversubscribe the cores.",
     )
+    select_threads: int = Field(
+        2, ge=1, description="Threads that run select and select/batch requests (more wait their turn; searches "
+        "arriving together are still batched). Python runs one thread at a time: threads beyond the cores "
+        "mostly hand the interpreter lock around, at a CPU cost per request. Serve more cores with --workers.",
+    )
     index_memory_budget_bytes: int = Field(8 * 1024**3, ge=1, description="Memory budget for index: auto.")
     mllm_endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict,

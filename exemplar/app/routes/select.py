@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 import pydantic_core
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -19,7 +21,7 @@ from exemplar.app.schemas.select import (
     vector_errors,
 )
 from exemplar.app.observability import Observability
-from exemplar.app.services import QUERY, ServicesDep
+from exemplar.app.services import QUERY, Services, ServicesDep
 from exemplar.retrieval import Demonstration, SelectionResult
 
 router = APIRouter(prefix="/v1/pools", tags=["select"], route_class=ValidatedBodyRoute, responses={
@@ -60,26 +62,42 @@ def _observe(obs: Observability, result: SelectionResult, out: dict[str, Any]) -
     obs.observe_selection(result.pool, result.strategy, out["timing_ms"], (d.label for d in result.demonstrations))
 
 
+async def _in_select_thread(services: Services, work: Callable[[], Response]) -> Response:
+    """Runs a selection in one of the ``select_threads`` threads kept for select and select/batch.
+
+    A thread, not the event loop: searches release the GIL and overlap the next request's parsing,
+    and concurrent searches of one index meet in its ``SearchBatcher``. A few threads, not the
+    shared pool of 40: every thread more than the cores costs each request CPU in handing the GIL
+    around (at concurrency 32, about twice the CPU per request of two threads)."""
+    return await anyio.to_thread.run_sync(work, limiter=services.select_limiter)
+
+
 @router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY],
              response_model=SelectResponse)
-def select(pool: str, body: SelectRequest, services: ServicesDep) -> Response:
+async def select(pool: str, body: SelectRequest, services: ServicesDep) -> Response:
     # One dependency for both services: each dependency FastAPI solves costs the hot path.
-    started = time.perf_counter()
-    with vector_errors([body.query]):
-        result = services.selection.select(pool, body.query.to_query(), body.strategy, body.to_options())
-    response = _response(result, started)
-    _observe(services.obs, result, response)
-    return json_response(response)
+    def work() -> Response:
+        started = time.perf_counter()
+        with vector_errors([body.query]):
+            result = services.selection.select(pool, body.query.to_query(), body.strategy, body.to_options())
+        response = _response(result, started)
+        _observe(services.obs, result, response)
+        return json_response(response)
+
+    return await _in_select_thread(services, work)
 
 
 @router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY],
              response_model=BatchSelectResponse)
-def select_batch(pool: str, body: BatchSelectRequest, services: ServicesDep) -> Response:
-    started = time.perf_counter()
-    with vector_errors(body.queries):
-        results = services.selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy,
-                                         body.to_options(), shared=body.shared)
-    outs = [_response(r, started) for r in results]
-    for result, out in zip(results, outs):
-        _observe(services.obs, result, out)
-    return json_response({"shared": body.shared, "results": outs})
+async def select_batch(pool: str, body: BatchSelectRequest, services: ServicesDep) -> Response:
+    def work() -> Response:
+        started = time.perf_counter()
+        with vector_errors(body.queries):
+            results = services.selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy,
+                                                      body.to_options(), shared=body.shared)
+        outs = [_response(r, started) for r in results]
+        for result, out in zip(results, outs):
+            _observe(services.obs, result, out)
+        return json_response({"shared": body.shared, "results": outs})
+
+    return await _in_select_thread(services, work)

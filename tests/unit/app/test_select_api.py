@@ -141,3 +141,30 @@ def test_responses_are_what_the_declared_models_write(client: TestClient, pool) 
     r = client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "v0001"}, {"item_id": "meta"}], "k": 3})
     assert r.status_code == 200, r.text
     assert BatchSelectResponse.model_validate_json(r.content).model_dump_json().encode() == r.content
+
+
+def test_selections_run_in_the_select_threads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """select and select/batch run off the event loop, in the few threads kept for them."""
+    import threading
+
+    from exemplar.app import Settings, create_app
+
+    settings = Settings(data_dir=tmp_path / "data", refresh_s=0.0, select_threads=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.post("/v1/pools", json={"name": "v", "encoder": "precomputed:4"})
+        client.post("/v1/pools/v/items", json={"items": [{"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}]})
+        services = client.app.state.services
+        assert services.select_limiter.total_tokens == 3
+        seen = []
+        select_batch = services.selection.select_batch
+
+        def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen.append((threading.current_thread(), services.select_limiter.borrowed_tokens))
+            return select_batch(*args, **kwargs)
+
+        monkeypatch.setattr(services.selection, "select_batch", spy)
+        assert client.post("/v1/pools/v/select", json={"query": {"embedding_b64": b64(np.array([1, 0, 0, 0]))}}).status_code == 200
+        assert client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "a"}]}).status_code == 200
+        assert len(seen) == 2
+        # a worker thread (the TestClient serves the app from a thread of its own), holding a select token
+        assert all(thread.name == "AnyIO worker thread" and borrowed == 1 for thread, borrowed in seen)

@@ -17,8 +17,8 @@ from pydantic import BeforeValidator, ConfigDict, BaseModel, PlainSerializer, Wi
 from exemplar.retrieval.serving.strategies import list_strategies
 
 __all__ = [
-    "Base64Image", "Base64Vector", "IDENTIFIER", "INDEX_FACTORY", "NON_BLANK", "NON_ZERO_VECTOR", "StrictModel", "limit", "rules",
-    "strategy_names",
+    "Base64Image", "Base64Vector", "IDENTIFIER", "INDEX_FACTORY", "MAX_VECTOR", "NON_BLANK", "NON_ZERO_VECTOR",
+    "StrictModel", "limit", "rules", "strategy_names",
 ]
 
 # Patterns the document states for rules the server checks itself, with its own messages: the
@@ -94,6 +94,7 @@ Base64Image = Annotated[
 
 
 MAX_VECTOR = 16384  # values in a query vector, either form
+_MAX_VECTOR_BASE64 = 4 * -(-4 * MAX_VECTOR // 3)  # characters of MAX_VECTOR float32 values in base64
 # Base64 text of a whole number of 4-byte values: groups of 3 values (16 characters), then 1 value
 # (6 characters and '==') or 2 (11 characters and '='). Whether they are finite and not all zero
 # is checked on decoding, not stated here.
@@ -105,7 +106,7 @@ def _decode_vector(value: object) -> np.ndarray:
         return value
     if not isinstance(value, str):
         raise ValueError("embedding_b64 must be a string: base64 of little-endian float32 values")
-    if len(value) > 4 * -(-4 * MAX_VECTOR // 3):
+    if len(value) > _MAX_VECTOR_BASE64:
         raise ValueError(f"embedding_b64 holds more than {MAX_VECTOR} values")
     try:
         data = base64.b64decode(value, validate=True)
@@ -128,13 +129,13 @@ def _encode_vector(vector: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
-# A query vector as base64 of its little-endian float32 bytes: a quarter of the size of the JSON
-# list and decoded without a Python float per value. Decoded to a read-only float32 array.
+# A query vector as base64 of its little-endian float32 bytes: about a quarter of the size of the
+# JSON list, and decoded without a Python float per value. Validated into a read-only float32 array.
 Base64Vector = Annotated[
     Any,
     BeforeValidator(_decode_vector),
     PlainSerializer(_encode_vector, return_type=str),
-    WithJsonSchema({"type": "string", "minLength": 8, "maxLength": 4 * -(-4 * MAX_VECTOR // 3),
+    WithJsonSchema({"type": "string", "minLength": 8, "maxLength": _MAX_VECTOR_BASE64,
                     "pattern": _FLOAT32_BASE64}),
 ]
 

@@ -79,7 +79,7 @@ class QueryIn(StrictModel):
     )
     embedding_b64: Base64Vector | None = Field(
         None, description="The query vector as base64 of its little-endian float32 bytes (4 bytes per value), "
-        "instead of 'embedding': a quarter of the size, and cheaper to decode. The same vector selects the same "
+        "instead of 'embedding': about a quarter of the size, and cheaper to decode. The same vector selects the same "
         "demonstrations either way. In numpy: base64.b64encode(v.astype('<f4').tobytes()).",
     )
     item_id: str | None = Field(None, max_length=512)

@@ -13,7 +13,7 @@ import numpy as np
 from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.index.vectors import normalize
-from exemplar.retrieval.store.items import check_vector
+from exemplar.retrieval.store.items import check_vector, unit_rows
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.composite import ItemColumn
@@ -221,6 +221,7 @@ class SelectionService:
         images: list[tuple[int, bytes]] = []
         texts: list[tuple[int, str]] = []
         encoder = None
+        units = _unit_vectors(queries, snap.dim)
         for i, q in enumerate(queries):
             given = sum(x is not None for x in (q.image, q.text, q.embedding, q.item_id))
             if given == 0:
@@ -234,7 +235,8 @@ class SelectionService:
                 vectors[i] = snap.vectors[row]
                 self_rows[i] = row
             elif q.embedding is not None:
-                vectors[i] = check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
+                unit = units.get(i)
+                vectors[i] = unit if unit is not None else check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
             else:
                 if encoder is None:
                     encoder = self.encoders(snap.encoder)
@@ -261,6 +263,22 @@ class SelectionService:
                 raise
             vectors[[i for i, _ in texts]] += encoded
         return normalize(vectors), self_rows
+
+
+def _unit_vectors(queries: Sequence[Query], dim: int) -> dict[int, np.ndarray]:
+    """The unit vectors of a batch's ``embedding`` queries that pass ``check_vector``, by query, in
+    one ``unit_rows`` call (the same bits as one at a time); the others are left to ``check_vector``,
+    in the query loop, so a batch's first error is the one reported as before."""
+    given = [(i, q.embedding) for i, q in enumerate(queries) if q.embedding is not None]
+    if len(given) < 2:
+        return {}
+    fitting = [(i, v) for i, v in ((i, np.asarray(e, dtype=np.float64)) for i, e in given)
+               if v.ndim == 1 and v.shape[0] == dim]
+    if not fitting:
+        return {}
+    units, problems = unit_rows(np.stack([v for _, v in fitting]))
+    passed = [i for (i, _), problem in zip(fitting, problems) if problem is None]
+    return dict(zip(passed, units))
 
 
 def _member_mask(codes: np.ndarray, names: tuple[str, ...], wanted: Sequence[str], param: str) -> np.ndarray:

@@ -40,3 +40,36 @@ def test_items_read_together_are_the_items_read_by_row(pools: PoolService, snaps
     for result in results:
         for d in result.demonstrations:
             assert d == _demonstration(snap, Pick(row=snap.row_of.get(d.id), score=d.score, rank=d.rank))
+
+
+def test_a_batch_of_vectors_is_checked_and_scaled_as_each_alone(pools: PoolService, snapshots: SnapshotCache,
+                                                                encoders) -> None:  # noqa: ANN001
+    from exemplar.errors import Incompatible, InvalidRequest, NotFound
+
+    pools.create(name="p", encoder="precomputed:4")
+    pools.add_items("p", _items(30, 0))
+    service = SelectionService(pools.store, snapshots, encoders)
+    rng = np.random.default_rng(3)
+    vectors = [rng.normal(size=4) * scale for scale in (1e-30, 1.0, 1e30)] + [rng.normal(size=4).astype(np.float32)]
+    batch = service.prepare("p", [Query(embedding=v) for v in vectors], "topk", SelectionOptions(k=3))
+    for row, v in zip(batch.vectors, vectors):
+        alone = service.prepare("p", [Query(embedding=v)], "topk", SelectionOptions(k=3))
+        assert row.tobytes() == alone.vectors[0].tobytes()
+    # the first bad query of a batch is the one reported, whatever else is wrong after it
+    cases = [
+        ([Query(embedding=[1, 0, 0, 0]), Query(embedding=[0, 0, 0, 0]), Query(embedding=[1, 2])],
+         InvalidRequest, "queries[1].embedding"),
+        ([Query(embedding=[1, 0, 0, 0]), Query(embedding=[1, 2]), Query(embedding=[np.nan, 0, 0, 0])],
+         Incompatible, "queries[1].embedding"),
+        ([Query(embedding=[1, 0, 0, 0]), Query(item_id="nope"), Query(embedding=[np.inf, 0, 0, 0])],
+         NotFound, "queries[1].item_id"),
+        ([Query(embedding=[1, 0, 0, 0]), Query(embedding=[np.inf, 0, 0, 0]), Query(item_id="nope")],
+         InvalidRequest, "queries[1].embedding"),
+    ]
+    for queries, error, param in cases:
+        try:
+            service.prepare("p", queries, "topk", SelectionOptions(k=3))
+        except error as exc:
+            assert exc.param == param
+        else:
+            raise AssertionError(f"{queries} passed")

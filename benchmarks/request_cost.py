@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--forms", default="json,b64")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary folder (pool, bodies, server log).")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from exemplar.encoders import EncoderRegistry
@@ -140,6 +142,8 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
+        if not args.keep:  # a few hundred MB a run
+            shutil.rmtree(root, ignore_errors=True)
     print("\n| run | p50 ms | calls/s | queries/s | server CPU ms/call | loadgen CPU share |\n|---|---|---|---|---|---|")
     for name, e in report["runs"].items():
         print(f"| {name} | {e['p50_ms']} | {e['calls_per_s']} | {e.get('queries_per_s', e['calls_per_s'])} | "

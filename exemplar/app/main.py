@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +51,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.select_limiter = anyio.CapacityLimiter(settings.select_threads)
         await run_in_threadpool(services.snapshots.load_all)
         # Versions other processes commit reach this one through the refresher, off the request path.
         services.snapshots.start()
@@ -78,10 +80,11 @@ def create_app(
     app.add_middleware(AccessMiddleware, observability=services.obs)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    # The hot path first: routes are matched in order, and no other route's path overlaps its paths.
+    app.include_router(select.router)
     app.include_router(pools.router)
     app.include_router(items.router)
     app.include_router(maintenance.router)
-    app.include_router(select.router)
     app.include_router(adapters.router)
     app.include_router(builds.router)
     app.include_router(infer.router)

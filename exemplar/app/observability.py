@@ -72,9 +72,13 @@ class Observability:
         self.encode = Histogram("exemplar_encode_seconds", "Query encoding time per request", buckets=_BUCKETS,
                                 registry=self.registry)
         self.recent = RecentStats()
+        self._selects: dict[str, Any] = {}
 
     def observe_selection(self, pool: str, strategy: str, timing_ms: dict[str, float], labels: Iterable[str | None]) -> None:
-        self.selects.labels(strategy).observe(timing_ms.get("total", 0.0) / 1000)
+        selects = self._selects.get(strategy)
+        if selects is None:  # labels() looks the child up under a lock on each call: once per strategy here
+            selects = self._selects[strategy] = self.selects.labels(strategy)
+        selects.observe(timing_ms.get("total", 0.0) / 1000)
         self.search.observe(timing_ms.get("search", 0.0) / 1000)
         self.encode.observe(timing_ms.get("encode", 0.0) / 1000)
         self.recent.record(pool, strategy, timing_ms.get("total", 0.0), labels)
@@ -153,10 +157,11 @@ class AccessMiddleware:
             seconds = time.perf_counter() - started
             self.obs.requests.labels(route, scope["method"], str(status)).inc()
             self.obs.latency.labels(route, scope["method"]).observe(seconds)
-            state = scope.get("state") or {}
-            log.info("request", extra={"event": "request", "method": scope["method"], "path": scope["path"],
-                                       "route": route, "status": status, "ms": round(seconds * 1000, 3),
-                                       "key": state.get("principal")})
+            if log.isEnabledFor(logging.INFO):
+                state = scope.get("state") or {}
+                log.info("request", extra={"event": "request", "method": scope["method"], "path": scope["path"],
+                                           "route": route, "status": status, "ms": round(seconds * 1000, 3),
+                                           "key": state.get("principal")})
 
 
 class JsonFormatter(logging.Formatter):

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         "that runs alone (a request at concurrency 1), one per search while requests overlap (they already keep "
         "the cores busy; more threads each would oversubscribe them). N: always N.",
     )
+    select_threads: int = Field(
+        2, ge=1, description="Threads that run select and select/batch requests (more wait their turn; searches "
+        "arriving together are still batched). Python runs one thread at a time: threads beyond the cores "
+        "mostly hand the interpreter lock around, at a CPU cost per request. Serve more cores with --workers.",
+    )
     index_memory_budget_bytes: int = Field(8 * 1024**3, ge=1, description="Memory budget for index: auto.")
     mllm_endpoints: dict[str, EndpointConfig] = Field(
         default_factory=dict,

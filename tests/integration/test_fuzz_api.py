@@ -46,6 +46,8 @@ INEXPRESSIBLE = (
              "an image is any base64 string to JSON Schema; whether its bytes decode is not a schema property"),
     Accepted(400, r"appears twice in one request", "JSON Schema has no 'unique by this field' for the items' ids"),
     Accepted(400, r"metadata is larger than", "a size in bytes of serialised JSON is not a schema property"),
+    Accepted(400, r"embedding_b64 (contains NaN or infinite values|has zero length)",
+             "whether base64 text decodes to finite float32 values that are not all zero is not a schema property"),
 )
 # Refusals that depend on the pool's (or server's) state but are still answered as malformed
 # requests (400, 503) by code outside the HTTP layer: each should raise exemplar.errors.Incompatible

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.routes.select import demonstration_out
 from exemplar.app.schemas.infer import InferRequest, InferResponse, InferRoundOut
+from exemplar.app.schemas.select import vector_errors
 from exemplar.app.services import QUERY, InferDep
 from exemplar.retrieval.infer import InferOptions
 from exemplar.retrieval.prompting import PromptTemplate
@@ -28,7 +29,8 @@ def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
         confidence=body.confidence, max_tokens=body.max_tokens, temperature=body.temperature,
         template=PromptTemplate(**body.prompt.model_dump()),
     )
-    result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
+    with vector_errors([body.query]):
+        result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
     return InferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy, mllm=result.mllm,
         answer=result.answer, confidence=result.confidence, stopped=result.stopped, chosen_round=result.chosen_round,

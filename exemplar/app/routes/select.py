@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
+import anyio.to_thread
+import pydantic_core
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from exemplar.app.bodies import ValidatedBodyRoute
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.select import (
     BatchSelectRequest,
@@ -13,11 +18,13 @@ from exemplar.app.schemas.select import (
     DemonstrationOut,
     SelectRequest,
     SelectResponse,
+    vector_errors,
 )
-from exemplar.app.services import QUERY, ObsDep, SelectionDep
+from exemplar.app.observability import Observability
+from exemplar.app.services import QUERY, Services, ServicesDep
 from exemplar.retrieval import Demonstration, SelectionResult
 
-router = APIRouter(prefix="/v1/pools", tags=["select"], responses={
+router = APIRouter(prefix="/v1/pools", tags=["select"], route_class=ValidatedBodyRoute, responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
 })
 
@@ -28,37 +35,69 @@ def model_response(model: BaseModel) -> Response:
     return Response(content=model.model_dump_json(), media_type="application/json")
 
 
+def json_response(content: object) -> Response:
+    """A response already in the declared model's shape (``response_model``), as plain dicts and
+    lists in its field order: written by pydantic-core as ``model_response`` would write the model,
+    without building a model object per demonstration first."""
+    return Response(content=pydantic_core.to_json(content), media_type="application/json")
+
+
 def demonstration_out(d: Demonstration) -> DemonstrationOut:
     # Built from the core's own typed values: nothing to validate, and a batch has hundreds of them.
     return DemonstrationOut.model_construct(**vars(d))
 
 
-def _response(result: SelectionResult, started: float) -> SelectResponse:
+def _response(result: SelectionResult, started: float) -> dict[str, Any]:
+    """A ``SelectResponse`` as JSON-ready data (its fields, in order)."""
     timing = dict(result.timing_ms, total=round((time.perf_counter() - started) * 1000, 3))
-    return SelectResponse(
-        pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,
-        demonstrations=[demonstration_out(d) for d in result.demonstrations], timing_ms=timing,
-        shortfall=result.shortfall,
-    )
+    return {
+        "pool": result.pool, "version": result.version, "encoder": result.encoder, "strategy": result.strategy,
+        # Demonstration's fields are DemonstrationOut's, in the same order.
+        "demonstrations": [vars(d) for d in result.demonstrations], "timing_ms": timing,
+        "shortfall": result.shortfall,
+    }
+
+
+def _observe(obs: Observability, result: SelectionResult, out: dict[str, Any]) -> None:
+    obs.observe_selection(result.pool, result.strategy, out["timing_ms"], (d.label for d in result.demonstrations))
+
+
+async def _in_select_thread(services: Services, work: Callable[[], Response]) -> Response:
+    """Runs a selection in one of the ``select_threads`` threads kept for select and select/batch.
+
+    A thread, not the event loop: searches release the GIL and overlap the next request's parsing,
+    and concurrent searches of one index meet in its ``SearchBatcher``. A few threads, not the
+    shared pool of 40: every thread more than the cores costs each request CPU in handing the GIL
+    around (at concurrency 32, about twice the CPU per request of two threads)."""
+    return await anyio.to_thread.run_sync(work, limiter=services.select_limiter)
 
 
 @router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY],
              response_model=SelectResponse)
-def select(pool: str, body: SelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
-    started = time.perf_counter()
-    result = selection.select(pool, body.query.to_query(), body.strategy, body.to_options())
-    response = _response(result, started)
-    obs.observe_selection(result.pool, result.strategy, response.timing_ms, (d.label for d in result.demonstrations))
-    return model_response(response)
+async def select(pool: str, body: SelectRequest, services: ServicesDep) -> Response:
+    # One dependency for both services: each dependency FastAPI solves costs the hot path.
+    def work() -> Response:
+        started = time.perf_counter()
+        with vector_errors([body.query]):
+            result = services.selection.select(pool, body.query.to_query(), body.strategy, body.to_options())
+        response = _response(result, started)
+        _observe(services.obs, result, response)
+        return json_response(response)
+
+    return await _in_select_thread(services, work)
 
 
 @router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY],
              response_model=BatchSelectResponse)
-def select_batch(pool: str, body: BatchSelectRequest, selection: SelectionDep, obs: ObsDep) -> Response:
-    started = time.perf_counter()
-    results = selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy, body.to_options(),
-                                     shared=body.shared)
-    response = BatchSelectResponse(shared=body.shared, results=[_response(r, started) for r in results])
-    for result, out in zip(results, response.results):
-        obs.observe_selection(result.pool, result.strategy, out.timing_ms, (d.label for d in result.demonstrations))
-    return model_response(response)
+async def select_batch(pool: str, body: BatchSelectRequest, services: ServicesDep) -> Response:
+    def work() -> Response:
+        started = time.perf_counter()
+        with vector_errors(body.queries):
+            results = services.selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy,
+                                                      body.to_options(), shared=body.shared)
+        outs = [_response(r, started) for r in results]
+        for result, out in zip(results, outs):
+            _observe(services.obs, result, out)
+        return json_response({"shared": body.shared, "results": outs})
+
+    return await _in_select_thread(services, work)

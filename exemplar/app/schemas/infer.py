@@ -18,7 +18,7 @@ _TEMPLATE = {"not": {"pattern": r"\{(?!(?:" + "|".join(FIELDS) + r")\})\w[^{}]*\
 # The model is shown the query itself: an image, a text or a pool item, never a bare vector.
 _INFER_QUERY = {
     "anyOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in ("image", "text", "item_id")],
-    "properties": {"embedding": {"type": "null"}},
+    "properties": {"embedding": {"type": "null"}, "embedding_b64": {"type": "null"}},
 }
 
 

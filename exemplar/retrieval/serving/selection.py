@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -12,9 +13,10 @@ import numpy as np
 from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.index.vectors import normalize, searching
-from exemplar.retrieval.store.items import check_vector
+from exemplar.retrieval.store.items import check_vector, unit_rows
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
+from exemplar.retrieval.serving.composite import ItemColumn
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
@@ -159,17 +161,19 @@ class SelectionService:
                 param=exc.param,
             ) from None
         timing = {"encode": prepared.encode_ms, "search": round((time.perf_counter() - started) * 1000, 3)}
+        arranged = [arrange(window.picks, options.order, snap, options.seed) for window in windows]
+        items = _ItemReader(snap, [p.row for picks in arranged for p in picks])
         return [
             SelectionResult(
                 pool=snap.pool,
                 version=snap.version,
                 encoder=snap.encoder,
                 strategy=prepared.strategy.name,
-                demonstrations=[_demonstration(snap, p) for p in arrange(window.picks, options.order, snap, options.seed)],
+                demonstrations=[items.demonstration(p) for p in picks],
                 timing_ms=timing,
                 shortfall={snap.labels[code]: n for code, n in sorted(window.shortfall.items())},
             )
-            for window in windows
+            for window, picks in zip(windows, arranged)
         ]
 
     def _check_options(self, options: SelectionOptions, strategy: Strategy) -> None:
@@ -218,6 +222,7 @@ class SelectionService:
         images: list[tuple[int, bytes]] = []
         texts: list[tuple[int, str]] = []
         encoder = None
+        units = _unit_vectors(queries, snap.dim)
         for i, q in enumerate(queries):
             given = sum(x is not None for x in (q.image, q.text, q.embedding, q.item_id))
             if given == 0:
@@ -231,7 +236,8 @@ class SelectionService:
                 vectors[i] = snap.vectors[row]
                 self_rows[i] = row
             elif q.embedding is not None:
-                vectors[i] = check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
+                unit = units.get(i)
+                vectors[i] = unit if unit is not None else check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
             else:
                 if encoder is None:
                     encoder = self.encoders(snap.encoder)
@@ -260,6 +266,22 @@ class SelectionService:
         return normalize(vectors), self_rows
 
 
+def _unit_vectors(queries: Sequence[Query], dim: int) -> dict[int, np.ndarray]:
+    """The unit vectors of a batch's ``embedding`` queries that pass ``check_vector``, by query, in
+    one ``unit_rows`` call (the same bits as one at a time); the others are left to ``check_vector``,
+    in the query loop, so a batch's first error is the one reported as before."""
+    given = [(i, q.embedding) for i, q in enumerate(queries) if q.embedding is not None]
+    if len(given) < 2:
+        return {}
+    fitting = [(i, v) for i, v in ((i, np.asarray(e, dtype=np.float64)) for i, e in given)
+               if v.ndim == 1 and v.shape[0] == dim]
+    if not fitting:
+        return {}
+    units, problems = unit_rows(np.stack([v for _, v in fitting]))
+    passed = [i for (i, _), problem in zip(fitting, problems) if problem is None]
+    return dict(zip(passed, units))
+
+
 def _member_mask(codes: np.ndarray, names: tuple[str, ...], wanted: Sequence[str], param: str) -> np.ndarray:
     lookup = {name: i for i, name in enumerate(names)}
     unknown = [w for w in wanted if w not in lookup]
@@ -280,3 +302,35 @@ def _demonstration(snap: Snapshot, pick: Pick) -> Demonstration:
         rank=pick.rank,
         metadata=snap.metadata_of(row),
     )
+
+
+class _ItemReader:
+    """The item fields of every picked row of a request, read together: over segments, one Arrow
+    ``take`` per segment and field instead of a segment lookup per row and field (a select/batch of
+    64 queries picks hundreds of rows). Snapshots whose columns are plain sequences are read by row."""
+
+    _FIELDS = ("ids", "texts", "images", "metadata")
+
+    def __init__(self, snap: Snapshot, rows: Sequence[int]) -> None:
+        self.snap = snap
+        self.values: dict[int, tuple[Any, ...]] = {}
+        columns = [getattr(snap, name) for name in self._FIELDS]
+        space = snap.space
+        if len(rows) < 2 or space is None or not all(isinstance(c, ItemColumn) and c.space is space for c in columns):
+            return
+        unique = np.unique(np.asarray(rows, np.int64))
+        for p, positions, local in space.split(unique):
+            items = space.parts[p].segment.items
+            taken = [items.column(c.field).take(local).to_pylist() for c in columns]
+            self.values.update(zip(unique[positions].tolist(), zip(*taken)))
+
+    def demonstration(self, pick: Pick) -> Demonstration:
+        found = self.values.get(pick.row)
+        if found is None:
+            return _demonstration(self.snap, pick)
+        snap, row = self.snap, pick.row
+        item_id, text, image, metadata = found
+        return Demonstration(
+            id=item_id, label=snap.label_of(row), text=text, image=image, domain=snap.domain_of(row),
+            score=pick.score, rank=pick.rank, metadata=json.loads(metadata) if metadata else {},
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,6 +21,10 @@ def big_png_b64() -> str:
     buffer = io.BytesIO()
     Image.new("1", (1000, 1000)).save(buffer, format="PNG")  # 1 Mpx, over the 200 kpx test limit
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _f32(*values: float) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
 CASES = [
@@ -59,6 +64,20 @@ CASES = [
     ("post", "/v1/pools", {"name": "new\n", "encoder": "precomputed:4"}, 400, "invalid_request", "name"),
     ("post", "/v1/pools/empty/select", {"query": {"embedding": [1, 0, 0, 0]}}, 409, "empty_pool", "pool"),
     ("post", "/v1/pools", {"name": "vec", "encoder": "precomputed:4"}, 409, "conflict", "name"),
+    # a query vector as base64 float32 (embedding_b64): refused as the JSON list is, naming embedding_b64
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": "***not base64***"}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": "AACAPwAA"}}, 400, "invalid_request", "query.embedding_b64"),  # 6 bytes
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": ""}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": 7}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(1, 2)}}, 409, "incompatible", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(1, 0, 0, float("nan"))}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(1, 0, float("inf"), 0)}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(0, 0, 0, 0)}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(1, 0, 0, 0), "embedding": [1, 0, 0, 0]}}, 400, "invalid_request", "query"),
+    ("post", "/v1/pools/vec/select", {"query": {"embedding_b64": _f32(1, 0, 0, 0), "item_id": "a"}}, 400, "invalid_request", "query.embedding_b64"),
+    ("post", "/v1/pools/vec/select/batch", {"queries": [{"embedding": [1, 0, 0, 0]}, {"embedding_b64": _f32(1, 2, 3)}]}, 409, "incompatible", "queries[1].embedding_b64"),
+    ("post", "/v1/pools/vec/select/batch", {"queries": [{"embedding": [1, 0, 0, 0]}, {"embedding_b64": "AAA="}]}, 400, "invalid_request", "queries[1].embedding_b64"),
+    ("post", "/v1/pools/vec/select/batch", {"queries": [{"embedding_b64": _f32(1, 0)}, {"embedding": [1, 2]}]}, 409, "incompatible", "queries[0].embedding_b64"),
     ("post", "/v1/pools", {"name": "x y", "encoder": "precomputed:4"}, 400, "invalid_request", "name"),
     ("post", "/v1/pools", {"name": "new", "encoder": "open_clip:ViT-B-32@laion2b_s34b_b79k"}, 503, "encoder_unavailable", None),
     ("post", "/v1/pools/vec/versions/7/activate", None, 404, "not_found", "version"),

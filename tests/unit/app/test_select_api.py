@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 
 import numpy as np
@@ -80,3 +81,90 @@ def test_batch_with_one_shared_demonstration_set(client: TestClient, pool) -> No
     assert ranked(body["results"][0]) == oracle_balanced(stored, labels, mean, k_per_class=2, allowed=allowed)
     unshared = client.post("/v1/pools/v/select/batch", json={"queries": queries, "strategy": "balanced", "k": 4}).json()
     assert unshared["shared"] is False
+
+
+def b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+
+
+def without_timing(body: dict) -> dict:
+    results = body["results"] if "results" in body else [body]
+    for result in results:
+        result.pop("timing_ms")
+    return body
+
+
+@pytest.mark.parametrize("strategy", ["topk", "balanced"])
+def test_embedding_b64_selects_what_the_same_vector_as_a_json_list_selects(client: TestClient, pool, strategy) -> None:
+    V, _ = pool
+    rng = np.random.default_rng(5)
+    for q in (V[17], V[200] + 0.1 * rng.normal(size=V.shape[1])):
+        q32 = np.asarray(q, np.float32)  # the JSON list carries the float32 values exactly
+        options = {"strategy": strategy, "k": 6}
+        as_list = client.post("/v1/pools/v/select", json={"query": {"embedding": q32.tolist()}, **options})
+        as_b64 = client.post("/v1/pools/v/select", json={"query": {"embedding_b64": b64(q32)}, **options})
+        assert as_list.status_code == as_b64.status_code == 200, as_b64.text
+        assert without_timing(as_b64.json()) == without_timing(as_list.json())
+
+
+def test_batch_takes_embedding_b64_and_json_lists_together(client: TestClient, pool) -> None:
+    V, _ = pool
+    Q = V[[3, 40, 41, 250]].astype(np.float32)
+    mixed = [{"embedding_b64": b64(Q[0])}, {"embedding": Q[1].tolist()}, {"item_id": "v0005"},
+             {"embedding_b64": b64(Q[2])}, {"embedding_b64": b64(Q[3])}]
+    lists = [{"embedding": Q[0].tolist()}, {"embedding": Q[1].tolist()}, {"item_id": "v0005"},
+             {"embedding": Q[2].tolist()}, {"embedding": Q[3].tolist()}]
+    for shared in (False, True):
+        body = {"strategy": "topk", "k": 5, "shared": shared}
+        r = client.post("/v1/pools/v/select/batch", json={"queries": mixed, **body})
+        want = client.post("/v1/pools/v/select/batch", json={"queries": lists, **body})
+        assert r.status_code == want.status_code == 200, r.text
+        assert without_timing(r.json()) == without_timing(want.json())
+        assert len(r.json()["results"]) == 5
+
+
+def test_responses_are_what_the_declared_models_write(client: TestClient, pool) -> None:
+    """The routes write their responses from plain data: byte for byte the response models' JSON."""
+    from exemplar.app.schemas.select import BatchSelectResponse, SelectResponse
+
+    client.post("/v1/pools/v/items", json={"items": [
+        {"id": "meta", "label": "extra", "text": "é ü \u2028", "domain": "d0", "metadata": {"a": [1, 2.5, None], "b": {"c": "x"}},
+         "embedding": pool[0][0].tolist()}]})
+    for body in ({"query": {"item_id": "v0017"}, "strategy": "balanced", "k_per_class": 2},
+                 {"query": {"embedding": pool[0][0].tolist()}, "k": 4},
+                 {"strategy": "random", "k": 3, "seed": 2},
+                 {"query": {"item_id": "v0001"}, "strategy": "balanced", "k_per_class": 3, "labels": ["extra"],
+                  "fill": False}):
+        r = client.post("/v1/pools/v/select", json=body)
+        assert r.status_code == 200, r.text
+        assert SelectResponse.model_validate_json(r.content).model_dump_json().encode() == r.content
+    r = client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "v0001"}, {"item_id": "meta"}], "k": 3})
+    assert r.status_code == 200, r.text
+    assert BatchSelectResponse.model_validate_json(r.content).model_dump_json().encode() == r.content
+
+
+def test_selections_run_in_the_select_threads(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """select and select/batch run off the event loop, in the few threads kept for them."""
+    import threading
+
+    from exemplar.app import Settings, create_app
+
+    settings = Settings(data_dir=tmp_path / "data", refresh_s=0.0, select_threads=3)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        client.post("/v1/pools", json={"name": "v", "encoder": "precomputed:4"})
+        client.post("/v1/pools/v/items", json={"items": [{"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}]})
+        services = client.app.state.services
+        assert services.select_limiter.total_tokens == 3
+        seen = []
+        select_batch = services.selection.select_batch
+
+        def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen.append((threading.current_thread(), services.select_limiter.borrowed_tokens))
+            return select_batch(*args, **kwargs)
+
+        monkeypatch.setattr(services.selection, "select_batch", spy)
+        assert client.post("/v1/pools/v/select", json={"query": {"embedding_b64": b64(np.array([1, 0, 0, 0]))}}).status_code == 200
+        assert client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "a"}]}).status_code == 200
+        assert len(seen) == 2
+        # a worker thread (the TestClient serves the app from a thread of its own), holding a select token
+        assert all(thread.name == "AnyIO worker thread" and borrowed == 1 for thread, borrowed in seen)

@@ -100,14 +100,15 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
         # Each worker is a fresh process that reads its settings from the environment: the
         # command-line options go there first.
         os.environ.update({"EXEMPLAR_DATA_DIR": str(settings.data_dir.resolve()), "EXEMPLAR_HOST": settings.host,
-                           "EXEMPLAR_PORT": str(settings.port), "EXEMPLAR_LOG_LEVEL": settings.log_level})
+                           "EXEMPLAR_PORT": str(settings.port), "EXEMPLAR_LOG_LEVEL": settings.log_level,
+                           "EXEMPLAR_WORKERS": str(workers)})
         uvicorn.run("exemplar.app.main:create_app_from_environment", factory=True, workers=workers,
                     host=settings.host, port=settings.port, log_level=settings.log_level,
                     timeout_graceful_shutdown=30, access_log=False, log_config=None)
         return
     from exemplar.retrieval.index.vectors import set_search_threads
 
-    set_search_threads(settings.search_threads)
+    set_search_threads(settings.search_threads, processes=settings.workers)
     app = create_app(settings, on_ready=(lambda: click.echo(on_ready)) if on_ready else None)
     # uvicorn's own access log is replaced by Exemplar's (route, status, ms, request id, key).
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -36,7 +36,7 @@ def create_app_from_environment() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     tune_allocator()  # a fresh process: before its services open any pool
-    set_search_threads(settings.search_threads)
+    set_search_threads(settings.search_threads, processes=settings.workers)
     return create_app(settings)
 
 

@@ -39,7 +39,6 @@ __all__ = [
     "JobsDep",
     "ObsDep",
     "PoolsDep",
-    "SelectionDep",
     "Services",
     "ServicesDep",
     "SettingsDep",
@@ -133,10 +132,6 @@ async def get_snapshots(request: Request) -> SnapshotCache:
     return _services(request).snapshots
 
 
-async def get_selection(request: Request) -> SelectionService:
-    return _services(request).selection
-
-
 async def get_settings(request: Request) -> Settings:
     return _services(request).settings
 
@@ -171,7 +166,6 @@ ADMIN = Depends(require_scope("admin"))
 ServicesDep = Annotated[Services, Depends(get_services)]
 PoolsDep = Annotated[PoolService, Depends(get_pools)]
 SnapshotsDep = Annotated[SnapshotCache, Depends(get_snapshots)]
-SelectionDep = Annotated[SelectionService, Depends(get_selection)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]

@@ -55,9 +55,14 @@ class Settings(BaseSettings):
     ray_actors: int = Field(2, ge=1, description="Encoder actors (Ray executor).")
     ray_gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per encoder actor (Ray executor).")
     search_threads: int = Field(
-        0, ge=0, description="OpenMP threads per faiss search in the server. 0: adapt, every core for a search "
-        "that runs alone (a request at concurrency 1), one per search while requests overlap (they already keep "
-        "the cores busy; more threads each would oversubscribe them). N: always N.",
+        0, ge=0, description="OpenMP threads per faiss search in the server. 0: adapt, the process's share of the "
+        "cores (see workers) for a search over 8 or more rows (a balanced request's classes, a batch) that runs "
+        "alone, one thread for a single query (waking a team costs more than it saves) and while requests overlap "
+        "(they already keep the cores busy). N: always N.",
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes sharing this machine (`exemplar serve --workers` sets it): "
+        "a lone search's threads (search_threads 0) are the cores divided among them.",
     )
     select_threads: int = Field(
         2, ge=1, description="Threads that run select and select/batch requests (more wait their turn; searches "

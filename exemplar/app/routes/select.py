@@ -8,7 +8,6 @@ import anyio.to_thread
 import pydantic_core
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from exemplar.app.bodies import ValidatedBodyRoute
 from exemplar.app.errors import ErrorEnvelope
@@ -29,15 +28,9 @@ router = APIRouter(prefix="/v1/pools", tags=["select"], route_class=ValidatedBod
 })
 
 
-def model_response(model: BaseModel) -> Response:
-    """The hot path's response: pydantic-core writes the JSON once, without FastAPI validating the
-    model it was just built from again (the schema stays declared through ``response_model``)."""
-    return Response(content=model.model_dump_json(), media_type="application/json")
-
-
 def json_response(content: object) -> Response:
     """A response already in the declared model's shape (``response_model``), as plain dicts and
-    lists in its field order: written by pydantic-core as ``model_response`` would write the model,
+    lists in its field order: written by pydantic-core as it would write the model,
     without building a model object per demonstration first."""
     return Response(content=pydantic_core.to_json(content), media_type="application/json")
 

@@ -75,6 +75,13 @@ class RowsView:
     def __getitem__(self, local: Any) -> np.ndarray:
         return np.asarray(self.base[self.rows[local]])
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), int(self.base.shape[1])
+
 
 def round_robin(per_class: list[list[tuple[int, float]]], stop: int) -> list[tuple[int, float]]:
     """Interleave per-class hit lists (each in score order), classes by their best score."""

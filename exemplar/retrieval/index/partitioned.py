@@ -47,6 +47,9 @@ KIND = "partitioned"
 _FACTORY = re.compile(r"^IVF(\d+),(SQ\d+|SQfp16)$")
 # k-means needs this many points per centroid (faiss warns below it).
 _MIN_POINTS = 39
+# balanced's second pass takes at least this many classes beyond those its window needs: small
+# windows (k of 1 to 4) would otherwise have a margin of one or two classes, and tuning measures 10.
+_MARGIN = 4
 
 
 def partitionable(factory: str) -> bool:
@@ -97,7 +100,7 @@ class PartitionedClasses:
         ``needed``: only the ``needed`` classes whose best items score highest need their ranking in
         full (a ``balanced`` window that gives one slot to each of its first classes). All classes
         are then scanned shallowly first (a quarter of their lists), and only the ``needed`` best of
-        them plus half as many again, per query, are scanned to the full depth; the others keep
+        them plus half as many again (at least 4 more), per query, are scanned to the full depth; the others keep
         their shallow answers, which rank them below the window. Tuning measures the window with
         this in place (``tune``)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -143,7 +146,7 @@ class PartitionedClasses:
         params, _bitmap = self._params(codes, allowed)  # the selector points into the bitmap: keep it alive
         pairs = np.repeat(np.arange(nq), m)
         shallow = max(1, nprobe // 4)
-        deep = m if needed is None else min(m, needed + -(-needed // 2))
+        deep = m if needed is None else min(m, needed + max(-(-needed // 2), _MARGIN))
         if deep >= m or shallow >= nprobe:
             D, I = self._scan(q[pairs], Iq.reshape(nq * m, nprobe), Dq.reshape(nq * m, nprobe), wide, k, params)
             return D.reshape(nq, m, -1), I.reshape(nq, m, -1)

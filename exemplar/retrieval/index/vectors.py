@@ -77,18 +77,21 @@ TUNED = Effort()
 
 _search_threads = 0
 _cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+_share = _cores  # the cores a lone search may use in this process
 _in_flight = 0
 _PARALLEL_ROWS = 8
 _in_flight_lock = threading.Lock()
 
 
-def set_search_threads(threads: int) -> None:
-    """OpenMP threads per search; 0 (the default) adapts: every core for a search that runs alone,
-    one per search while several overlap. OpenMP keeps this per calling thread, so each search sets
-    it in the thread that runs it: concurrent request threads that each started a team of one thread
-    per core would oversubscribe the cores."""
-    global _search_threads
+def set_search_threads(threads: int, *, processes: int = 1) -> None:
+    """OpenMP threads per search; 0 (the default) adapts: the process's share of the cores (all of
+    them, or ``cores // processes`` when ``processes`` server processes share the machine) for a
+    search over many rows that runs alone, one thread otherwise. OpenMP keeps this per calling
+    thread, so each search sets it in the thread that runs it: concurrent request threads that each
+    started a team of one thread per core would oversubscribe the cores."""
+    global _search_threads, _share
     _search_threads = max(0, int(threads))
+    _share = max(1, _cores // max(1, int(processes)))
 
 
 @contextlib.contextmanager
@@ -115,7 +118,7 @@ def search_threads(rows: int = 1) -> int:
     (measured: one IVF query, 0.19 ms of CPU on one thread, 0.5 to 0.9 ms on two), and
     overlapping searches already keep the cores busy."""
     alone = _in_flight <= 1 and rows >= _PARALLEL_ROWS
-    threads = _search_threads or (_cores if alone else 1)
+    threads = _search_threads or (_share if alone else 1)
     faiss.omp_set_num_threads(threads)
     return threads
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from exemplar.retrieval.index.classes import ClassSearch
-from exemplar.retrieval.index.vectors import TUNED, Effort, VectorIndex, exact_scan
+from exemplar.retrieval.index.vectors import EXACT_SUBSET_ROWS, TUNED, Effort, VectorIndex, exact_scan
 from exemplar.retrieval.store.segments import LoadedSegment, id_hashes
 
 __all__ = [
@@ -286,16 +286,21 @@ class SegmentedClasses:
                 for code, cp, _ in indexed:
                     D, I = hits[cp.segment_code]
                     found[code].append((D, part.to_global(I)))
-            scanned = [e for e, yes in zip(entries, has_index) if not yes]
-            if scanned:
-                for code, D, I in _scan_classes(self.vectors[p], q, k, [(c, cp.local_rows[keep]) for c, cp, keep in scanned]):
-                    found[code].append((D, part.to_global(I)))
+            scanned = [(c, cp.local_rows[keep]) for (c, cp, keep), yes in zip(entries, has_index) if not yes]
+            if sum(len(rows) for _, rows in scanned) <= EXACT_SUBSET_ROWS:
+                hits_of = _scan_classes(self.vectors[p], q, k, scanned)
+            else:  # a large part without a class search (an adapter space from before its index): class by class
+                hits_of = ((c, *exact_scan(self.vectors[p], q, k, rows)) for c, rows in scanned)
+            for code, D, I in hits_of:
+                found[code].append((D, part.to_global(I)))
         return {code: merge_hits(results, len(q), k) for code, results in found.items()}
 
 
 def _scan_classes(vectors: np.ndarray, q: np.ndarray, k: int, classes: list[tuple[int, np.ndarray]]
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Exact top ``k`` of each class's ``rows`` of one small segment, from one product with all of them."""
+    if not classes:
+        return
     rows = np.concatenate([r for _, r in classes])
     scores = q @ np.asarray(vectors[rows], dtype=np.float32).T
     start = 0

@@ -224,7 +224,7 @@ def index_adapter_vectors(segment: "LoadedSegment", adapter_id: int, adapted: np
                           ) -> dict[str, Any] | None:
     """``write_adapter_index`` for a written segment, with the factory its own index was built
     with; None (nothing written) where the segment is scanned exactly."""
-    factory = segment.indexed_factory()
+    factory = segment.indexed_factory(policy)
     if factory is None:
         return None
     names = _label_names(segment.items)
@@ -277,7 +277,7 @@ class LoadedSegment:
     classes: ClassSearch | None  # None: class rows are scanned exactly
     stats: dict[str, Any]
     _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
-    _adapter_indexes: dict[int, tuple[VectorIndex, ClassSearch]] = dataclasses.field(default_factory=dict)
+    _adapter_indexes: dict[int, tuple[VectorIndex, ClassSearch] | None] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _index_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -294,14 +294,14 @@ class LoadedSegment:
                 self._adapters[adapter_id] = np.load(path, mmap_mode="r", allow_pickle=False)
             return self._adapters[adapter_id]
 
-    def indexed_factory(self) -> str | None:
+    def indexed_factory(self, policy: AutoIndexPolicy = AutoIndexPolicy()) -> str | None:
         """The factory the segment's index was asked for (what its rows in an adapter's space get
         too); None when it is scanned exactly or its index is exact."""
         if self.index is None or self.index.exact:
             return None
         factory = (self.stats.get("index") or {}).get("requested") or self.index.factory
         if factory == AUTO:
-            factory = choose_factory(self.size, int(self.vectors.shape[1]))
+            factory = choose_factory(self.size, int(self.vectors.shape[1]), policy)
         return None if factory == "Flat" else factory
 
     def adapter_index(self, adapter_id: int) -> tuple[VectorIndex, ClassSearch] | None:
@@ -320,10 +320,9 @@ class LoadedSegment:
             index.vectors = vectors
             index.to_gpu()
             classes = _load_classes(folder / CLASSES, index, vectors, _label_names(self.items))
-            if classes is None:
-                return None
-            self._adapter_indexes[adapter_id] = (index, classes)
-            return index, classes
+            # None too is kept: a class search saved for other labels is not loaded again on every compose
+            self._adapter_indexes[adapter_id] = None if classes is None else (index, classes)
+            return self._adapter_indexes[adapter_id]
 
 
 def load_segment(name: str, folder: Path, *, legacy_rows: Callable[[np.ndarray], Sequence[ItemRow]] | None = None,

@@ -105,3 +105,22 @@ def test_balanced_on_a_pool_matches_the_oracle(tmp_path: Path, encoders, index: 
         assert overlap / total >= 0.9
     finally:
         close_pools(pools)
+
+
+@pytest.mark.parametrize("codes", ["SQ4", "Flat"])
+def test_approximate_class_indexes_answer_an_exact_effort_exactly(codes: str) -> None:
+    from exemplar.retrieval import Effort
+
+    V, labels, _ = clustered_vectors(n=6_000, dim=32, n_labels=3, n_domains=2, seed=14)
+    label_codes, names = label_codes_of(labels)
+    policy = AutoIndexPolicy(class_exact_max_bytes=1_000 * 32 * 4, class_train_points=4_000, class_codes=codes,
+                             target_recall=0.9, sample_queries=50)
+    classes = ClassIndexes.build(V, label_codes, len(names), approximate=True, policy=policy)
+    assert classes.approximate == [0, 1, 2]  # each class over its own inverted lists, vectors gathered by row
+    q = V[[5, 2_000, 4_000]] + 0.01
+    found = classes.search_many([0, 1, 2], q, 5, effort=Effort(exact=True))
+    for c in range(3):
+        members = classes.rows[c]
+        for row in range(len(q)):
+            want = members[np.argsort(-(V[members] @ q[row]), kind="stable")[:5]]
+            assert found[c][1][row].tolist() == want.tolist()

@@ -155,6 +155,9 @@ def test_a_lone_search_gets_every_core_and_overlapping_searches_one_each() -> No
             with vectors.searching():  # a second request in flight
                 assert vectors.search_threads(20) == 1 and faiss.omp_get_max_threads() == 1
             assert vectors.search_threads(20) == cores
+        vectors.set_search_threads(0, processes=2)  # two server processes share the cores
+        with vectors.searching():
+            assert vectors.search_threads(20) == max(1, cores // 2)
         vectors.set_search_threads(3)
         with vectors.searching(), vectors.searching():
             assert vectors.search_threads(1) == 3

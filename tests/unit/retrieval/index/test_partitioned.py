@@ -155,32 +155,36 @@ def test_many_classes_in_one_call_answer_as_each_class_alone(built) -> None:  # 
         assert set(I.ravel().tolist()) <= set(allowed_rows.tolist())
 
 
-def test_a_window_of_few_classes_scans_the_other_classes_shallowly(built) -> None:  # noqa: ANN001
-    V, codes, names, index, classes, _ = built
+def test_a_window_of_few_classes_scans_the_other_classes_shallowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    V, labels, _ = clustered_vectors(n=6_000, dim=32, n_labels=12, n_domains=2, seed=12)
+    codes, names = label_codes_of(labels)
+    _, classes, _ = build_partitioned(V, codes, len(names), "IVF96,SQ4", POLICY)
     rng = np.random.default_rng(6)
     q = V[rng.choice(len(V), 30, replace=False)] + rng.normal(scale=0.05, size=(30, V.shape[1])).astype(np.float32)
     everyone = list(range(len(names)))
-    saved = classes.nprobe
-    try:
-        classes.nprobe = 8
-        full = classes.search_many(everyone, q, 3)
-        window = classes.search_many(everyone, q, 3, needed=2)
-        classes.nprobe = 2  # the first pass's depth: a quarter of the lists
-        shallow = classes.search_many(everyone, q, 3)
-    finally:
-        classes.nprobe = saved
+    scans: list[tuple[int, int]] = []  # (rows, lists) of each faiss call
+    original = PartitionedClasses._scan
+
+    def spy(self, q, Iq, Dq, wide, k, params):  # noqa: ANN001, ANN202
+        scans.append(Iq.shape)
+        return original(self, q, Iq, Dq, wide, k, params)
+
+    classes.nprobe = 8
+    full = classes.search_many(everyone, q, 3)
+    monkeypatch.setattr(PartitionedClasses, "_scan", spy)
+    window = classes.search_many(everyone, q, 3, needed=2)
+    # two passes: every (query, class) pair over 2 of its 8 lists, then 2 + 4 classes per query over the other 6
+    assert scans == [(30 * 12, 2), (30 * 6, 6)]
+    monkeypatch.undo()
+    classes.nprobe = 2  # the first pass alone
+    shallow = classes.search_many(everyone, q, 3)
     same_window = 0
     for row in range(len(q)):
-        deepened = 0
         for c in everyone:
             D, I = window[c][0][row], window[c][1][row]
             assert np.allclose(D, V[I] @ q[row], atol=1e-5)  # exact scores, whichever pass found them
-            if np.all(D >= full[c][0][row] - 1e-6):
-                deepened += 1  # scanned to the full depth (both passes' candidates: never worse)
-            else:
-                assert np.array_equal(I, shallow[c][1][row])  # only the first pass
-        # the 2 classes the window needs, and half as many again, get every probe
-        assert deepened >= 3
+            if not np.array_equal(I, shallow[c][1][row]):  # deepened: both passes' candidates, never worse
+                assert np.all(D >= full[c][0][row] - 1e-6)
         best = sorted(everyone, key=lambda c: -full[c][0][row][0])[:2]
         same_window += sorted(best) == sorted(sorted(everyone, key=lambda c: -window[c][0][row][0])[:2])
     assert same_window >= 0.9 * len(q)  # the window's classes, as probing every class fully finds them

@@ -111,7 +111,10 @@ def test_random_is_seeded_filtered_and_needs_no_query(vector_pool, selection: Se
     assert rank_order(a) == rank_order(b) != rank_order(c)
     assert {d.label for d in a.demonstrations} == {"class-0"}
     assert all(d.score is None for d in a.demonstrations)
-    expected = np.random.default_rng(1).permutation(np.flatnonzero([lab == "class-0" for lab in labels]))[:10]
+    from exemplar.retrieval.serving.strategies.random import shuffled_prefix
+
+    members = np.flatnonzero([lab == "class-0" for lab in labels])
+    expected = members[shuffled_prefix(len(members), 11, np.random.default_rng(1))][:10]
     assert rank_order(a) == ids(expected.tolist())
     scored = selection.select(name, Query(item_id="v0001"), "random", SelectionOptions(k=10, seed=1))
     assert "v0001" not in rank_order(scored)
@@ -280,3 +283,28 @@ def test_balanced_is_exact_per_class_on_ann_indexes(pools, selection: SelectionS
     stored = np.asarray(pools.snapshots.snapshot("ann").vectors)
     result = selection.select("ann", Query(item_id="v0007"), "balanced", SelectionOptions(k_per_class=2))
     assert rank_order(result) == ids(oracle_balanced(stored, labels, stored[7], k_per_class=2, skip=7))
+
+
+def test_a_shuffled_prefix_is_the_start_of_one_seeded_shuffle() -> None:
+    from exemplar.retrieval.serving.strategies.random import shuffled_prefix
+
+    whole = shuffled_prefix(50, 50, np.random.default_rng(3))
+    assert sorted(whole.tolist()) == list(range(50))  # a permutation
+    for m in (0, 1, 7, 49):
+        assert shuffled_prefix(50, m, np.random.default_rng(3)).tolist() == whole[:m].tolist()
+    assert shuffled_prefix(5, 9, np.random.default_rng(3)).shape == (5,)  # never longer than the pool
+    # uniform: every value equally likely first (2,000 seeds, 10 values: 200 expected each)
+    first = np.bincount([int(shuffled_prefix(10, 1, np.random.default_rng(s))[0]) for s in range(2_000)], minlength=10)
+    assert first.min() > 140 and first.max() < 260
+
+
+def test_random_windows_continue_one_ranking(vector_pool, selection: SelectionService) -> None:
+    name = vector_pool[0]
+    seen: list[str] = []
+    deep = selection.select(name, Query(), "random", SelectionOptions(k=12, seed=9))
+    for offset in (0, 4, 8):
+        window = selection.select(name, Query(), "random", SelectionOptions(k=4, offset=offset, seed=9))
+        seen += [d.id for d in window.demonstrations]
+    assert seen == [d.id for d in deep.demonstrations] and len(set(seen)) == 12
+    per_class = [selection.select(name, Query(), "random", SelectionOptions(k_per_class=m, seed=9)) for m in (1, 2)]
+    assert {d.id for d in per_class[0].demonstrations} <= {d.id for d in per_class[1].demonstrations}

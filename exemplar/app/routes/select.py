@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -15,6 +15,7 @@ from exemplar.app.schemas.select import (
     BatchSelectRequest,
     BatchSelectResponse,
     DemonstrationOut,
+    QueryIn,
     SelectRequest,
     SelectResponse,
     vector_errors,
@@ -55,14 +56,17 @@ def _observe(obs: Observability, result: SelectionResult, out: dict[str, Any]) -
     obs.observe_selection(result.pool, result.strategy, out["timing_ms"], (d.label for d in result.demonstrations))
 
 
-async def _in_select_thread(services: Services, work: Callable[[], Response]) -> Response:
+async def _in_select_thread(services: Services, work: Callable[[], Response], queries: Sequence[QueryIn]) -> Response:
     """Runs a selection in one of the ``select_threads`` threads kept for select and select/batch.
 
     A thread, not the event loop: searches release the GIL and overlap the next request's parsing,
     and concurrent searches of one index meet in its ``SearchBatcher``. A few threads, not the
     shared pool of 40: every thread more than the cores costs each request CPU in handing the GIL
-    around (at concurrency 32, about twice the CPU per request of two threads)."""
-    return await anyio.to_thread.run_sync(work, limiter=services.select_limiter)
+    around (at concurrency 32, about twice the CPU per request of two threads). A request that
+    must encode an image or a text first runs in the shared pool: an encoder's hundreds of
+    milliseconds must not hold up the vector queries queued behind it."""
+    encodes = any(q.image is not None or q.text is not None for q in queries)
+    return await anyio.to_thread.run_sync(work, limiter=None if encodes else services.select_limiter)
 
 
 @router.post("/{pool}/select", summary="Select demonstrations for one query", dependencies=[QUERY],
@@ -77,7 +81,7 @@ async def select(pool: str, body: SelectRequest, services: ServicesDep) -> Respo
         _observe(services.obs, result, response)
         return json_response(response)
 
-    return await _in_select_thread(services, work)
+    return await _in_select_thread(services, work, [body.query])
 
 
 @router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY],
@@ -93,4 +97,4 @@ async def select_batch(pool: str, body: BatchSelectRequest, services: ServicesDe
             _observe(services.obs, result, out)
         return json_response({"shared": body.shared, "results": outs})
 
-    return await _in_select_thread(services, work)
+    return await _in_select_thread(services, work, body.queries)

@@ -168,3 +168,10 @@ def test_selections_run_in_the_select_threads(tmp_path, monkeypatch: pytest.Monk
         assert len(seen) == 2
         # a worker thread (the TestClient serves the app from a thread of its own), holding a select token
         assert all(thread.name == "AnyIO worker thread" and borrowed == 1 for thread, borrowed in seen)
+        from tests.helpers import png_b64
+
+        # a query to encode runs in the shared pool: it holds no select token while the encoder works
+        client.post("/v1/pools", json={"name": "t", "encoder": "open_clip:exemplar-tiny"})
+        client.post("/v1/pools/t/items", json={"items": [{"id": "a", "label": "x", "image": png_b64()}]})
+        assert client.post("/v1/pools/t/select", json={"query": {"image": png_b64()}}).status_code == 200
+        assert len(seen) == 3 and seen[-1][1] == 0

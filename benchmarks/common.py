@@ -51,6 +51,8 @@ def milvus_ivf_collection(root: Path, V: Any, nlist: int) -> tuple[Any, float] |
     except ImportError:
         return None
     client = MilvusClient(str(root / "milvus.db"))
+    if client.has_collection("hot"):  # a run reusing an earlier run's folder (--reuse) inserts afresh
+        client.drop_collection("hot")
     params = client.prepare_index_params()
     params.add_index(field_name="vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
     client.create_collection("hot", dimension=V.shape[1], metric_type="IP", auto_id=False, index_params=params)

@@ -15,7 +15,7 @@ import numpy as np
 
 from exemplar.errors import Conflict
 from exemplar.retrieval.index.classes import ClassIndexes
-from exemplar.retrieval.store.files import publish_dir
+from exemplar.retrieval.store.files import staged_dir
 
 __all__ = [
     "Adapter",
@@ -131,14 +131,11 @@ class AdapterView:
 def write_adapter(folder: Path, trained: TrainedAdapter) -> None:
     """Write an adapter's weights and what its training recorded, durably, at ``folder``
     (``<pool>/adapters/<id>``); its vectors live with each segment (``write_adapter_vectors``)."""
-    staging = folder.with_name(f".staging-{folder.name}")
     try:
-        staging.mkdir(parents=True, exist_ok=True)
-        trained.adapter.save(staging / WEIGHTS)
-        (staging / META).write_text(json.dumps(trained.info))
-        publish_dir(staging, folder)
+        with staged_dir(folder) as staging:
+            trained.adapter.save(staging / WEIGHTS)
+            (staging / META).write_text(json.dumps(trained.info))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         raise
 

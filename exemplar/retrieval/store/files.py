@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fsync_dir", "publish_dir", "write_bytes_atomic", "write_npy_atomic"]
+__all__ = ["fsync_dir", "publish_dir", "staged_dir", "write_bytes_atomic", "write_npy_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -50,3 +52,18 @@ def publish_dir(staging: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(staging, final)
     fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A fresh staging folder beside ``final`` to write into; published as ``final`` when the block
+    ends, removed when it raises: the folder is there whole or not at all."""
+    staging = final.with_name(f".staging-{final.name}")
+    shutil.rmtree(staging, ignore_errors=True)  # a crash's leftovers
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        publish_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

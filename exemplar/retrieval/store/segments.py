@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from exemplar.retrieval.index.classes import META as CLASS_META
 from exemplar.retrieval.index.classes import ClassIndexes, ClassSearch
 from exemplar.retrieval.index.partitioned import KIND as PARTITIONED
 from exemplar.retrieval.index.partitioned import PartitionedClasses, build_partitioned, partitionable
-from exemplar.retrieval.store.files import publish_dir, write_npy_atomic
+from exemplar.retrieval.store.files import staged_dir, write_npy_atomic
 from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
 __all__ = [
@@ -122,10 +121,8 @@ def write_segment(
 ) -> dict[str, Any]:
     """Write a segment durably at ``folder`` (through a staging folder beside it); returns its
     stats. Its index follows ``needs_index``; the rows of an adapter are written mapped through it."""
-    staging = folder.with_name(f".staging-{folder.name}")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
+    with staged_dir(folder) as staging:
         np.save(staging / VECTORS, vectors, allow_pickle=False)
         uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
         np.save(staging / UIDS, uids, allow_pickle=False)
@@ -152,10 +149,6 @@ def write_segment(
                 adapter_stats = write_adapter_index(staging, adapter_id, adapted, codes, names, factory, policy)
                 stats.setdefault("adapters", {})[str(adapter_id)] = _summary(adapter_stats)
         (staging / META).write_text(json.dumps(stats))
-        publish_dir(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return stats
 
 
@@ -204,19 +197,12 @@ def write_adapter_index(folder: Path, adapter_id: int, adapted: np.ndarray, code
     Re-scoring reads ``adapters/<id>/vectors.npy`` (mapped); no copy of the rows is kept."""
     data = np.ascontiguousarray(adapted, dtype=np.float32)
     target = folder / ADAPTERS / str(adapter_id) / ADAPTER_INDEX
-    staging = target.with_name(f".staging-{ADAPTER_INDEX}")
     started = time.perf_counter()
-    try:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+    with staged_dir(target) as staging:
         chosen = adapter_factory(factory, len(data), int(data.shape[1]))
         stats = _build_indexes(staging, data, codes, names, chosen, policy)
         stats["index_s"] = round(time.perf_counter() - started, 3)
         (staging / ADAPTER_INDEX_META).write_text(json.dumps(stats))
-        publish_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return stats
 
 

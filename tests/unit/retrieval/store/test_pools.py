@@ -152,12 +152,12 @@ def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders,
 def test_failed_write_leaves_the_serving_version_intact(pools: PoolService, monkeypatch: pytest.MonkeyPatch) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(3))
-    from exemplar.retrieval.store import segments
+    from exemplar.retrieval.store import files
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(segments, "publish_dir", explode)
+    monkeypatch.setattr(files, "publish_dir", explode)  # segments publish through files.staged_dir
     with pytest.raises(OSError):
         pools.add_items("p", vec_items(3, start=100))
     monkeypatch.undo()

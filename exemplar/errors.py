@@ -22,6 +22,7 @@ __all__ = [
     "PayloadTooLarge",
     "UnsupportedQuery",
     "UpstreamError",
+    "UpstreamRefused",
     "UpstreamTimeout",
     "choices",
 ]
@@ -117,3 +118,20 @@ class UpstreamError(ExemplarError):
 
 class UpstreamTimeout(UpstreamError):
     type = "mllm_timeout"
+
+
+class UpstreamRefused(UpstreamError):
+    """The model endpoint answered a client error (4xx) about the request it was sent: the caller's
+    request is what to fix, so the HTTP layer answers with the endpoint's own status, and the
+    endpoint's ``type``, ``param`` and ``code`` where it gave them (OpenAI's error shape)."""
+
+    type = "mllm_refused"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None, type_: str | None = None,
+                 code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.code = code
+        self.retry_after_s = retry_after_s
+        if type_:
+            self.type = type_

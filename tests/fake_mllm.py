@@ -7,24 +7,30 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
 - ``label:X``: answers X, with probability = X's share of the demonstrations shown (at least 0.05);
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
-- ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400).
+- ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);
+- ``error:STATUS``: answers HTTP STATUS with an OpenAI error body (``type``, ``param``, ``code``), and
+  ``retry-after: 1`` on a 429.
 
-Every request is recorded (the demonstration labels, the number of images, and the image URLs and
-texts of the last user turn, i.e. the query) and listed by ``GET /requests``; ``POST /reset`` clears
-the record and the counters.
+``stream: true`` answers the same completion as server-sent events (a role chunk, one chunk per
+word of the answer, a finish chunk, ``[DONE]``).
+
+Every request is recorded (the demonstration labels, the number of images, the roles in order, the
+image URLs and texts of the last user turn, i.e. the query, the body's keys and size) and listed by
+``GET /requests``; ``POST /reset`` clears the record and the counters.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 from collections import Counter
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 app = FastAPI()
 _state: dict[str, Any] = {"requests": [], "calls": Counter()}
@@ -69,14 +75,42 @@ def _completion(model: str, answer: str, prob: float, logprobs: bool = True) -> 
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
+def _events(completion: dict[str, Any]) -> Any:  # noqa: ANN401 - an async iterator of SSE bytes
+    choice = completion["choices"][0]
+    head = {"id": completion["id"], "object": "chat.completion.chunk", "created": 0, "model": completion["model"]}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(chunk)}\n\n".encode()
+
+    async def stream() -> Any:  # noqa: ANN401
+        yield event({"role": "assistant", "content": ""})
+        words = choice["message"]["content"].split(" ")
+        for i, word in enumerate(words):
+            yield event({"content": word if i == 0 else f" {word}"})
+        yield event({}, "stop")
+        yield b"data: [DONE]\n\n"
+
+    return stream()
+
+
+def _error(status: int) -> JSONResponse:
+    error = {"message": f"scripted error {status}", "type": "invalid_request_error", "param": "messages",
+             "code": f"scripted_{status}"}
+    headers = {"retry-after": "1"} if status == 429 else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
 @app.post("/v1/chat/completions")
 async def chat(request: Request) -> Any:  # noqa: ANN401
-    body = await request.json()
+    raw = await request.body()
+    body = json.loads(raw)
     model = str(body.get("model", "majority"))
     messages = body.get("messages", [])
     labels, images, query_text = _demos(messages)
     _state["requests"].append({"model": model, "labels": labels, "images": images, "query_text": query_text,
-                               "query": _query_turn(messages),
+                               "query": _query_turn(messages), "roles": [m.get("role") for m in messages],
+                               "keys": sorted(body), "bytes": len(raw), "stream": body.get("stream"),
                                "logprobs": body.get("logprobs"), "top_logprobs": body.get("top_logprobs"),
                                "authorization": request.headers.get("authorization")})
     _state["calls"][model] += 1
@@ -87,6 +121,8 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
         return JSONResponse({"error": "overloaded"}, status_code=503)
     if kind == "refuse":
         return JSONResponse({"error": "bad request"}, status_code=400)
+    if kind == "error":
+        return _error(int(arg))
     if kind == "malformed":
         return JSONResponse({"unexpected": True})
     if kind == "notjson":
@@ -99,7 +135,10 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
         share = n / len(labels)
     else:
         answer, share = "unknown", 0.1
-    return _completion(model, answer, share, logprobs=kind != "no-logprobs")
+    completion = _completion(model, answer, share, logprobs=kind != "no-logprobs")
+    if body.get("stream"):
+        return StreamingResponse(_events(completion), media_type="text/event-stream")
+    return completion
 
 
 @app.get("/requests")

@@ -10,7 +10,7 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -26,6 +26,7 @@ from exemplar.errors import (
     NotPermitted,
     PayloadTooLarge,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
 )
 
@@ -54,6 +55,8 @@ class ErrorBody(BaseModel):
     type: str
     message: str
     param: str | None = None
+    code: str | None = Field(None, description="Only on the OpenAI-compatible routes, where the model endpoint "
+                             "gave one (OpenAI's error shape); absent otherwise.")
 
 
 class ErrorEnvelope(BaseModel):
@@ -69,12 +72,15 @@ class EnvelopeResponse(JSONResponse):
 
 
 def error_response(status: int, type_: str, message: str, param: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorEnvelope(error=ErrorBody(type=type_, message=message, param=param))
-    return EnvelopeResponse(body.model_dump(), status_code=status, headers={"x-request-id": request_id(), **(headers or {})})
+                   headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
+    body = ErrorEnvelope(error=ErrorBody(type=type_, message=message, param=param, code=code))
+    return EnvelopeResponse(body.model_dump(exclude={"error": {"code"}} if code is None else None), status_code=status,
+                            headers={"x-request-id": request_id(), **(headers or {})})
 
 
 def status_of(exc: ExemplarError) -> int:
+    if isinstance(exc, UpstreamRefused):
+        return exc.status  # the endpoint's own 4xx: the caller's request is what it refused
     return next((status for cls, status in STATUS if isinstance(exc, cls)), 400)
 
 
@@ -88,11 +94,13 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
 
 async def _exemplar_error(request: Request, exc: ExemplarError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, RateLimited):
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    retry_after = exc.retry_after_s if isinstance(exc, (RateLimited, UpstreamRefused)) else None
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     elif isinstance(exc, Unauthorized):
         headers["www-authenticate"] = "Bearer"
-    return error_response(status_of(exc), exc.type, exc.message, exc.param, headers)
+    code = exc.code if isinstance(exc, UpstreamRefused) else None
+    return error_response(status_of(exc), exc.type, exc.message, exc.param, headers, code=code)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,7 +16,19 @@ from exemplar.app.errors import install_error_handlers
 from exemplar.app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from exemplar.app.observability import AccessMiddleware
 from exemplar.app.openapi import install_openapi
-from exemplar.app.routes import adapters, admin, builds, dashboard, health, infer, items, maintenance, pools, select
+from exemplar.app.routes import (
+    adapters,
+    admin,
+    builds,
+    chat,
+    dashboard,
+    health,
+    infer,
+    items,
+    maintenance,
+    pools,
+    select,
+)
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
 
@@ -63,6 +75,7 @@ def create_app(
             yield
         finally:
             services.ready = False
+            await services.chat.aclose()  # its connections belong to this event loop
             services.close()
 
     app = FastAPI(
@@ -88,6 +101,7 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(builds.router)
     app.include_router(infer.router)
+    app.include_router(chat.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
     install_openapi(app)

@@ -36,7 +36,8 @@ POOL_ERRORS = {
     "409": "The pool's state does not allow this request (see the error's type and message)",
 }
 # Requests that load a pool's encoder, which fails with 503 while its weights cannot be had.
-ENCODER_BODIES = frozenset({"PoolCreate", "ItemsIn", "SelectRequest", "BatchSelectRequest", "InferRequest"})
+ENCODER_BODIES = frozenset({"PoolCreate", "ItemsIn", "SelectRequest", "BatchSelectRequest", "InferRequest",
+                            "ChatCompletionRequest"})
 ENCODER_ERRORS = {"503": "The encoder's weights are not available on this server (the message says how to supply them)"}
 ENVELOPE_REF = {"$ref": "#/components/schemas/ErrorEnvelope"}
 _LIMIT_KEYWORDS = ("maximum", "maxItems")

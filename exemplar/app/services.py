@@ -24,7 +24,9 @@ from exemplar.retrieval import (
     SnapshotCache,
 )
 from exemplar.retrieval.index.auto import AutoIndexPolicy
+from exemplar.retrieval.chat import ChatService
 from exemplar.retrieval.infer import InferService
+from exemplar.retrieval.upstream import ChatUpstreams
 from exemplar.retrieval.store.maintenance import CompactionService
 from exemplar.retrieval.store.compaction import CompactionPolicy
 from exemplar.retrieval.mllm import MLLMRegistry
@@ -34,6 +36,7 @@ __all__ = [
     "QUERY",
     "AdaptersDep",
     "BuildsDep",
+    "ChatDep",
     "CompactionDep",
     "InferDep",
     "JobsDep",
@@ -59,6 +62,7 @@ class Services:
     adapters: AdapterService
     mllms: MLLMRegistry
     infer: InferService
+    chat: ChatService
     builds: BuildService
     compaction: CompactionService
     auth: Authenticator
@@ -97,7 +101,8 @@ def build_services(settings: Settings) -> Services:
     jobs.recover({BuildService.KIND: builds.work})
     services = Services(settings=settings, encoders=encoders, store=store, snapshots=snapshots, pools=pools,
                         selection=selection, jobs=jobs,
-                        adapters=adapters, mllms=mllms, infer=InferService(selection, mllms), builds=builds,
+                        adapters=adapters, mllms=mllms, infer=InferService(selection, mllms),
+                        chat=ChatService(selection, ChatUpstreams(settings.mllm_endpoints)), builds=builds,
                         compaction=compaction,
                         auth=Authenticator(settings.api_keys), obs=Observability())
     services.obs.add_state_collector(StateCollector(services))
@@ -148,6 +153,10 @@ async def get_infer(request: Request) -> InferService:
     return _services(request).infer
 
 
+async def get_chat(request: Request) -> ChatService:
+    return _services(request).chat
+
+
 async def get_builds(request: Request) -> BuildService:
     return _services(request).builds
 
@@ -170,6 +179,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 AdaptersDep = Annotated[AdapterService, Depends(get_adapters)]
 InferDep = Annotated[InferService, Depends(get_infer)]
+ChatDep = Annotated[ChatService, Depends(get_chat)]
 BuildsDep = Annotated[BuildService, Depends(get_builds)]
 CompactionDep = Annotated[CompactionService, Depends(get_compaction)]
 ObsDep = Annotated[Observability, Depends(get_obs)]

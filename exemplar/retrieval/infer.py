@@ -12,12 +12,11 @@ import logging
 import time
 from typing import Literal
 
-from exemplar.errors import Conflict, InvalidRequest
+from exemplar.errors import InvalidRequest
 from exemplar.retrieval.confidence import CONFIDENCE_MEASURES, confidence
 from exemplar.retrieval.mllm import EndpointConfig, MLLMRegistry
-from exemplar.retrieval.prompting import DemoContent, PromptTemplate, build_messages, data_uri, read_image, render
+from exemplar.retrieval.prompting import ImageSource, PromptTemplate, build_messages, demo_content, query_content
 from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
-from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import SelectionOptions
 
 __all__ = ["InferOptions", "InferResult", "InferRound", "InferService"]
@@ -100,8 +99,8 @@ class InferService:
 
         prepared = self.selection.prepare(pool, [query], strategy, options_for(0), param_prefix="query")
         snap = prepared.snap
-        images = _ImageSource(snap, client.config)
-        query_content = self._query_content(snap, query, images)
+        images = ImageSource(snap, client.config)
+        shown_query = query_content(snap, query, images)
         rounds: list[InferRound] = []
         stopped: Stop = "max_rounds"
         for r in range(options.max_rounds):
@@ -111,8 +110,8 @@ class InferService:
             if not result.demonstrations:
                 stopped = "exhausted"
                 break
-            messages = build_messages(options.template, [self._demo_content(snap, d, images) for d in result.demonstrations],
-                                      query_content, max_images=client.config.max_images)
+            messages = build_messages(options.template, [demo_content(snap, d, images) for d in result.demonstrations],
+                                      shown_query, max_images=client.config.max_images)
             t2 = time.perf_counter()
             completion = client.complete(messages, max_tokens=options.max_tokens, temperature=options.temperature)
             answer = completion.text.strip()
@@ -138,43 +137,3 @@ class InferService:
             timing_ms={"total": round(total, 3), "model": round(model, 3), "overhead": round(total - model, 3),
                        "encode": prepared.encode_ms},
         )
-
-    @staticmethod
-    def _demo_content(snap: Snapshot, demo: Demonstration, images: "_ImageSource") -> DemoContent:
-        row = snap.row_of[demo.id]
-        fields = {"text": demo.text, "label": demo.label, "domain": demo.domain, "id": demo.id}
-        return DemoContent(fields, lambda: images.url(row))
-
-    @staticmethod
-    def _query_content(snap: Snapshot, query: Query, images: "_ImageSource") -> DemoContent:
-        if query.item_id is not None:
-            row = snap.row_of[query.item_id]
-            fields = {"text": snap.texts[row], "label": None, "domain": snap.domain_of(row), "id": query.item_id}
-            return DemoContent(fields, lambda: images.url(row))
-        image = query.image
-        return DemoContent({"text": query.text, "label": None, "domain": None, "id": None},
-                           lambda: data_uri(image) if image is not None else None)
-
-
-class _ImageSource:
-    """An item's image as the endpoint wants it: a data URI read from the media root, or a URL."""
-
-    def __init__(self, snap: Snapshot, config: EndpointConfig) -> None:
-        self.snap = snap
-        self.config = config
-
-    def url(self, row: int) -> str | None:
-        reference, root = self.snap.images[row], self.snap.image_root(row)
-        if reference is None:
-            return None
-        if self.config.image_mode == "url":
-            assert self.config.media_url_template is not None
-            return render(self.config.media_url_template, {"pool": self.snap.pool, "image": reference,
-                                                           "id": self.snap.ids[row]})
-        if root is None:
-            return None
-        try:
-            return data_uri(read_image(root, reference), reference)
-        except OSError as exc:
-            raise Conflict(f"the image of item {self.snap.ids[row]!r} cannot be read ({type(exc).__name__}); "
-                           "its media file is missing or unreadable", param="image") from None

@@ -17,11 +17,11 @@ import httpx
 
 from exemplar.errors import Incompatible, NotFound, UpstreamError, UpstreamTimeout, choices
 
-__all__ = ["Completion", "EndpointConfig", "MLLMClient", "MLLMRegistry", "TokenLogprob"]
+__all__ = ["RETRY_STATUS", "Completion", "EndpointConfig", "MLLMClient", "MLLMRegistry", "TokenLogprob", "parse_completion"]
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Completion:
     attempts: int
 
 
-def _parse(body: Any) -> tuple[str, tuple[TokenLogprob, ...], str]:  # noqa: ANN401 - JSON
+def parse_completion(body: Any) -> tuple[str, tuple[TokenLogprob, ...], str]:  # noqa: ANN401 - JSON
     try:
         choice = body["choices"][0]
         text = choice["message"]["content"]
@@ -143,7 +143,7 @@ class MLLMClient:
                 last = UpstreamError(f"model endpoint {self.name!r} cannot be reached ({type(exc).__name__})")
                 log.warning("mllm %s attempt %d failed: %s", self.name, attempt, type(exc).__name__)
                 continue
-            if response.status_code in _RETRY_STATUS:
+            if response.status_code in RETRY_STATUS:
                 last = UpstreamError(f"model endpoint {self.name!r} answered HTTP {response.status_code}")
                 log.warning("mllm %s attempt %d: HTTP %d", self.name, attempt, response.status_code)
                 continue
@@ -153,7 +153,7 @@ class MLLMClient:
                 data = response.json()
             except ValueError:
                 raise UpstreamError(f"model endpoint {self.name!r} answered with something other than JSON") from None
-            text, tokens, model = _parse(data)
+            text, tokens, model = parse_completion(data)
             return Completion(text=text, tokens=tokens, model=model or self.config.model,
                               latency_ms=(time.perf_counter() - started) * 1000, attempts=attempt)
         assert last is not None

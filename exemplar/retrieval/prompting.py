@@ -11,10 +11,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from exemplar.errors import Incompatible, InvalidRequest
+from exemplar.errors import Conflict, Incompatible, InvalidRequest
+from exemplar.retrieval.mllm import EndpointConfig
+from exemplar.retrieval.serving.selection import Demonstration, Query
+from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.items import sniff_image
 
-__all__ = ["DemoContent", "PromptTemplate", "build_messages", "data_uri", "render"]
+__all__ = ["DemoContent", "ImageSource", "PromptTemplate", "build_messages", "count_images", "data_uri", "demo_content", "demonstration_turns", "query_content",
+           "render"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _LOOKS_LIKE_PLACEHOLDER = re.compile(r"\{(\w[^{}]*)\}")
@@ -68,6 +72,46 @@ def read_image(root: Path, reference: str) -> bytes:
     return path.read_bytes()
 
 
+class ImageSource:
+    """An item's image as the endpoint wants it: a data URI read from the media root, or a URL."""
+
+    def __init__(self, snap: Snapshot, config: EndpointConfig) -> None:
+        self.snap = snap
+        self.config = config
+
+    def url(self, row: int) -> str | None:
+        reference, root = self.snap.images[row], self.snap.image_root(row)
+        if reference is None:
+            return None
+        if self.config.image_mode == "url":
+            assert self.config.media_url_template is not None
+            return render(self.config.media_url_template, {"pool": self.snap.pool, "image": reference,
+                                                           "id": self.snap.ids[row]})
+        if root is None:
+            return None
+        try:
+            return data_uri(read_image(root, reference), reference)
+        except OSError as exc:
+            raise Conflict(f"the image of item {self.snap.ids[row]!r} cannot be read ({type(exc).__name__}); "
+                           "its media file is missing or unreadable", param="image") from None
+
+
+def demo_content(snap: Snapshot, demo: Demonstration, images: ImageSource) -> DemoContent:
+    row = snap.row_of[demo.id]
+    fields = {"text": demo.text, "label": demo.label, "domain": demo.domain, "id": demo.id}
+    return DemoContent(fields, lambda: images.url(row))
+
+
+def query_content(snap: Snapshot, query: Query, images: ImageSource) -> DemoContent:
+    if query.item_id is not None:
+        row = snap.row_of[query.item_id]
+        fields = {"text": snap.texts[row], "label": None, "domain": snap.domain_of(row), "id": query.item_id}
+        return DemoContent(fields, lambda: images.url(row))
+    image = query.image
+    return DemoContent({"text": query.text, "label": None, "domain": None, "id": None},
+                       lambda: data_uri(image) if image is not None else None)
+
+
 def _user_turn(text: str, image_url: str | None) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if image_url:
@@ -77,26 +121,36 @@ def _user_turn(text: str, image_url: str | None) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
+def _with_instruction(template: PromptTemplate, body: str, fields: dict[str, str | None]) -> str:
+    rendered = render(body, fields)
+    return f"{template.instruction}\n{rendered}".strip() if template.instruction else rendered
+
+
+def demonstration_turns(template: PromptTemplate, demo: DemoContent) -> list[dict[str, Any]]:
+    """One demonstration as the model sees it: a user turn (its image and text), then an assistant
+    turn with its answer."""
+    url = demo.image_url() if template.include_images else None
+    return [_user_turn(_with_instruction(template, template.demo_text, demo.fields), url),
+            {"role": "assistant", "content": render(template.answer, demo.fields)}]
+
+
+def count_images(messages: Sequence[dict[str, Any]]) -> int:
+    """Image parts in chat messages."""
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for part in m["content"] if isinstance(part, dict) and part.get("type") == "image_url")
+
+
 def build_messages(
     template: PromptTemplate, demos: Sequence[DemoContent], query: DemoContent, *, max_images: int
 ) -> list[dict[str, Any]]:
-    def text_of(body: str, fields: dict[str, str | None]) -> str:
-        rendered = render(body, fields)
-        return f"{template.instruction}\n{rendered}".strip() if template.instruction else rendered
-
-    images = 0
     messages: list[dict[str, Any]] = []
     if template.system:
         messages.append({"role": "system", "content": template.system})
-    for item in [*demos, query]:
-        url = item.image_url() if template.include_images else None
-        if url:
-            images += 1
-            if images > max_images:
-                raise Incompatible(f"the prompt would hold more than {max_images} images; use a smaller window "
-                                     "or include_images=false", param="window")
-        body = template.query_text if item is query else template.demo_text
-        messages.append(_user_turn(text_of(body, item.fields), url))
-        if item is not query:
-            messages.append({"role": "assistant", "content": render(template.answer, item.fields)})
+    for demo in demos:
+        messages.extend(demonstration_turns(template, demo))
+    url = query.image_url() if template.include_images else None
+    messages.append(_user_turn(_with_instruction(template, template.query_text, query.fields), url))
+    if count_images(messages) > max_images:
+        raise Incompatible(f"the prompt would hold more than {max_images} images; use a smaller window "
+                           "or include_images=false", param="window")
     return messages

@@ -11,7 +11,7 @@ from exemplar.app.schemas.select import DemonstrationOut, QueryIn, SelectionFiel
 from exemplar.retrieval.infer import MAX_ROUNDS
 from exemplar.retrieval.prompting import FIELDS
 
-__all__ = ["InferRequest", "InferResponse", "InferRoundOut", "PromptIn"]
+__all__ = ["DemoPromptIn", "InferRequest", "InferResponse", "InferRoundOut", "PromptIn"]
 
 # A placeholder other than the demonstration's fields, which PromptTemplate.check refuses.
 _TEMPLATE = {"not": {"pattern": r"\{(?!(?:" + "|".join(FIELDS) + r")\})\w[^{}]*\}"}}
@@ -22,15 +22,20 @@ _INFER_QUERY = {
 }
 
 
-class PromptIn(StrictModel):
+class DemoPromptIn(StrictModel):
+    """How demonstrations are shown to the model."""
+
     system: str | None = Field(None, max_length=20_000, description="System message.")
     instruction: str | None = Field(None, max_length=20_000, description="Added to every user turn, e.g. the question.")
     demo_text: str = Field("{text}", max_length=20_000, description="A demonstration's text; {text} {label} {domain} {id}.",
                            json_schema_extra=_TEMPLATE)
     answer: str = Field("{label}", max_length=20_000, description="A demonstration's assistant turn.",
                         json_schema_extra=_TEMPLATE)
-    query_text: str = Field("{text}", max_length=20_000, description="The query's text.", json_schema_extra=_TEMPLATE)
     include_images: bool = True
+
+
+class PromptIn(DemoPromptIn):
+    query_text: str = Field("{text}", max_length=20_000, description="The query's text.", json_schema_extra=_TEMPLATE)
 
 
 class InferRequest(SelectionFieldsIn):

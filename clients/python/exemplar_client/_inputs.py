@@ -24,7 +24,7 @@ def _image_bytes(value: Any) -> bytes:  # noqa: ANN401 - any of the accepted for
         # PNG is lossless and takes every PIL mode the server can decode.
         value.save(out, format="PNG")
         return out.getvalue()
-    raise TypeError(f"an image must be a file path, bytes or a PIL image, not {type(value).__name__}")
+    raise ValueError(f"an image must be a file path, bytes or a PIL image, not {type(value).__name__}")
 
 
 def encode_image(value: Any) -> Any:  # noqa: ANN401 - any of the accepted forms
@@ -46,6 +46,6 @@ def to_float_list(value: Any) -> Any:  # noqa: ANN401 - a sequence of numbers or
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, (str, bytes)):
-        raise TypeError("a vector must be a sequence of numbers")
+        raise ValueError("a vector must be a sequence of numbers")
     vector: List[float] = [float(x) for x in value]
     return vector

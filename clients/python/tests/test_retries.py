@@ -169,3 +169,11 @@ def test_the_async_client_retries_the_same_way() -> None:
     with stub_server(script) as stub:
         assert asyncio.run(run(stub.url)) == ("ok", BadRequestError)
     assert len(stub.requests) == 3
+
+
+def test_ready_reports_starting_without_retrying() -> None:
+    with stub_server([Reply(503, {"status": "starting"}), Reply(200, {"status": "ready", "pools": 1})]) as stub, \
+            client(stub.url) as ex:
+        status = ex.ready()
+    assert (status.status, status.ready) == ("starting", False)
+    assert len(stub.requests) == 1

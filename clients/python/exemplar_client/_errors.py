@@ -29,6 +29,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UnsupportedMediaTypeError",
     "error_from_response",
+    "retry_after_seconds",
 ]
 
 

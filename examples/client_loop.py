@@ -3,7 +3,8 @@
 Each round asks Exemplar for the next window of demonstrations (`offset` advances by the window),
 asks an OpenAI-compatible model with those demonstrations and the query, and stops when the
 answer's confidence (the minimum over generated tokens of the top token probability) is strictly
-above the threshold; otherwise the most confident answer wins. Needs only httpx.
+above the threshold; otherwise the most confident answer wins. Exemplar is called through its
+Python client (`pip install ./clients/python`); the model through httpx.
 
 With --item-id the query turn carries that item's image (and its text where the server can give it);
 images go to the model inline as data URIs unless --image-base-url says where your pipeline serves them.
@@ -18,8 +19,12 @@ import argparse
 import base64
 import json
 import math
+import mimetypes
+import os
 
 import httpx
+
+from exemplar_client import DemonstrationOut, Exemplar, NotFoundError
 
 
 def min_token_prob(choice: dict) -> float:
@@ -34,38 +39,40 @@ def turn(text: str | None, image_url: str | None) -> dict:
     return {"role": "user", "content": content + ([{"type": "text", "text": text}] if text else [])}
 
 
-def fetch_image(http: httpx.Client, server: str, pool: str, item_id: str) -> str | None:
-    """The item's image as a data URI, so the model needs no access to where the pool's images live."""
-    r = http.get(f"{server}/v1/pools/{pool}/items/{item_id}/image")
-    if r.status_code == 404:  # a text-only item, or its image file is gone
+def data_uri(exemplar: Exemplar, pool: str, item_id: str, reference: str | None) -> str | None:
+    """The item's image inline, so the model needs no access to where the pool's images live. Its
+    type is guessed from the stored name, as the server does when it serves the file."""
+    try:
+        data = exemplar.get_item_image(pool, item_id)
+    except NotFoundError:  # a text-only item, or its image file is gone
         return None
-    r.raise_for_status()
-    mime = r.headers.get("content-type", "application/octet-stream").split(";")[0]
-    return f"data:{mime};base64,{base64.b64encode(r.content).decode()}"
+    mime = (mimetypes.guess_type(reference)[0] if reference else None) or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def fetch_item(http: httpx.Client, server: str, pool: str, item_id: str) -> dict:
-    """The item's fields plus ``image_url``; servers without the item endpoint (404/405) give only the image."""
-    r = http.get(f"{server}/v1/pools/{pool}/items/{item_id}")
-    if r.status_code in (404, 405):
-        item = {"id": item_id, "text": None}
-    else:
-        r.raise_for_status()
-        item = r.json()
-    return dict(item, image_url=fetch_image(http, server, pool, item_id))
+def query_item(exemplar: Exemplar, pool: str, item_id: str) -> dict:
+    """The item's text and image; an item the server will not describe still gets its image."""
+    try:
+        item = exemplar.get_item(pool, item_id)
+        text, reference = item.text, item.image
+    except NotFoundError:
+        text, reference = None, None
+    return {"text": text, "image_url": data_uri(exemplar, pool, item_id, reference)}
 
 
-def demo_image(http: httpx.Client, args: argparse.Namespace, demo: dict) -> str | None:
-    if not demo["image"]:
+def demo_image(exemplar: Exemplar, args: argparse.Namespace, demo: DemonstrationOut) -> str | None:
+    if not demo.image:
         return None
     if args.image_base_url:
-        return f"{args.image_base_url}/{demo['image']}"
-    return fetch_image(http, args.server, args.pool, demo["id"])
+        return f"{args.image_base_url}/{demo.image}"
+    return data_uri(exemplar, args.pool, demo.id, demo.image)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="http://127.0.0.1:8000")
+    parser.add_argument("--api-key", default=os.environ.get("EXEMPLAR_API_KEY"),
+                        help="Exemplar API key (default: $EXEMPLAR_API_KEY)")
     parser.add_argument("--pool", default="demo")
     parser.add_argument("--item-id", help="query by an item of the pool")
     parser.add_argument("--text", help="query text (with --item-id: sent instead of the item's own text)")
@@ -84,22 +91,19 @@ def main() -> None:
     query = {"item_id": args.item_id} if args.item_id else {"text": args.text}
 
     rounds = []
-    with httpx.Client(timeout=60) as http:
-        item = fetch_item(http, args.server, args.pool, args.item_id) if args.item_id else {}
+    with Exemplar(args.server, api_key=args.api_key) as exemplar, httpx.Client(timeout=60) as http:
+        item = query_item(exemplar, args.pool, args.item_id) if args.item_id else {}
         query_turn = turn(args.text or item.get("text"), item.get("image_url"))
         if not query_turn["content"]:
             raise SystemExit(f"item {args.item_id!r} has no image or text to show the model; pass --text")
         for r in range(args.max_rounds):
-            selection = http.post(f"{args.server}/v1/pools/{args.pool}/select", json={
-                "query": query, "strategy": args.strategy, "k": args.window, "offset": r * args.window,
-            })
-            selection.raise_for_status()
-            demos = selection.json()["demonstrations"]
+            demos = exemplar.select(args.pool, query=query, strategy=args.strategy, k=args.window,
+                                    offset=r * args.window).demonstrations
             if not demos:
                 break
             messages = []
             for d in demos:
-                messages += [turn(d["text"], demo_image(http, args, d)), {"role": "assistant", "content": d["label"]}]
+                messages += [turn(d.text, demo_image(exemplar, args, d)), {"role": "assistant", "content": d.label}]
             messages.append(query_turn)
             reply = http.post(f"{args.mllm_url}/chat/completions", json={
                 "model": args.model, "messages": messages, "max_tokens": 16, "temperature": 0,
@@ -108,7 +112,7 @@ def main() -> None:
             reply.raise_for_status()
             choice = reply.json()["choices"][0]
             confidence = min_token_prob(choice)
-            rounds.append({"round": r, "demonstrations": [d["id"] for d in demos],
+            rounds.append({"round": r, "demonstrations": [d.id for d in demos],
                            "answer": choice["message"]["content"].strip(), "confidence": round(confidence, 4)})
             if confidence > args.threshold:
                 break

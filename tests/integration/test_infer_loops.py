@@ -48,10 +48,13 @@ def test_server_driven_loop(server: str, fake_mllm: str) -> None:
 def test_client_driven_loop_example_runs(server: str, fake_mllm: str) -> None:
     httpx.post(f"{fake_mllm}/reset")
     item_id = "site-b-square-0001"
+    # The example uses the Python client, importable from its sources (clients/python) as after
+    # `pip install ./clients/python`.
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "client_loop.py"), "--server", server, "--pool", "shapes",
          "--item-id", item_id, "--mllm-url", f"{fake_mllm}/v1", "--model", "majority"],
         capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "clients" / "python"), str(ROOT)])),
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

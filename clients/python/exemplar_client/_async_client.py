@@ -19,6 +19,8 @@ from exemplar_client.models import (
     BatchSelectRequest,
     BatchSelectResponse,
     BuildRequest,
+    ChatCompletion,
+    ChatCompletionRequest,
     HealthStatus,
     InferRequest,
     InferResponse,
@@ -28,6 +30,7 @@ from exemplar_client.models import (
     ItemsAdded,
     ItemsDeleted,
     JobOut,
+    ModelOut,
     OverviewOut,
     PoolCreate,
     PoolOut,
@@ -166,6 +169,13 @@ class AsyncExemplar:
     async def infer(self, pool: str, request: Union[InferRequest, Mapping[str, Any], None] = None, /,
                     **fields: Any) -> InferResponse:
         return await self._run(ops.infer(pool, compose(InferRequest, request, fields)))
+
+    async def chat(self, request: Union[ChatCompletionRequest, Mapping[str, Any], None] = None, /,
+             **fields: Any) -> ChatCompletion:
+        return await self._run(ops.chat_completions(compose(ChatCompletionRequest, request, fields)))
+
+    async def list_models(self) -> List[ModelOut]:
+        return await self._run(ops.list_models())
 
     async def start_build(self, pool: str, request: Union[BuildRequest, Mapping[str, Any], None] = None, /,
                           **fields: Any) -> AsyncJob:

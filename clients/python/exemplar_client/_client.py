@@ -17,6 +17,8 @@ from exemplar_client.models import (
     BatchSelectRequest,
     BatchSelectResponse,
     BuildRequest,
+    ChatCompletion,
+    ChatCompletionRequest,
     HealthStatus,
     InferRequest,
     InferResponse,
@@ -26,6 +28,7 @@ from exemplar_client.models import (
     ItemsAdded,
     ItemsDeleted,
     JobOut,
+    ModelOut,
     OverviewOut,
     PoolCreate,
     PoolOut,
@@ -206,6 +209,19 @@ class Exemplar:
               **fields: Any) -> InferResponse:
         """The server-driven VideoICL loop against the configured model endpoint ``mllm``."""
         return self._run(ops.infer(pool, compose(InferRequest, request, fields)))
+
+    def chat(self, request: Union[ChatCompletionRequest, Mapping[str, Any], None] = None, /,
+             **fields: Any) -> ChatCompletion:
+        """An OpenAI chat completion through the server's ``/v1/chat/completions``: ``model`` names an
+        endpoint configured on the server (``list_models``); ``exemplar={"pool": ..., "strategy": ...,
+        "k": ...}`` puts selected demonstrations before the last user message, and the answer's
+        ``exemplar`` says which. Other OpenAI fields (``max_tokens``, ``temperature``...) pass through.
+        Whole answers only: to stream, point the ``openai`` package at the server's ``/v1``."""
+        return self._run(ops.chat_completions(compose(ChatCompletionRequest, request, fields)))
+
+    def list_models(self) -> List[ModelOut]:
+        """The model endpoints configured on the server, as OpenAI models."""
+        return self._run(ops.list_models())
 
     # --- jobs -------------------------------------------------------------------------------------
 

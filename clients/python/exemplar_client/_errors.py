@@ -1,7 +1,8 @@
 """Exceptions: one base class, one subclass per HTTP status the server uses.
 
-The server answers every error with ``{"error": {"type", "message", "param"}}``; the exception
-carries those three and the HTTP ``status``. Answers that are not in the envelope (a proxy's HTML
+The server answers every error with ``{"error": {"type", "message", "param"}}`` (plus ``code`` from
+the OpenAI-compatible routes, where a model endpoint gave one); the exception carries those and the
+HTTP ``status``. Answers that are not in the envelope (a proxy's HTML
 page) still become the right class, with ``type`` ``"http_error"`` and the body's text as message.
 """
 
@@ -41,12 +42,13 @@ class ExemplarError(Exception):
 
     def __init__(self, message: str, *, status: Optional[int] = None, type: Optional[str] = None,  # noqa: A002
                  param: Optional[str] = None, request_id: Optional[str] = None,
-                 response: Optional[httpx.Response] = None) -> None:
+                 response: Optional[httpx.Response] = None, code: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.type = type
         self.param = param
+        self.code = code
         self.request_id = request_id
         self.response = response
 
@@ -102,7 +104,7 @@ class InternalServerError(ExemplarError):
 
 
 class BadGatewayError(InternalServerError):
-    """502: a downstream model endpoint failed (infer)."""
+    """502: a downstream model endpoint failed (infer, chat)."""
 
 
 class ServiceUnavailableError(InternalServerError):
@@ -110,7 +112,7 @@ class ServiceUnavailableError(InternalServerError):
 
 
 class GatewayTimeoutError(InternalServerError):
-    """504: a downstream model endpoint timed out (infer)."""
+    """504: a downstream model endpoint timed out (infer, chat)."""
 
 
 class JobFailedError(ExemplarError):
@@ -159,7 +161,7 @@ def retry_after_seconds(response: httpx.Response) -> Optional[float]:
 def error_from_response(response: httpx.Response) -> ExemplarError:
     """The exception for an error answer, from its envelope when it has one."""
     status = response.status_code
-    type_, message, param = "http_error", "", None
+    type_, message, param, code = "http_error", "", None, None
     try:
         body = response.json()
     except ValueError:
@@ -169,10 +171,11 @@ def error_from_response(response: httpx.Response) -> ExemplarError:
         type_ = str(envelope.get("type") or type_)
         message = envelope["message"]
         param = envelope.get("param") if isinstance(envelope.get("param"), str) else None
+        code = envelope.get("code") if isinstance(envelope.get("code"), str) else None
     else:
         message = response.text[:500] or response.reason_phrase or f"HTTP {status}"
     cls = _BY_STATUS.get(status) or (InternalServerError if status >= 500 else ExemplarError)
-    kwargs: Dict[str, Any] = dict(status=status, type=type_, param=param,
+    kwargs: Dict[str, Any] = dict(status=status, type=type_, param=param, code=code,
                                   request_id=response.headers.get("x-request-id"), response=response)
     if cls is RateLimitError:
         kwargs["retry_after"] = retry_after_seconds(response)

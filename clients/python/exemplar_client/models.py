@@ -27,6 +27,13 @@ __all__ = [
     "BatchSelectRequest",
     "BatchSelectResponse",
     "BuildRequest",
+    "ChatCompletion",
+    "ChatCompletionRequest",
+    "ChatDemonstrationOut",
+    "ChatExemplarIn",
+    "ChatExemplarOut",
+    "ChatRoundOut",
+    "DemoPromptIn",
     "DemonstrationOut",
     "ErrorBody",
     "HealthStatus",
@@ -40,10 +47,13 @@ __all__ = [
     "ItemsDeleteIn",
     "ItemsDeleted",
     "ItemsIn",
+    "IterativeIn",
     "JobList",
     "JobOut",
     "JobState",
     "LatencyPoint",
+    "ModelList",
+    "ModelOut",
     "OverviewOut",
     "PoolCreate",
     "PoolList",
@@ -58,6 +68,7 @@ __all__ = [
     "SelectRequest",
     "SelectResponse",
     "ServerInfo",
+    "TrimOut",
     "VersionOut",
 ]
 
@@ -86,6 +97,7 @@ class ErrorBody(_Response):
     type: str
     message: str
     param: Optional[str] = None
+    code: Optional[str] = None
 
 
 # --- pools and versions ---------------------------------------------------------------------------
@@ -388,6 +400,108 @@ class OverviewOut(_Response):
     mllm_endpoints: List[str]
 
 
+# --- the OpenAI-compatible chat endpoint ----------------------------------------------------------
+
+class DemoPromptIn(_Request):
+    system: Optional[str] = None
+    instruction: Optional[str] = None
+    demo_text: Optional[str] = None
+    answer: Optional[str] = None
+    include_images: Optional[bool] = None
+
+
+class IterativeIn(_Request):
+    window: Optional[int] = None
+    max_rounds: Optional[int] = None
+    threshold: Optional[float] = None
+    confidence: Optional[Literal["min_token_prob", "mean_token_logprob", "first_token_prob", "label_prob"]] = None
+
+
+class ChatExemplarIn(_SelectOptions):
+    """The ``exemplar`` object of a chat request: which pool, and how to select."""
+
+    pool: str
+    query: Optional[QueryIn] = None
+    prompt: Optional[DemoPromptIn] = None
+    iterative: Optional[IterativeIn] = None
+
+
+class ChatCompletionRequest(_Request):
+    """An OpenAI chat request; other OpenAI fields (``max_tokens``, ``temperature``...) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: List[Dict[str, Any]] = Field(min_length=1)
+    stream: Optional[bool] = None
+    exemplar: Optional[ChatExemplarIn] = None
+
+
+class ChatDemonstrationOut(_Response):
+    id: str
+    label: Optional[str]
+    score: Optional[float]
+    rank: int
+
+
+class TrimOut(_Response):
+    ids: List[str]
+    reason: Literal["max_images", "max_prompt_bytes"]
+    limit: int
+
+
+class ChatRoundOut(_Response):
+    round: int
+    offset: int
+    demonstrations: List[ChatDemonstrationOut]
+    trimmed: Optional[TrimOut]
+    answer: str
+    confidence: float
+    timing_ms: Dict[str, float]
+
+
+class ChatExemplarOut(_Response):
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    demonstrations: List[ChatDemonstrationOut]
+    trimmed: Optional[TrimOut]
+    timing_ms: Dict[str, float]
+    stopped: Optional[Literal["confident", "max_rounds", "exhausted"]] = None
+    chosen_round: Optional[int] = None
+    rounds: Optional[List[ChatRoundOut]] = None
+
+
+class ChatCompletion(_Response):
+    """The model's completion as it answered (every field kept: ``model_extra``), and ``exemplar``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Optional[str] = None
+    object: Optional[str] = None
+    choices: List[Dict[str, Any]] = Field(default_factory=list)
+    exemplar: Optional[ChatExemplarOut] = None
+
+    @property
+    def content(self) -> Optional[str]:
+        """The first choice's message text."""
+        message = self.choices[0].get("message") if self.choices else None
+        return message.get("content") if isinstance(message, dict) else None
+
+
+class ModelOut(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "exemplar"
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: List[ModelOut]
+
+
 # The server answers these three with plain dicts: no component in its document to check them against.
 class HealthStatus(_Response):
     status: str
@@ -442,4 +556,15 @@ SERVER_SCHEMAS: Dict[type, str] = {
     LatencyPoint: "LatencyPoint",
     RecentStatsOut: "RecentStatsOut",
     OverviewOut: "OverviewOut",
+    DemoPromptIn: "DemoPromptIn",
+    IterativeIn: "IterativeIn",
+    ChatExemplarIn: "ChatExemplarIn",
+    ChatCompletionRequest: "ChatCompletionRequest",
+    ChatDemonstrationOut: "ChatDemonstrationOut",
+    TrimOut: "TrimOut",
+    ChatRoundOut: "ChatRoundOut",
+    ChatExemplarOut: "ChatExemplarOut",
+    ChatCompletion: "ChatCompletionOut",
+    ModelOut: "ModelOut",
+    ModelList: "ModelList",
 }

@@ -17,9 +17,8 @@ from support import TIMEOUT_S
 
 from exemplar_client import _operations, models
 
-# Routes the client leaves out on purpose: Prometheus text for scrapers, and the OpenAI-compatible
-# routes (added to the client with their server side).
-NOT_COVERED = {"/metrics", "/v1/chat/completions", "/v1/models"}
+# Routes the client leaves out on purpose: Prometheus text for scrapers.
+NOT_COVERED = {"/metrics"}
 # Client models with no server component: the server answers these routes with plain dicts.
 NO_SERVER_SCHEMA = {models.HealthStatus, models.ReadyStatus, models.ServerInfo}
 

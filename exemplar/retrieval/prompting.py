@@ -6,7 +6,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import mimetypes
+import os
 import re
+import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from exemplar.retrieval.serving.selection import Demonstration, Query
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.items import sniff_image
 
-__all__ = ["DemoContent", "ImageSource", "PromptTemplate", "build_messages", "count_images", "data_uri", "demo_content", "demonstration_turns", "query_content",
+__all__ = ["DataUriCache", "DemoContent", "ImageSource", "PromptTemplate", "build_messages", "count_images", "data_uri", "demo_content", "demonstration_turns", "query_content",
            "render"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -63,13 +67,63 @@ def data_uri(data: bytes, name: str = "") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def read_image(root: Path, reference: str) -> bytes:
-    """Read an item's image, refusing any path that resolves outside its media root."""
+def _media_path(root: Path, reference: str) -> Path:
+    """An item's image file, refusing any path that resolves outside its media root."""
     real_root = root.resolve()
     path = (real_root / reference).resolve()
     if real_root not in path.parents:
         raise InvalidRequest("an item's image path leaves its media root", param="image")
-    return path.read_bytes()
+    return path
+
+
+def read_image(root: Path, reference: str) -> bytes:
+    return _media_path(root, reference).read_bytes()
+
+
+class DataUriCache:
+    """Images recently put in prompts, as data URIs: the best demonstrations of a pool come back in
+    prompt after prompt, and reading, encoding and even resolving their paths again is most of a
+    prompt's cost. An entry holds for the file as it was: one ``lstat`` per use checks that it is
+    still that regular file (size and modification time), or it is resolved and read afresh."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Path, str], tuple[Path, int, int, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, root: Path, reference: str) -> str:
+        key = (root, reference)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None:
+            path, size, mtime, uri = entry
+            try:
+                # No symlinks followed: a link put in the file's place is resolved (and checked) afresh.
+                found = os.stat(path, follow_symlinks=False)
+            except OSError:
+                found = None
+            if found is not None and stat.S_ISREG(found.st_mode) and (found.st_size, found.st_mtime_ns) == (size, mtime):
+                with self._lock:
+                    if key in self._entries:
+                        self._entries.move_to_end(key)
+                return uri
+        path = _media_path(root, reference)
+        found = os.stat(path)  # before reading: a change after it is seen at the next use
+        uri = data_uri(path.read_bytes(), reference)
+        if len(uri) <= self.max_bytes:
+            with self._lock:
+                old = self._entries.pop(key, None)
+                self._bytes -= len(old[3]) if old else 0
+                self._entries[key] = (path, found.st_size, found.st_mtime_ns, uri)
+                self._bytes += len(uri)
+                while self._bytes > self.max_bytes:
+                    _, evicted = self._entries.popitem(last=False)
+                    self._bytes -= len(evicted[3])
+        return uri
+
+
+_DATA_URIS = DataUriCache()
 
 
 class ImageSource:
@@ -90,7 +144,7 @@ class ImageSource:
         if root is None:
             return None
         try:
-            return data_uri(read_image(root, reference), reference)
+            return _DATA_URIS.get(root, reference)
         except OSError as exc:
             raise Conflict(f"the image of item {self.snap.ids[row]!r} cannot be read ({type(exc).__name__}); "
                            "its media file is missing or unreadable", param="image") from None

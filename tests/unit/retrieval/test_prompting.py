@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from exemplar.errors import InvalidRequest
-from exemplar.retrieval.prompting import DemoContent, PromptTemplate, build_messages, data_uri, read_image, render
+from exemplar.retrieval.prompting import DataUriCache, DemoContent, PromptTemplate, build_messages, data_uri, read_image, render
 from tests.helpers import png_bytes
 
 
@@ -60,3 +61,27 @@ def test_data_uri_and_reading_under_the_media_root(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest):
         read_image(tmp_path, "../x.png")
     outside.unlink()
+
+
+def test_data_uri_cache_reads_a_replaced_file_afresh_and_stays_bounded(tmp_path: Path) -> None:
+    png = b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "a.png").write_bytes(png + b"a" * 100)
+    cache = DataUriCache(max_bytes=400)
+    first = cache.get(tmp_path, "a.png")
+    assert first == data_uri(png + b"a" * 100, "a.png") and cache.get(tmp_path, "a.png") == first
+    (tmp_path / "a.png").write_bytes(png + b"b" * 120)
+    os.utime(tmp_path / "a.png", ns=(1, 1))  # a new size and time: another file
+    assert cache.get(tmp_path, "a.png") == data_uri(png + b"b" * 120, "a.png")
+    for name in ("b.png", "c.png", "d.png"):
+        (tmp_path / name).write_bytes(png + name.encode() * 40)
+        cache.get(tmp_path, name)
+    assert cache._bytes <= 400 and len(cache._entries) < 5
+    with pytest.raises(InvalidRequest):
+        cache.get(tmp_path, "../outside.png")
+    # A cached file replaced by a link out of the media root is checked again, and refused.
+    (tmp_path.parent / "secret.png").write_bytes(png + b"s" * 10)
+    cache.get(tmp_path, "d.png")
+    (tmp_path / "d.png").unlink()
+    (tmp_path / "d.png").symlink_to(tmp_path.parent / "secret.png")
+    with pytest.raises(InvalidRequest):
+        cache.get(tmp_path, "d.png")

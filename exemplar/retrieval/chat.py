@@ -35,7 +35,7 @@ from exemplar.retrieval.prompting import (
     demonstration_turns,
 )
 from exemplar.retrieval.serving.selection import Demonstration, Prepared, Query, SelectionService
-from exemplar.retrieval.serving.strategies import SelectionOptions
+from exemplar.retrieval.serving.strategies import SelectionOptions, get_strategy
 from exemplar.retrieval.upstream import ChatUpstream, ChatUpstreams, UpstreamStream
 
 __all__ = ["ChatReply", "ChatReport", "ChatRound", "ChatSelection", "ChatService", "Iterative", "Trim", "query_of"]
@@ -253,7 +253,18 @@ class ChatService:
         await self.upstreams.aclose()
 
     def _prepare(self, body: dict[str, Any], how: ChatSelection) -> tuple[int, Prepared]:
-        at, query = query_of(body.get("messages") or [])
+        messages = body.get("messages") or []
+        try:
+            at, query = query_of(messages)
+        except InvalidRequest:
+            with _under("exemplar"):
+                needs_query = get_strategy(how.strategy).needs_query
+            if how.query is None and needs_query:
+                raise
+            # Nothing to rank by is needed (random), or exemplar.query gives it: the demonstrations
+            # go before the last user message, or last.
+            users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+            at, query = (users[-1] if users else len(messages)), Query()
         prefix = "exemplar.query" if how.query is not None else f"messages[{at}].content"
         with _under("exemplar"):
             prepared = self.selection.prepare(how.pool, [how.query or query], how.strategy, how.options,

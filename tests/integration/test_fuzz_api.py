@@ -48,6 +48,9 @@ INEXPRESSIBLE = (
     Accepted(400, r"metadata is larger than", "a size in bytes of serialised JSON is not a schema property"),
     Accepted(400, r"embedding_b64 (contains NaN or infinite values|has zero length)",
              "whether base64 text decodes to finite float32 values that are not all zero is not a schema property"),
+    Accepted(400, r"needs a user message|the query message has|the query's image is a URL|data URI is not valid base64",
+             "chat: which message is the last user one, and whether it holds an image or text to select for, is not "
+             "a schema property"),
 )
 # Refusals that depend on the pool's (or server's) state but are still answered as malformed
 # requests (400, 503) by code outside the HTTP layer: each should raise exemplar.errors.Incompatible
@@ -69,13 +72,16 @@ def _accepted(failure: object, case: schemathesis.Case, response: schemathesis.R
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, fake_mllm: str) -> Iterator[str]:
     root = tmp_path_factory.mktemp("fuzz")
     (root / "sources").mkdir()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"EXEMPLAR_DATA_DIR": str(root / "data"), "EXEMPLAR_SOURCE_ROOTS": json.dumps([str(root / "sources")]),
-           "EXEMPLAR_LOG_LEVEL": "warning"}
+           "EXEMPLAR_LOG_LEVEL": "warning",
+           # A model for the chat endpoint to reach, named as the fuzzer may guess it ("0": the first string).
+           "EXEMPLAR_MLLM_ENDPOINTS": json.dumps({name: {"base_url": f"{fake_mllm}/v1", "model": "majority"}
+                                                  for name in ("0", "fake")})}
     with running(["-m", "exemplar", "serve", "--host", "127.0.0.1", "--port", str(port)], f"{base}/readyz",
                  root / "server.log", env=env):
         with httpx.Client(base_url=base, timeout=30) as client:  # something for the fuzzer to find

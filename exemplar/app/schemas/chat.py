@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from exemplar.app.schemas.common import StrictModel, limit
+from exemplar.app.schemas.common import StrictModel, limit, rules
 from exemplar.app.schemas.infer import DemoPromptIn
-from exemplar.app.schemas.select import QueryIn, SelectOptionsIn
+from exemplar.app.schemas.select import OPTION_RULES, QueryIn, SelectOptionsIn
 from exemplar.retrieval.chat import ChatSelection, Iterative
 from exemplar.retrieval.infer import MAX_ROUNDS
 from exemplar.retrieval.prompting import PromptTemplate
@@ -41,9 +41,16 @@ class IterativeIn(StrictModel):
     confidence: Literal["min_token_prob", "mean_token_logprob", "first_token_prob", "label_prob"] = "min_token_prob"
 
 
+# Iterative rounds are windows of one ranking, so their size is 'window', never a per-class quota.
+_ITERATIVE_WINDOWS = {"if": {"properties": {"iterative": {"type": "object"}}, "required": ["iterative"]},
+                      "then": {"properties": {"k_per_class": {"type": "null"}}}}
+
+
 class ChatExemplarIn(SelectOptionsIn):
     """Which demonstrations to put in the prompt. With the official ``openai`` package:
     ``extra_body={"exemplar": {...}}``."""
+
+    model_config = ConfigDict(json_schema_extra=rules(*OPTION_RULES, _ITERATIVE_WINDOWS))
 
     pool: str = Field(min_length=1, max_length=256, description="The pool to select from.")
     query: QueryIn | None = Field(None, description="What to select for, instead of the last user message (its first "
@@ -72,7 +79,7 @@ class ChatExemplarIn(SelectOptionsIn):
 class ChatMessageIn(BaseModel):
     """An OpenAI chat message; fields other than these pass through to the model as sent."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: str = Field(min_length=1, max_length=64, description="system, developer, user, assistant or tool.")
     content: str | list[dict[str, Any]] | None = Field(
@@ -84,7 +91,7 @@ class ChatMessageIn(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """An OpenAI chat-completion request. Fields other than these pass through to the model as sent."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=256, description="A configured endpoint name "
                        "(EXEMPLAR_MLLM_ENDPOINTS; GET /v1/models lists them), replaced by that endpoint's own model.")

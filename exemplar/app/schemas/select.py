@@ -25,6 +25,7 @@ from exemplar.errors import ExemplarError
 from exemplar.retrieval import Effort, Query, SelectionOptions
 
 __all__ = [
+    "OPTION_RULES",
     "BatchSelectRequest",
     "BatchSelectResponse",
     "DemonstrationOut",
@@ -56,7 +57,7 @@ _NON_EMPTY_QUERY: dict[str, Any] = {
 }
 # Every strategy but 'random' ranks by similarity to the query, so needs one.
 _RANDOM = {"properties": {"strategy": {"const": "random"}}, "required": ["strategy"]}
-_OPTION_RULES = (
+OPTION_RULES = (
     # k is the window unless k_per_class is given, which sets it instead (k is then not used).
     {"if": {"properties": {"k_per_class": {"type": "integer"}}, "required": ["k_per_class"]},
      "else": {"properties": {"k": {"type": "integer", "minimum": 1, **limit("maximum", "max_k")}}}},
@@ -192,7 +193,7 @@ class SelectOptionsIn(SelectionFieldsIn):
 
 class SelectRequest(SelectOptionsIn):
     model_config = ConfigDict(json_schema_extra=rules(
-        *_OPTION_RULES, {"if": _RANDOM, "else": {"required": ["query"], "properties": {"query": _NON_EMPTY_QUERY}}},
+        *OPTION_RULES, {"if": _RANDOM, "else": {"required": ["query"], "properties": {"query": _NON_EMPTY_QUERY}}},
     ))
 
     query: QueryIn = Field(default_factory=QueryIn,
@@ -202,7 +203,7 @@ class SelectRequest(SelectOptionsIn):
 class BatchSelectRequest(SelectOptionsIn):
     # With 'random', the queries are all empty (a plain sample) or all given (scores reported).
     model_config = ConfigDict(json_schema_extra=rules(
-        *_OPTION_RULES,
+        *OPTION_RULES,
         {"if": _RANDOM,
          "then": {"properties": {"queries": {"anyOf": [{"items": _EMPTY_QUERY}, {"items": _NON_EMPTY_QUERY}]}}},
          "else": {"properties": {"queries": {"items": _NON_EMPTY_QUERY}}}},

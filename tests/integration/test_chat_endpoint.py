@@ -263,3 +263,14 @@ def test_openai_example_runs(server: Server) -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["answer"] in {"circle", "square", "triangle", "cross"} and len(out["demonstrations"]) == 8
+
+
+def test_random_needs_no_query_message(server: Server) -> None:
+    server.reset()
+    resp = server.client().chat.completions.create(
+        model="fake", messages=[{"role": "system", "content": "Name shapes."}],
+        extra_body={"exemplar": {"pool": "shapes", "strategy": "random", "k": 4, "seed": 3}})
+    report = _exemplar(resp)
+    (seen,) = server.seen()
+    assert len(report["demonstrations"]) == 4 and seen["roles"] == ["system"] + ["user", "assistant"] * 4
+    assert seen["labels"] == [d["label"] for d in report["demonstrations"]]

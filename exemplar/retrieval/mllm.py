@@ -45,6 +45,16 @@ class EndpointConfig:
         if self.image_mode == "url" and not self.media_url_template:
             raise ValueError("image_mode 'url' needs media_url_template")
 
+    def client_options(self) -> dict[str, Any]:
+        """What every HTTP client of this endpoint is made with: its URL, its key (read from the
+        environment variable it names, when the client is made), its timeout, no redirects."""
+        headers = {"content-type": "application/json"}
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        return {"base_url": self.base_url.rstrip("/"), "headers": headers, "follow_redirects": False,
+                "timeout": httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 10.0))}
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenLogprob:
@@ -96,17 +106,7 @@ class MLLMClient:
     def __init__(self, name: str, config: EndpointConfig, transport: httpx.BaseTransport | None = None) -> None:
         self.name = name
         self.config = config
-        headers = {"content-type": "application/json"}
-        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(
-            base_url=config.base_url.rstrip("/"),
-            headers=headers,
-            timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._http = httpx.Client(transport=transport, **config.client_options())
 
     def close(self) -> None:
         self._http.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,15 +78,9 @@ class ChatUpstream:
     def __init__(self, name: str, config: EndpointConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = name
         self.config = config
-        headers = {"content-type": "application/json"}
-        key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        self._http = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/"), headers=headers, transport=transport, follow_redirects=False,
-            timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        # No cap on connections: each is a caller waiting on its own model call.
+        self._http = httpx.AsyncClient(transport=transport, **config.client_options(),
+                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
     def payload(self, body: dict[str, Any]) -> dict[str, Any]:
         """The request as the endpoint gets it: its configured defaults, the caller's fields, and the

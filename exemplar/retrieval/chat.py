@@ -174,7 +174,11 @@ def query_of(messages: Sequence[Any]) -> tuple[int, Query]:
 
 
 def _dumps(value: Any) -> bytes:  # noqa: ANN401 - JSON
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # Text with a lone surrogate (JSON allows "\ud800") has no UTF-8 form: sent escaped, as it came.
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _fit(base: dict[str, Any], at: int, demos: list[Demonstration], turns: list[list[dict[str, Any]]],
@@ -206,10 +210,14 @@ def _fit(base: dict[str, Any], at: int, demos: list[Demonstration], turns: list[
     while n < len(keep) and size + sum(sizes[i] for i in keep[:n + 1]) <= config.max_prompt_bytes:
         n += 1
     drop_to(n, "max_prompt_bytes", config.max_prompt_bytes)
-    shown = sorted(keep)  # prompt order: the order the selection asked for
-    inserted = [m for i in shown for m in turns[i]]
-    content = _dumps({**base, "messages": [*messages[:at], *inserted, *messages[at:]]})
-    return content, [demos[i] for i in shown], trim
+    while True:
+        shown = sorted(keep)  # prompt order: the order the selection asked for
+        inserted = [m for i in shown for m in turns[i]]
+        content = _dumps({**base, "messages": [*messages[:at], *inserted, *messages[at:]]})
+        # The sizes above are exact unless the caller's text had to be escaped (see _dumps).
+        if len(content) <= config.max_prompt_bytes or not keep:
+            return content, [demos[i] for i in shown], trim
+        drop_to(len(keep) - 1, "max_prompt_bytes", config.max_prompt_bytes)
 
 
 class ChatService:
@@ -284,8 +292,9 @@ class ChatService:
             base["messages"] = [{"role": "system", "content": how.template.system}, *base["messages"]]
             at += 1
         if logprobs:  # confidence is read from them
+            asked = base.get("top_logprobs")
             base["logprobs"] = True
-            base["top_logprobs"] = max(int(base.get("top_logprobs") or 0), upstream.config.top_logprobs)
+            base["top_logprobs"] = max(asked if isinstance(asked, int) else 0, upstream.config.top_logprobs)
         content, shown, trim = _fit(base, at, result.demonstrations, turns, upstream.config)
         return _Prompt(content, shown, trim, len(result.demonstrations),
                        round((t1 - t0) * 1000, 3), round((time.perf_counter() - t1) * 1000, 3))

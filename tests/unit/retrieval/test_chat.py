@@ -107,3 +107,11 @@ def test_fit_respects_prompt_bytes_exactly(limit: int) -> None:
     else:
         assert len(content) == len(json.dumps(base, ensure_ascii=False, separators=(",", ":")).encode())
     assert json.loads(content)["messages"][-1] == base["messages"][-1]
+
+
+def test_fit_sends_text_without_a_utf8_form_escaped() -> None:
+    demos = _demos([0, 1])
+    base = {"model": "m", "messages": [{"role": "user", "content": "lone \ud800 surrogate"}]}
+    content, shown, trim = _fit(base, 0, demos, _turns(demos, image=False), _config())
+    assert json.loads(content)["messages"][-1]["content"] == "lone \ud800 surrogate"
+    assert len(shown) == 2 and trim is None

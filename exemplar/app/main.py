@@ -28,6 +28,7 @@ from exemplar.app.routes import (
     maintenance,
     pools,
     select,
+    strategies,
 )
 from exemplar.app.services import Services, build_services
 from exemplar.app.settings import Settings
@@ -102,6 +103,7 @@ def create_app(
     app.include_router(builds.router)
     app.include_router(infer.router)
     app.include_router(chat.router)
+    app.include_router(strategies.router)
     app.include_router(admin.router)
     app.include_router(dashboard.router)
     install_openapi(app)

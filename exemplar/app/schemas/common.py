@@ -6,15 +6,14 @@ import base64
 import binascii
 import copy
 import re
-import types
-import typing
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BeforeValidator, ConfigDict, BaseModel, PlainSerializer, WithJsonSchema, model_validator
 
 from exemplar.retrieval.serving.strategies import list_strategies
+from exemplar.retrieval.serving.strategies.base import integral_numbers
 
 __all__ = [
     "Base64Image", "Base64Vector", "IDENTIFIER", "INDEX_FACTORY", "MAX_VECTOR", "NON_BLANK", "NON_ZERO_VECTOR",
@@ -140,30 +139,13 @@ Base64Vector = Annotated[
 ]
 
 
-def _takes_int(annotation: object) -> bool:
-    if annotation is int:
-        return True
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and int in typing.get_args(annotation)
-
-
 class StrictModel(BaseModel):
     """Request bodies refuse unknown fields, so a typo is an error rather than a silent default, and
     values of another JSON type ("8" or true for 8), so a value the document calls invalid is."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    _int_fields: ClassVar[dict[type, frozenset[str]]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _integral_numbers(cls, data: Any) -> Any:  # noqa: ANN401 - the parsed JSON
-        # JSON has one kind of number: 8.0 is the integer 8, as JSON Schema says, and strict mode
-        # alone would refuse it where an integer is declared.
-        if not isinstance(data, dict):
-            return data
-        names = cls._int_fields.get(cls)
-        if names is None:
-            names = cls._int_fields[cls] = frozenset(
-                name for name, field in cls.model_fields.items() if _takes_int(field.annotation))
-        fixed = {name: int(value) for name in names
-                 if isinstance(value := data.get(name), float) and value.is_integer()}
-        return {**data, **fixed} if fixed else data
+        return integral_numbers(cls, data)

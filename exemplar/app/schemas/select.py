@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, model_validator
 
 from exemplar.app.schemas.common import (
     MAX_VECTOR,
@@ -21,8 +21,10 @@ from exemplar.app.schemas.common import (
     rules,
     strategy_names,
 )
-from exemplar.errors import ExemplarError
+from exemplar.errors import ExemplarError, InvalidRequest
 from exemplar.retrieval import Effort, Query, SelectionOptions
+from exemplar.retrieval.serving.stages import list_stages
+from exemplar.retrieval.serving.strategies import get_strategy, list_strategies
 
 __all__ = [
     "OPTION_RULES",
@@ -57,6 +59,22 @@ _NON_EMPTY_QUERY: dict[str, Any] = {
 }
 # Every strategy but 'random' ranks by similarity to the query, so needs one.
 _RANDOM = {"properties": {"strategy": {"const": "random"}}, "required": ["strategy"]}
+
+
+def _strategy_params_rules() -> list[dict[str, Any]]:
+    """Each strategy's own parameters, as the document states them: when 'strategy' names it. An
+    absent 'strategy' meets every condition, so then only what every strategy takes passes (nothing:
+    the default, 'topk', takes no parameters)."""
+    out = []
+    for name in list_strategies():
+        model = get_strategy(name).Params
+        schema = model.model_json_schema() if model is not None else {"type": "object", "maxProperties": 0}
+        schema.pop("title", None)
+        out.append({"if": {"properties": {"strategy": {"const": name}}},
+                    "then": {"properties": {"strategy_params": {"anyOf": [schema, _NULL]}}}})
+    return out
+
+
 OPTION_RULES = (
     # k is the window unless k_per_class is given, which sets it instead (k is then not used).
     {"if": {"properties": {"k_per_class": {"type": "integer"}}, "required": ["k_per_class"]},
@@ -67,6 +85,18 @@ OPTION_RULES = (
     {"if": {"properties": {"strategy": {"const": "invariant"}, "invariant_base": {"const": "topk"}},
             "required": ["strategy", "invariant_base"]},
      "then": {"properties": {"k_per_class": _NULL}}},
+    # ... nor does invariant over 'topk' named in its own parameters.
+    {"if": {"properties": {"strategy": {"const": "invariant"}, "strategy_params": {
+        "type": "object", "required": ["base"], "properties": {"base": {"const": "topk"}}}},
+        "required": ["strategy", "strategy_params"]},
+     "then": {"properties": {"k_per_class": _NULL}}},
+    # The flat invariant_base and strategy_params.base, when both are given, agree.
+    {"if": {"required": ["invariant_base", "strategy_params"], "properties": {"strategy_params": {
+        "type": "object", "required": ["base"], "properties": {"base": {"type": "string"}}}}},
+     "then": {"anyOf": [{"properties": {"invariant_base": {"const": base},
+                                        "strategy_params": {"properties": {"base": {"const": base}}}}}
+                        for base in ("balanced", "topk")]}},
+    *_strategy_params_rules(),
 )
 
 
@@ -123,6 +153,10 @@ def vector_errors(queries: Sequence[QueryIn]) -> Iterator[None]:
 class SearchIn(StrictModel):
     """How hard the index searches for one request; the default is what the version was tuned to."""
 
+    model_config = ConfigDict(json_schema_extra=rules(
+        {"if": {"properties": {"recall": {"const": "exact"}}, "required": ["recall"]},
+         "then": {"properties": {"nprobe": _NULL}}}))
+
     recall: Literal["fast", "default", "exact"] = Field(
         "default", description="'default': the settings tuned when the version was built (window recall >= 0.95 "
         "against exact search, measured then). 'fast': half their probes (IVF lists, HNSW efSearch; per class "
@@ -145,7 +179,26 @@ class SearchIn(StrictModel):
         return Effort(exact=self.recall == "exact", scale=0.5 if self.recall == "fast" else 1.0, nprobe=self.nprobe)
 
 
-class SelectionFieldsIn(StrictModel):
+def _strategy_params_doc() -> str:
+    described = []
+    for name in list_strategies():
+        model = get_strategy(name).Params
+        fields = ", ".join(f"'{f}'" for f in model.model_fields) if model is not None else "none"
+        described.append(f"{name}: {fields}")
+    return ("The strategy's own parameters (GET /v1/strategies lists them): " + "; ".join(described)
+            + ". Flat fields such as invariant_base keep working; one value may not come both ways.")
+
+
+# One field per registered pipeline stage, typed by the stage's own parameters: a new stage is a
+# module and its registration, and appears here and in the document by itself.
+_StagesIn = create_model(  # type: ignore[call-overload]
+    "StagesIn", __base__=StrictModel,
+    **{stage.name: (stage.Params | None, Field(None, description=f"Pipeline stage: {stage.description}"))
+       for stage in list_stages()},
+)
+
+
+class SelectionFieldsIn(_StagesIn):  # type: ignore[misc, valid-type]
     """Filters and layout shared by every request that selects (select, select/batch, infer)."""
 
     labels: list[str] | None = Field(None, description="Only items with these labels.")
@@ -165,15 +218,23 @@ class SelectionFieldsIn(StrictModel):
     )
     search: SearchIn = Field(default_factory=lambda: SearchIn(), description="How hard the index searches: "
                              "speed against recall, per request.")
+    strategy_params: dict[str, Any] | None = Field(None, description=_strategy_params_doc())
 
     def selection_options(self, *, k: int | None, k_per_class: int | None = None) -> SelectionOptions:
         """The one mapping from the wire to the core's options."""
+        given = (self.strategy_params or {}).get("base")
+        if "invariant_base" in self.model_fields_set and given is not None and given != self.invariant_base:
+            raise InvalidRequest("invariant_base and strategy_params.base disagree: give the base once",
+                                 param="strategy_params.base")
+        stages = {stage.name: getattr(self, stage.name) for stage in list_stages()}
         return SelectionOptions(
             k=k, k_per_class=k_per_class,
             labels=tuple(self.labels) if self.labels is not None else None,
             domains=tuple(self.domains) if self.domains is not None else None,
             exclude_ids=tuple(self.exclude_ids), order=self.order, seed=self.seed, offset=self.offset,
             invariant_base=self.invariant_base, fill=self.fill, effort=self.search.effort(),
+            params=self.strategy_params,
+            stages={name: params for name, params in stages.items() if params is not None},
         )
 
 

@@ -19,7 +19,10 @@ from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.composite import ItemColumn
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
+from exemplar.retrieval.serving.pipeline import run_stages
+from exemplar.retrieval.serving.stages import get_stage
 from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
+from exemplar.retrieval.serving.strategies.base import parse_params
 
 __all__ = ["Demonstration", "Prepared", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
 
@@ -125,7 +128,7 @@ class SelectionService:
         any number of windows from the same version and ranking."""
         started = time.perf_counter()
         strategy = get_strategy(strategy_name)
-        self._check_options(options, strategy)
+        options = self._check_options(options, strategy)
         if not queries:
             raise InvalidRequest("no queries given", param="queries")
         if len(queries) > self.limits.max_queries:
@@ -146,11 +149,18 @@ class SelectionService:
 
     def run(self, prepared: "Prepared", options: SelectionOptions) -> list[SelectionResult]:
         started = time.perf_counter()
-        self._check_options(options, prepared.strategy)
+        options = self._check_options(options, prepared.strategy)
         snap = prepared.snap
+        strategy = prepared.strategy
         try:
             with searching():
-                windows = prepared.strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
+                if options.stages:
+                    stages = sorted(((get_stage(name), params) for name, params in options.stages.items()),
+                                    key=lambda pair: pair[0].position)
+                    windows = run_stages(strategy, snap, prepared.vectors, prepared.self_rows, prepared.allowed,
+                                         options, stages)
+                else:
+                    windows = strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
             adapted = self.store.adapted_versions(self.store.pool(snap.pool).id)
             if not adapted:
@@ -176,7 +186,13 @@ class SelectionService:
             for window, picks in zip(windows, arranged)
         ]
 
-    def _check_options(self, options: SelectionOptions, strategy: Strategy) -> None:
+    def _check_options(self, options: SelectionOptions, strategy: Strategy) -> SelectionOptions:
+        """The options with the strategy's and the stages' parameters validated, or ``InvalidRequest``."""
+        options = dataclasses.replace(
+            options, params=parse_params("strategy", strategy.name, strategy.Params, options.params, "strategy_params"),
+            stages={name: parse_params("stage", name, get_stage(name).Params, raw, name)
+                    for name, raw in options.stages.items()},
+        )
         limits = self.limits
         # k_per_class, when given, sets the window and k is not used; each is checked on its own.
         if options.k_per_class is not None and not 1 <= options.k_per_class <= limits.max_k:
@@ -190,6 +206,7 @@ class SelectionService:
             raise InvalidRequest("invariant_base must be 'balanced' or 'topk'", param="invariant_base")
         if not 0 <= options.offset <= limits.max_offset:
             raise InvalidRequest(f"offset must be between 0 and {limits.max_offset}", param="offset")
+        return options
 
     @staticmethod
     def _allowed(snap: Snapshot, options: SelectionOptions) -> np.ndarray | None:

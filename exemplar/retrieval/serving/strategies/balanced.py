@@ -42,9 +42,18 @@ def classes_in_scope(snap: Snapshot, options: SelectionOptions) -> list[int]:
 
 class Balanced:
     name = "balanced"
+    description = ("The nearest items of every class, with exact per-class quotas: the best of each class, "
+                   "then the second best of each, classes ordered by their best similarity.")
     needs_query = True
     takes_k_per_class = True
     per_class_note = ""
+    Params = None
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        return True
+
+    def space(self, snap: Snapshot) -> Snapshot:
+        return snap
 
     def check(self, options: SelectionOptions) -> None:
         pass

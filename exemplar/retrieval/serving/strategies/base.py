@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from exemplar.errors import InvalidRequest, choices
 from exemplar.retrieval.index.vectors import TUNED, Effort
@@ -15,12 +18,15 @@ from exemplar.retrieval.serving.snapshot import Snapshot
 __all__ = [
     "ORDERS",
     "Order",
+    "Params",
     "Pick",
     "SelectionOptions",
     "Strategy",
     "Window",
     "get_strategy",
+    "integral_numbers",
     "list_strategies",
+    "parse_params",
     "per_class_strategies",
     "refuse_k_per_class",
     "register_strategy",
@@ -48,6 +54,69 @@ class SelectionOptions:
     fill: bool = False
     # How hard the index searches: as tuned at build time, shallower or deeper, or exactly.
     effort: Effort = TUNED
+    # The strategy's own parameters: its ``Params``, or the request's mapping until SelectionService
+    # has validated it (``parse_params``).
+    params: Any = None
+    # Pipeline stages after the strategy, by name: each stage's ``Params`` (or the request's mapping).
+    stages: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _takes_int(annotation: object) -> bool:
+    if annotation is int:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and int in typing.get_args(annotation)
+
+
+_INT_FIELDS: dict[type, frozenset[str]] = {}
+
+
+def integral_numbers(model: type[BaseModel], data: Any) -> Any:  # noqa: ANN401 - parsed JSON
+    """``data`` with whole floats given for integer fields made ints: JSON has one kind of number, 8.0
+    is the integer 8 as JSON Schema says, and strict mode alone would refuse it."""
+    if not isinstance(data, dict):
+        return data
+    names = _INT_FIELDS.get(model)
+    if names is None:
+        names = _INT_FIELDS[model] = frozenset(
+            (field.alias or name) for name, field in model.model_fields.items() if _takes_int(field.annotation))
+    fixed = {name: int(value) for name in names if isinstance(value := data.get(name), float) and value.is_integer()}
+    return {**data, **fixed} if fixed else data
+
+
+class Params(BaseModel):
+    """Base of a strategy's or a stage's own parameters: strict types (but 8.0 is 8, as in JSON), no
+    unknown fields, frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:  # noqa: ANN401 - parsed JSON
+        return integral_numbers(cls, data)
+
+
+def parse_params(kind: str, name: str, model: type[Params] | None, raw: Any, param: str) -> Params | None:  # noqa: ANN401
+    """``raw`` (a mapping from the request, or already parsed) as ``model``; errors name the field
+    under ``param`` (``strategy_params.base``)."""
+    if isinstance(raw, Params):
+        return raw
+    if raw is None:
+        return model() if model is not None else None
+    if model is None:
+        if raw:
+            raise InvalidRequest(f"{kind} {name!r} takes no parameters", param=param)
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidRequest(f"{param} must be an object", param=param)
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        fields = ", ".join(model.model_fields) or "none"
+        raise InvalidRequest(f"{kind} {name!r}: {message} (its parameters: {fields})",
+                             param=f"{param}.{where}" if where else param) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +139,21 @@ class Window:
 
 class Strategy(Protocol):
     name: str
+    description: str  # one line, for GET /v1/strategies
     needs_query: bool
     takes_k_per_class: bool  # per-class quotas mean something to it
     per_class_note: str  # how, when it is not plain (for error messages)
+    Params: type[Params] | None  # its own parameters (strategy_params), or None
 
     def check(self, options: SelectionOptions) -> None:
         """Refuse options this strategy gives no meaning to (``InvalidRequest``)."""
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        """Whether its ranking is the round robin of per-class rankings (``quotas.py``): pipeline
+        stages then work within each class, and the quotas stay exact."""
+
+    def space(self, snap: Snapshot) -> Snapshot:
+        """The snapshot whose vectors it ranks by (the adapter's, for ``invariant``)."""
 
     def select(
         self,

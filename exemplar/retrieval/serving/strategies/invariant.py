@@ -5,12 +5,15 @@ same adapter; ``invariant_base`` picks per class (``balanced``) or global (``top
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies.base import (
+    Params,
     SelectionOptions,
     Window,
     get_strategy,
@@ -18,19 +21,47 @@ from exemplar.retrieval.serving.strategies.base import (
     register_strategy,
 )
 
-__all__ = ["Invariant"]
+__all__ = ["Invariant", "InvariantParams"]
+
+
+class InvariantParams(Params):
+    base: Literal["balanced", "topk"] | None = Field(
+        None, description="Per-class quotas ('balanced') or global nearest ('topk') in the adapter space; "
+        "default: the request's invariant_base ('balanced').")
 
 
 class Invariant:
     name = "invariant"
+    description = ("InvariantSelectPR: 'balanced' or 'topk' in the space of the version's CCI adapter, where "
+                   "same-class items from different domains sit together.")
     needs_query = True
     takes_k_per_class = True
     per_class_note = "with invariant_base 'balanced'"
+    Params = InvariantParams
+
+    @staticmethod
+    def base(options: SelectionOptions) -> str:
+        """``strategy_params.base``, else the flat ``invariant_base`` (kept for existing callers)."""
+        params = options.params
+        chosen = params.base if isinstance(params, InvariantParams) else None
+        return chosen or options.invariant_base
 
     def check(self, options: SelectionOptions) -> None:
-        if options.invariant_base == "topk":
+        if self.base(options) == "topk":
             refuse_k_per_class(self.name, options, "with invariant_base 'topk' it selects the k nearest items "
                                                    "overall in the adapter space")
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        return self.base(options) == "balanced"
+
+    def space(self, snap: Snapshot) -> Snapshot:
+        if snap.adapter is None:
+            raise AdapterMissing(
+                f"version {snap.version} of pool {snap.pool!r} has no CCI adapter: train one with "
+                f"POST /v1/pools/{snap.pool}/adapters",
+                param="strategy",
+            )
+        return snap.in_adapter_space()
 
     def select(
         self,
@@ -42,14 +73,10 @@ class Invariant:
     ) -> list[Window]:
         if queries is None:
             raise ValueError("invariant needs query vectors")
-        if snap.adapter is None:
-            raise AdapterMissing(
-                f"version {snap.version} of pool {snap.pool!r} has no CCI adapter: train one with "
-                f"POST /v1/pools/{snap.pool}/adapters",
-                param="strategy",
-            )
-        base = get_strategy(options.invariant_base)
-        return base.select(snap.in_adapter_space(), snap.adapter.adapter.apply(queries), self_rows, allowed, options)
+        space = self.space(snap)
+        assert snap.adapter is not None  # space() refuses a version without one
+        base = get_strategy(self.base(options))
+        return base.select(space, snap.adapter.adapter.apply(queries), self_rows, allowed, options)
 
 
 register_strategy(Invariant)

@@ -18,9 +18,18 @@ __all__ = ["RandomStrategy", "shuffled_prefix"]
 
 class RandomStrategy:
     name = "random"
+    description = ("A seeded uniform sample (a baseline; no query needed), or with k_per_class a seeded "
+                   "class-balanced one (ManyICL's many-shot setup).")
     needs_query = False
     takes_k_per_class = True
     per_class_note = "a seeded class-balanced sample"
+    Params = None
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        return options.k_per_class is not None
+
+    def space(self, snap: Snapshot) -> Snapshot:
+        return snap
 
     def check(self, options: SelectionOptions) -> None:
         pass

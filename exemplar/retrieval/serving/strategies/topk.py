@@ -19,9 +19,17 @@ def ranked_hits(D: np.ndarray, I: np.ndarray, skip: int | None) -> list[tuple[in
 
 class TopK:
     name = "topk"
+    description = "The k items nearest to the query overall (TopKNearestPR, RICES)."
     needs_query = True
     takes_k_per_class = False
     per_class_note = ""
+    Params = None
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        return False
+
+    def space(self, snap: Snapshot) -> Snapshot:
+        return snap
 
     def check(self, options: SelectionOptions) -> None:
         refuse_k_per_class(self.name, options, "it selects the k nearest items overall; per-class quotas are "

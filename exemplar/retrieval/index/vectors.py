@@ -16,6 +16,7 @@ import numpy as np
 
 from exemplar.errors import Incompatible, InvalidRequest
 from exemplar.retrieval.index.batching import SearchBatcher
+from exemplar.retrieval.index.quantizer import flat_quantizer, install_graph, quantizer_params
 from exemplar.retrieval.store.files import write_bytes_atomic
 
 __all__ = [
@@ -184,7 +185,8 @@ class VectorIndex:
         return built
 
     def save(self, path: Path) -> None:
-        write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
+        with flat_quantizer(self._cpu_index) as index:  # the format it was read in (see quantizer.py)
+            write_bytes_atomic(path, faiss.serialize_index(index).tobytes())
 
     @classmethod
     def load(cls, path: Path, factory: str, params: dict[str, int] | None = None) -> "VectorIndex":
@@ -199,6 +201,8 @@ class VectorIndex:
             for name, value in params.items():
                 faiss.ParameterSpace().set_index_parameter(loaded.index, name, value)
             loaded.params = dict(params)
+        # After nprobe is set: the graph's efSearch follows it.
+        install_graph(loaded.index)
         return loaded
 
     def to_gpu(self, device: int = 0) -> bool:
@@ -207,7 +211,9 @@ class VectorIndex:
             return self.on_gpu
         with self._gpu_lock:
             resources = faiss.StandardGpuResources()
-            self.index = faiss.index_cpu_to_gpu(resources, device, self.index)
+            # faiss copies only flat coarse quantizers to the GPU, where the flat scan is cheap anyway
+            with flat_quantizer(self.index) as cpu:
+                self.index = faiss.index_cpu_to_gpu(resources, device, cpu)
             self._resources = resources
             self.on_gpu = True
         return True
@@ -276,7 +282,8 @@ class VectorIndex:
     def _params(self, selector: faiss.IDSelector | None, effort: Effort = TUNED, k: int = 1) -> faiss.SearchParameters:
         ivf = faiss.try_extract_index_ivf(self._cpu_index)
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=effort.lists(ivf.nprobe, ivf.nlist))
+            nprobe = effort.lists(ivf.nprobe, ivf.nlist)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe, quantizer_params=quantizer_params(ivf, nprobe))
         hnsw = getattr(faiss.downcast_index(self._cpu_index), "hnsw", None)
         if hnsw is not None:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=effort.ef(hnsw.efSearch, k))

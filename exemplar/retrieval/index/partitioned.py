@@ -28,7 +28,7 @@ import numpy as np
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy, tune
 from exemplar.retrieval.index.classes import META, ROWS, class_rows, tune_class_nprobe
-from exemplar.retrieval.index.quantizer import centroids
+from exemplar.retrieval.index.quantizer import centroid_matrix
 from exemplar.retrieval.index.vectors import (
     EXACT_SUBSET_ROWS,
     RERANK,
@@ -77,7 +77,7 @@ class PartitionedClasses:
             self._lists[c, : last - first] = np.arange(first, last)
         self._ivf = faiss.extract_index_ivf(index.cpu_index)
         # A view of the centroids the quantizer holds, flat or graph (no copy); the index keeps them alive.
-        self._centroids = centroids(self._ivf)
+        self._centroids = centroid_matrix(self._ivf)
 
     @property
     def approximate(self) -> list[int]:

@@ -25,12 +25,12 @@ __all__ = [
     "GRAPH_EF_MIN",
     "GRAPH_M",
     "GRAPH_MIN_LISTS",
-    "centroids",
+    "centroid_matrix",
     "flat_quantizer",
+    "follow_nprobe",
     "graph_ef",
     "install_graph",
     "quantizer_params",
-    "set_nprobe",
     "uses_graph",
 ]
 
@@ -66,7 +66,7 @@ def _flat(ivf: faiss.IndexIVF) -> faiss.IndexFlat | None:
     return quantizer if isinstance(quantizer, faiss.IndexFlat) else None
 
 
-def centroids(ivf: faiss.IndexIVF) -> np.ndarray:
+def centroid_matrix(ivf: faiss.IndexIVF) -> np.ndarray:
     """A view (no copy) of ``ivf``'s centroids, flat quantizer or graph; valid while ``ivf`` lives."""
     flat = _flat(ivf)
     if flat is None:
@@ -89,7 +89,7 @@ def install_graph(index: faiss.Index, min_lists: int | None = None) -> bool:
         return False  # a quantizer of another kind, or one shared with something else: left alone
     graph = faiss.IndexHNSWFlat(ivf.d, GRAPH_M, ivf.metric_type)
     graph.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
-    graph.add(centroids(ivf))
+    graph.add(centroid_matrix(ivf))
     graph.hnsw.efSearch = graph_ef(ivf.nprobe)
     ivf.quantizer = graph
     graph.this.disown()  # the IVF deletes it (own_fields)
@@ -97,12 +97,11 @@ def install_graph(index: faiss.Index, min_lists: int | None = None) -> bool:
     return True
 
 
-def set_nprobe(index: faiss.Index, nprobe: int) -> None:
-    """Set ``index``'s IVF nprobe, and its graph's efSearch to match."""
-    ivf = faiss.extract_index_ivf(index)
-    ivf.nprobe = int(nprobe)
-    if uses_graph(ivf):
-        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = graph_ef(nprobe)
+def follow_nprobe(index: faiss.Index) -> None:
+    """After ``index``'s nprobe changed: its graph's efSearch to match (no-op without a graph)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and uses_graph(ivf):
+        faiss.downcast_index(ivf.quantizer).hnsw.efSearch = graph_ef(ivf.nprobe)
 
 
 def quantizer_params(ivf: faiss.IndexIVF, nprobe: int) -> faiss.SearchParameters | None:

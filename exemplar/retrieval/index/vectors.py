@@ -20,11 +20,13 @@ from exemplar.retrieval.index.quantizer import flat_quantizer, install_graph, qu
 from exemplar.retrieval.store.files import write_bytes_atomic
 
 __all__ = [
+    "BLAS_MIN_QUERIES",
     "DEFAULT_INDEX",
     "EXACT_SUBSET_ROWS",
     "Effort",
     "RERANK",
     "VectorIndex",
+    "blas_threshold",
     "exact_scan",
     "gpu_available",
     "normalize",
@@ -45,9 +47,24 @@ EXACT_SUBSET_ROWS = 50_000
 # second full-precision copy of them and the scores returned are exact.
 RERANK = 10
 
-# faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
-# are the common case here and are several times faster through BLAS.
-faiss.cvar.distance_compute_blas_threshold = 16
+# Flat scans (an IVF's flat coarse quantizer, Flat indexes, exact subsets) go through BLAS from this
+# many queries a call: batched searches of a few dozen queries are 2 to 6 times faster through BLAS,
+# and a query or two are 4 to 6 times slower (BLAS for one query: 0.72-0.96 ms of CPU over 4,095 x
+# 512 centroids, against 0.16 ms without; measured with benchmarks/quantizer.py's data, one core).
+BLAS_MIN_QUERIES = 8
+# The dimension the threshold is set for where faiss counts query rows x dimension.
+_BLAS_DIM = 512
+
+
+def blas_threshold(default: int) -> int:
+    """``distance_compute_blas_threshold`` for BLAS from ``BLAS_MIN_QUERIES`` queries. faiss compares
+    it with the query rows in releases whose default is 20, and with rows x dimension in those whose
+    default is 128,000 (250 queries of 512 floats, faiss 1.15); there, a value counted in queries
+    (the 16 set here before) sends every search, one query too, through BLAS."""
+    return BLAS_MIN_QUERIES * _BLAS_DIM if default >= 1000 else BLAS_MIN_QUERIES
+
+
+faiss.cvar.distance_compute_blas_threshold = blas_threshold(faiss.cvar.distance_compute_blas_threshold)
 
 
 @dataclasses.dataclass(frozen=True)

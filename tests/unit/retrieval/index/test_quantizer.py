@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from exemplar.retrieval.index import quantizer as qz
-from exemplar.retrieval.index.auto import AutoIndexPolicy, measure_recall
+from exemplar.retrieval.index.auto import AutoIndexPolicy, measure_recall, tune
 from exemplar.retrieval.index.partitioned import PartitionedClasses
 from exemplar.retrieval.index.vectors import Effort, VectorIndex
 from exemplar.retrieval.store.catalog import ItemRow
@@ -211,3 +211,14 @@ def test_indexes_with_graphs_are_dropped_and_reloaded_safely(folder: Path, data)
     gc.collect()
     assert np.array_equal(classes._centroids, centroids)
     assert classes.search_many(list(range(len(classes.rows))), Q[:3], 2)
+
+
+def test_tuning_an_index_with_a_graph_keeps_its_depth_in_step_with_nprobe(data) -> None:  # noqa: ANN001
+    V, _, Q = data
+    index = VectorIndex.build(V, "IVF64,SQ8")
+    assert qz.install_graph(index.index, min_lists=LOW)
+    stats = tune(index, V, POLICY)
+    ivf = faiss.extract_index_ivf(index.index)
+    assert ivf.nprobe == stats["params"]["nprobe"]
+    assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch == qz.graph_ef(ivf.nprobe)
+    assert stats["recall_at_k"] >= POLICY.target_recall - 0.02

@@ -12,6 +12,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from exemplar.retrieval.index.quantizer import follow_nprobe
 from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
 __all__ = ["AutoIndexPolicy", "build_index", "choose_factory", "ivf_lists", "measure_recall", "reaches", "tune"]
@@ -74,6 +75,8 @@ def choose_factory(n: int, dim: int, policy: AutoIndexPolicy = AutoIndexPolicy()
 
 def _set(index: faiss.Index, name: str, value: int) -> None:
     faiss.ParameterSpace().set_index_parameter(index, name, value)
+    if name == "nprobe":
+        follow_nprobe(index)  # a graph quantizer searches deeper for more lists
 
 
 def _search_params(index: faiss.Index) -> tuple[str, list[int]] | None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy, tune
 from exemplar.retrieval.index.classes import META, ROWS, class_rows, tune_class_nprobe
+from exemplar.retrieval.index.quantizer import centroid_matrix
 from exemplar.retrieval.index.vectors import (
     EXACT_SUBSET_ROWS,
     RERANK,
@@ -75,10 +76,8 @@ class PartitionedClasses:
         for c, (first, last) in enumerate(spans):
             self._lists[c, : last - first] = np.arange(first, last)
         self._ivf = faiss.extract_index_ivf(index.cpu_index)
-        quantizer = faiss.downcast_index(self._ivf.quantizer)
-        # A view of the centroids the quantizer holds (no copy); the index keeps them alive.
-        self._centroids = faiss.rev_swig_ptr(quantizer.get_xb(), self._ivf.nlist * self._ivf.d).reshape(
-            self._ivf.nlist, self._ivf.d)
+        # A view of the centroids the quantizer holds, flat or graph (no copy); the index keeps them alive.
+        self._centroids = centroid_matrix(self._ivf)
 
     @property
     def approximate(self) -> list[int]:

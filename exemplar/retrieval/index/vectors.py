@@ -16,14 +16,17 @@ import numpy as np
 
 from exemplar.errors import Incompatible, InvalidRequest
 from exemplar.retrieval.index.batching import SearchBatcher
+from exemplar.retrieval.index.quantizer import flat_quantizer, install_graph, quantizer_params
 from exemplar.retrieval.store.files import write_bytes_atomic
 
 __all__ = [
+    "BLAS_MIN_QUERIES",
     "DEFAULT_INDEX",
     "EXACT_SUBSET_ROWS",
     "Effort",
     "RERANK",
     "VectorIndex",
+    "blas_threshold",
     "exact_scan",
     "gpu_available",
     "normalize",
@@ -44,9 +47,24 @@ EXACT_SUBSET_ROWS = 50_000
 # second full-precision copy of them and the scores returned are exact.
 RERANK = 10
 
-# faiss skips BLAS for batches under this many queries; batched searches of a few dozen queries
-# are the common case here and are several times faster through BLAS.
-faiss.cvar.distance_compute_blas_threshold = 16
+# Flat scans (an IVF's flat coarse quantizer, Flat indexes, exact subsets) go through BLAS from this
+# many queries a call: batched searches of a few dozen queries are 2 to 6 times faster through BLAS,
+# and a query or two are 4 to 6 times slower (BLAS for one query: 0.72-0.96 ms of CPU over 4,095 x
+# 512 centroids, against 0.16 ms without; measured with benchmarks/quantizer.py's data, one core).
+BLAS_MIN_QUERIES = 8
+# The dimension the threshold is set for where faiss counts query rows x dimension.
+_BLAS_DIM = 512
+
+
+def blas_threshold(default: int) -> int:
+    """``distance_compute_blas_threshold`` for BLAS from ``BLAS_MIN_QUERIES`` queries. faiss compares
+    it with the query rows in releases whose default is 20, and with rows x dimension in those whose
+    default is 128,000 (250 queries of 512 floats, faiss 1.15); there, a value counted in queries
+    (the 16 set here before) sends every search, one query too, through BLAS."""
+    return BLAS_MIN_QUERIES * _BLAS_DIM if default >= 1000 else BLAS_MIN_QUERIES
+
+
+faiss.cvar.distance_compute_blas_threshold = blas_threshold(faiss.cvar.distance_compute_blas_threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +202,8 @@ class VectorIndex:
         return built
 
     def save(self, path: Path) -> None:
-        write_bytes_atomic(path, faiss.serialize_index(self._cpu_index).tobytes())
+        with flat_quantizer(self._cpu_index) as index:  # the format it was read in (see quantizer.py)
+            write_bytes_atomic(path, faiss.serialize_index(index).tobytes())
 
     @classmethod
     def load(cls, path: Path, factory: str, params: dict[str, int] | None = None) -> "VectorIndex":
@@ -199,6 +218,8 @@ class VectorIndex:
             for name, value in params.items():
                 faiss.ParameterSpace().set_index_parameter(loaded.index, name, value)
             loaded.params = dict(params)
+        # After nprobe is set: the graph's efSearch follows it.
+        install_graph(loaded.index)
         return loaded
 
     def to_gpu(self, device: int = 0) -> bool:
@@ -207,7 +228,9 @@ class VectorIndex:
             return self.on_gpu
         with self._gpu_lock:
             resources = faiss.StandardGpuResources()
-            self.index = faiss.index_cpu_to_gpu(resources, device, self.index)
+            # faiss copies only flat coarse quantizers to the GPU, where the flat scan is cheap anyway
+            with flat_quantizer(self.index) as cpu:
+                self.index = faiss.index_cpu_to_gpu(resources, device, cpu)
             self._resources = resources
             self.on_gpu = True
         return True
@@ -276,7 +299,8 @@ class VectorIndex:
     def _params(self, selector: faiss.IDSelector | None, effort: Effort = TUNED, k: int = 1) -> faiss.SearchParameters:
         ivf = faiss.try_extract_index_ivf(self._cpu_index)
         if ivf is not None:
-            return faiss.SearchParametersIVF(sel=selector, nprobe=effort.lists(ivf.nprobe, ivf.nlist))
+            nprobe = effort.lists(ivf.nprobe, ivf.nlist)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe, quantizer_params=quantizer_params(ivf, nprobe))
         hnsw = getattr(faiss.downcast_index(self._cpu_index), "hnsw", None)
         if hnsw is not None:
             return faiss.SearchParametersHNSW(sel=selector, efSearch=effort.ef(hnsw.efSearch, k))

@@ -197,3 +197,13 @@ def test_a_search_can_ask_for_another_depth_or_an_exact_scan(data, factory: str)
     assert set(I.ravel().tolist()) <= set(np.flatnonzero(allowed).tolist())
     if factory.startswith("IVF"):
         assert faiss.extract_index_ivf(index.index).nprobe == 2  # the tuned setting is left as it was
+
+
+def test_blas_threshold_counts_queries_in_either_faiss_convention() -> None:
+    from exemplar.retrieval.index.vectors import BLAS_MIN_QUERIES, blas_threshold
+
+    # faiss releases with a default of 20 count query rows; 1.15 (default 128,000) counts rows x dim:
+    # a threshold in queries there would send a single query through BLAS (several times slower).
+    assert blas_threshold(20) == BLAS_MIN_QUERIES
+    assert blas_threshold(128_000) == BLAS_MIN_QUERIES * 512
+    assert blas_threshold(faiss.cvar.distance_compute_blas_threshold) == faiss.cvar.distance_compute_blas_threshold

@@ -8,7 +8,8 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
 - ``nearest``: answers the label of the demonstration whose text shares the most words with the
   query's text (the first such one), with probability = that label's share of the demonstrations;
   "unknown" without demonstrations. It follows which label goes with which input, so shuffling the
-  shown labels changes its answers where ``majority`` (blind to the pairing) answers the same;
+  shown labels changes its answers where ``majority`` (blind to the pairing, but for ties, which it
+  breaks by order) answers the same;
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);

@@ -5,6 +5,11 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
 - ``majority``: answers the most common label among the demonstrations (assistant turns) it is
   shown, with probability = that label's share of them (so confidence depends on the window);
 - ``label:X``: answers X, with probability = X's share of the demonstrations shown (at least 0.05);
+- ``nearest``: answers the label of the demonstration whose text shares the most words with the
+  query's text (the first such one), with probability = that label's share of the demonstrations;
+  "unknown" without demonstrations. It follows which label goes with which input, so shuffling the
+  shown labels changes its answers where ``majority`` (blind to the pairing, but for ties, which it
+  breaks by order) answers the same;
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);
@@ -47,6 +52,23 @@ def _demos(messages: list[dict[str, Any]]) -> tuple[list[str], int, str]:
                 if part.get("type") == "text":
                     texts.append(part["text"])
     return labels, images, texts[-1] if texts else ""
+
+
+def _nearest(messages: list[dict[str, Any]]) -> str | None:
+    """The answer of the demonstration whose user turn shares the most words with the query's."""
+    def words(message: dict[str, Any]) -> set[str]:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        return {w for p in parts if p.get("type") == "text" for w in str(p["text"]).lower().split()}
+
+    pairs = [(messages[i], messages[i + 1]["content"]) for i in range(len(messages) - 1)
+             if messages[i].get("role") == "user" and messages[i + 1].get("role") == "assistant"]
+    users = [m for m in messages if m.get("role") == "user"]
+    if not pairs or not users:
+        return None
+    query = words(users[-1])
+    best = max(range(len(pairs)), key=lambda j: (len(words(pairs[j][0]) & query), -j))
+    return str(pairs[best][1])
 
 
 def _query_turn(messages: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -128,8 +150,11 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
     if kind == "notjson":
         return PlainTextResponse("<html>gateway</html>")
     counts = Counter(labels)
+    nearest = _nearest(messages) if kind == "nearest" else None
     if kind == "label":
         answer, share = arg, (counts[arg] / len(labels) if labels else 0.0)
+    elif nearest is not None:
+        answer, share = nearest, counts[nearest] / len(labels)
     elif counts:
         answer, n = counts.most_common(1)[0]
         share = n / len(labels)

@@ -395,29 +395,63 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
 @click.option("-k", "--k", "k", type=int, default=8, show_default=True)
 @click.option("--strategies", default=",".join(("random", "topk", "balanced", "invariant:topk", "invariant:balanced")),
               show_default=True, help="Comma-separated; 'invariant:topk' / 'invariant:balanced' pick invariant's base.")
-@click.option("--max-queries", type=int, default=500, show_default=True, help="Queries per held-out domain (sampled).")
+@click.option("--max-queries", type=click.IntRange(1), default=None,
+              help="Queries per held-out domain (sampled) [default 500; 50 with --mllm].")
 @click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="CCI parameter for the per-fold adapters.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int, resamples: int, seed: int,
-             params: tuple[str, ...], as_json: bool) -> None:
-    """Leave-one-domain-out selection quality of each strategy on POOL (see docs/methods.md)."""
+@click.option("--mllm", default=None, metavar="NAME",
+              help="Also ask this configured model endpoint (EXEMPLAR_MLLM_ENDPOINTS) to answer every held-out query "
+              "with each strategy's demonstrations, zero-shot and with perturbed labels; report its accuracy.")
+@click.option("--label-arms", default="shuffled", show_default=True,
+              help="With --mllm: comma-separated label perturbations, each an arm: shuffled, random, noise:P "
+              "(empty for none).")
+@click.option("--label-arm-strategy", default=None, help="With --mllm: the strategy whose demonstrations the label "
+              "arms perturb [default: the first of --strategies].")
+@click.option("--instruction", default=None, help="With --mllm: added to every user turn, e.g. the question.")
+@click.option("--system", default=None, help="With --mllm: the system message.")
+@click.option("--no-images", is_flag=True, help="With --mllm: show texts only.")
+@click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="With --mllm: model calls in flight at most.")
+def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int | None, resamples: int,
+             seed: int, params: tuple[str, ...], as_json: bool, mllm: str | None, label_arms: str,
+             label_arm_strategy: str | None, instruction: str | None, system: str | None, no_images: bool,
+             concurrency: int) -> None:
+    """Leave-one-domain-out selection quality of each strategy on POOL, and with --mllm the downstream
+    model's answer accuracy (see docs/methods.md)."""
     settings = _settings(data_dir=data_dir)
     configure_logging("warning")
     from exemplar.app.adapters import CCITrainer
-    from exemplar.app.evaluation import format_report
+    from exemplar.app.evaluation import format_model_report, format_report
     from exemplar.app.services import build_services
-    from exemplar.retrieval import evaluate_lodo
+    from exemplar.retrieval import evaluate_lodo, evaluate_with_model
+    from exemplar.retrieval.perturb import parse_demo_labels
+    from exemplar.retrieval.prompting import PromptTemplate
 
+    specs = [s.strip() for s in strategies.split(",") if s.strip()]
     services = build_services(settings)
     try:
-        report = evaluate_lodo(
-            services.snapshots.snapshot(pool), strategies=[s.strip() for s in strategies.split(",") if s.strip()], k=k,
-            trainer=CCITrainer(settings.device), adapter_params=_adapter_params(params),
-            max_queries_per_domain=max_queries, resamples=resamples, seed=seed,
+        if mllm is None:
+            report = evaluate_lodo(
+                services.snapshots.snapshot(pool), strategies=specs, k=k,
+                trainer=CCITrainer(settings.device), adapter_params=_adapter_params(params),
+                max_queries_per_domain=max_queries or 500, resamples=resamples, seed=seed,
+            )
+            click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+            return
+        model_report = evaluate_with_model(
+            services.snapshots.snapshot(pool), services.mllms.get(mllm), strategies=specs,
+            label_arms=[parse_demo_labels(a.strip(), "label-arms") for a in label_arms.split(",") if a.strip()],
+            label_arm_strategy=label_arm_strategy, k=k, trainer=CCITrainer(settings.device),
+            adapter_params=_adapter_params(params), max_queries_per_domain=max_queries or 50, resamples=resamples,
+            seed=seed, template=PromptTemplate(system=system, instruction=instruction, include_images=not no_images),
+            concurrency=concurrency,
         )
-        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+        click.echo(json.dumps(model_report.to_dict(), indent=2) if as_json else format_model_report(model_report))
+        failed = [arm for arm, result in model_report.arms.items() if result.failures == model_report.queries]
+        if failed:
+            click.echo(f"warning: every model call failed in arm(s) {', '.join(failed)}", err=True)
     except ExemplarError as exc:
         _fail(exc)
     finally:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from exemplar.retrieval import EvalReport, Interval
+from exemplar.retrieval import EvalReport, Interval, ModelEvalReport
 
-__all__ = ["format_report"]
+__all__ = ["format_model_report", "format_report"]
 
 
 def _cell(interval: Interval) -> str:
@@ -29,4 +29,29 @@ def format_report(report: EvalReport) -> str:
             lines.append(f"| {name} | {_cell(metrics['precision_at_k'])} | {_cell(metrics['hit_rate'])} | "
                          f"{_cell(metrics['vote_accuracy'])} |")
     lines += ["", "means with 95% bootstrap intervals over queries", f"({report.seconds:.1f} s)"]
+    return "\n".join(lines)
+
+
+def format_model_report(report: ModelEvalReport) -> str:
+    """The model's answer accuracy per arm, beside the retrieval proxies of the same queries."""
+    proxies = report.proxies.metrics
+    lines = [
+        f"model {report.mllm!r} ({report.model}) on pool {report.pool!r} version {report.version}: "
+        f"leave-one-domain-out, k={report.k}, {report.queries} queries per arm",
+        "",
+        "| arm | model accuracy | failed calls | label precision@k | majority-vote accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, result in report.arms.items():
+        proxy = proxies.get(arm)
+        precision, vote = (_cell(proxy["precision_at_k"]), _cell(proxy["vote_accuracy"])) if proxy else ("-", "-")
+        lines.append(f"| {arm} | {_cell(result.accuracy)} | {result.failures} | {precision} | {vote} |")
+    if report.differences:
+        lines += ["", "| difference (paired) | model accuracy |", "|---|---|"]
+        lines += [f"| {name} | {_cell(interval)} |" for name, interval in report.differences.items()]
+    errors = [(arm, e) for arm, result in report.arms.items() for e in result.errors]
+    if errors:
+        lines += ["", "failed calls count as wrong answers; first errors:"]
+        lines += [f"- {arm}: {e}" for arm, e in errors]
+    lines += ["", "retrieval proxies on the same queries:", "", format_report(report.proxies)]
     return "\n".join(lines)

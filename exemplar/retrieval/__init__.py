@@ -7,6 +7,7 @@ from exemplar.retrieval.adapt.training import AdapterService
 from exemplar.retrieval.adapt.adapters import Adapter, AdapterMissing, AdapterTrainer, TrainedAdapter
 from exemplar.retrieval.build.runner import BuildReport, BuildService, BuildSpec, LocalShardEncoder, ShardEncoder, build_pool
 from exemplar.retrieval.adapt.evaluation import DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, evaluate_lodo
+from exemplar.retrieval.adapt.model_eval import ArmResult, ModelEvalReport, evaluate_with_model
 from exemplar.retrieval.build.jobs import JobRecord, JobService
 from exemplar.retrieval.index.vectors import Effort, VectorIndex, gpu_available
 from exemplar.retrieval.store.items import NewItem
@@ -25,12 +26,15 @@ __all__ = [
     "AdapterMissing",
     "AdapterService",
     "AdapterTrainer",
+    "ArmResult",
     "EvalReport",
     "Interval",
     "JobRecord",
     "JobService",
     "TrainedAdapter",
     "evaluate_lodo",
+    "evaluate_with_model",
+    "ModelEvalReport",
     "BuildReport",
     "BuildService",
     "BuildSpec",

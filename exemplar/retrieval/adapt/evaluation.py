@@ -24,7 +24,8 @@ from exemplar.retrieval.index.vectors import VectorIndex
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, get_strategy
 
-__all__ = ["DEFAULT_EVAL_STRATEGIES", "EvalReport", "Interval", "evaluate_lodo", "parse_eval_strategy"]
+__all__ = ["DEFAULT_EVAL_STRATEGIES", "EvalReport", "Fold", "Interval", "bootstrap", "evaluate_lodo", "lodo_folds",
+           "parse_eval_strategy", "summarise_folds"]
 
 DEFAULT_EVAL_STRATEGIES = ("random", "topk", "balanced", "invariant:topk", "invariant:balanced")
 METRICS = ("precision_at_k", "hit_rate", "vote_accuracy")
@@ -96,6 +97,98 @@ def _with_adapter(snap: Snapshot, trainer: AdapterTrainer, rows: np.ndarray, par
     return dataclasses.replace(snap, adapter=view)
 
 
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """One held-out domain: its query rows and, per strategy, the demonstrations picked for each."""
+
+    domain: str
+    rows: np.ndarray
+    picks: dict[str, list[list[Pick]]]
+
+
+def lodo_folds(
+    snap: Snapshot,
+    strategies: Sequence[str],
+    *,
+    k: int,
+    trainer: AdapterTrainer | None,
+    adapter_params: dict[str, Any] | None,
+    max_queries_per_domain: int,
+    seed: int,
+    rng: np.random.Generator,
+) -> list[Fold]:
+    """The leave-one-domain-out folds and each strategy's picks for their queries."""
+    parsed = [(spec, *parse_eval_strategy(spec)) for spec in strategies]
+    if any(name == "invariant" for _, name, _ in parsed) and trainer is None:
+        raise InvalidRequest("evaluating 'invariant' needs an adapter trainer", param="strategies")
+    labelled = snap.label_codes >= 0
+    domains = [c for c in np.unique(snap.domain_codes[labelled]) if c >= 0]
+    if len(domains) < 2:
+        raise InvalidRequest(f"pool {snap.pool!r} needs labelled items from at least 2 domains for a "
+                             "leave-one-domain-out evaluation", param="pool")
+    folds: list[Fold] = []
+    options = SelectionOptions(k=k, seed=seed)
+    for domain in domains:
+        query_rows = np.flatnonzero(labelled & (snap.domain_codes == domain))
+        if len(query_rows) > max_queries_per_domain:
+            query_rows = np.sort(rng.choice(query_rows, max_queries_per_domain, replace=False))
+        allowed = labelled & (snap.domain_codes != domain)
+        if len(np.unique(snap.label_codes[allowed])) < 2:
+            continue
+        adapted = None
+        if trainer is not None and any(n == "invariant" for _, n, _ in parsed):
+            adapted = _with_adapter(snap, trainer, np.flatnonzero(allowed), dict(adapter_params or {}))
+        queries = np.asarray(snap.vectors)[query_rows]
+        picked: dict[str, list[list[Pick]]] = {}
+        for spec, strategy_name, base in parsed:
+            strategy = get_strategy(strategy_name)
+            source = adapted if strategy_name == "invariant" else snap
+            assert source is not None
+            if strategy_name == "random":
+                # A fresh draw per query: one shared draw would make every query's demos the same.
+                picked[spec] = [strategy.select(source, queries[i : i + 1], [None], allowed,
+                                                dataclasses.replace(options, seed=seed + i))[0].picks
+                                for i in range(len(queries))]
+            else:
+                opts = dataclasses.replace(options, invariant_base=base or "balanced")
+                picked[spec] = [w.picks for w in strategy.select(source, queries, [None] * len(queries), allowed, opts)]
+        folds.append(Fold(snap.domains[domain], query_rows, picked))
+    if not any(len(f.rows) for f in folds):
+        raise InvalidRequest("no domain could be held out (each needs at least 2 classes in the others)", param="pool")
+    return folds
+
+
+def summarise_folds(
+    snap: Snapshot, folds: Sequence[Fold], strategies: Sequence[str], *, k: int, resamples: int,
+    rng: np.random.Generator, adapter_params: dict[str, Any] | None, started: float,
+) -> EvalReport:
+    """The retrieval proxies of the folds' picks, with bootstrap intervals over all their queries."""
+    values: dict[str, dict[str, list[float]]] = {spec: {m: [] for m in METRICS} for spec in strategies}
+    per_fold: dict[str, dict[str, dict[str, float]]] = {}
+    for fold in folds:
+        per_fold[fold.domain] = {}
+        for spec in strategies:
+            scores = np.array([_scores(snap, p, int(snap.label_codes[row])) for p, row in zip(fold.picks[spec], fold.rows)])
+            per_fold[fold.domain][spec] = {m: float(scores[:, j].mean()) for j, m in enumerate(METRICS)}
+            for j, metric in enumerate(METRICS):
+                values[spec][metric] += scores[:, j].tolist()
+    n = len(values[strategies[0]][METRICS[0]])
+    shared = rng.integers(0, n, size=(resamples, n))  # one set of resamples: paired comparisons
+    metrics = {spec: {m: bootstrap(np.array(values[spec][m]), rng, resamples, shared) for m in METRICS}
+               for spec in strategies}
+    differences = {}
+    for a, b in (("invariant:topk", "topk"), ("invariant:balanced", "balanced"), ("topk", "random")):
+        if a in strategies and b in strategies:
+            differences[f"{a} - {b}"] = {
+                m: bootstrap(np.array(values[a][m]) - np.array(values[b][m]), rng, resamples, shared) for m in METRICS
+            }
+    return EvalReport(
+        pool=snap.pool, version=snap.version, k=k, queries=n, folds={f.domain: len(f.rows) for f in folds},
+        metrics=metrics, per_fold=per_fold, differences=differences, adapter_params=dict(adapter_params or {}),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
 def evaluate_lodo(
     snap: Snapshot,
     *,
@@ -108,63 +201,9 @@ def evaluate_lodo(
     seed: int = 0,
 ) -> EvalReport:
     started = time.monotonic()
-    parsed = [(spec, *parse_eval_strategy(spec)) for spec in strategies]
-    if any(name == "invariant" for _, name, _ in parsed) and trainer is None:
-        raise InvalidRequest("evaluating 'invariant' needs an adapter trainer", param="strategies")
-    labelled = snap.label_codes >= 0
-    domains = [c for c in np.unique(snap.domain_codes[labelled]) if c >= 0]
-    if len(domains) < 2:
-        raise InvalidRequest(f"pool {snap.pool!r} needs labelled items from at least 2 domains for a "
-                             "leave-one-domain-out evaluation", param="pool")
+    strategies = list(strategies)
     rng = np.random.default_rng(seed)
-    values: dict[str, dict[str, list[float]]] = {spec: {m: [] for m in METRICS} for spec, _, _ in parsed}
-    per_fold: dict[str, dict[str, dict[str, float]]] = {}
-    folds: dict[str, int] = {}
-    options = SelectionOptions(k=k, seed=seed)
-    for domain in domains:
-        name = snap.domains[domain]
-        query_rows = np.flatnonzero(labelled & (snap.domain_codes == domain))
-        if len(query_rows) > max_queries_per_domain:
-            query_rows = np.sort(rng.choice(query_rows, max_queries_per_domain, replace=False))
-        allowed = labelled & (snap.domain_codes != domain)
-        if len(np.unique(snap.label_codes[allowed])) < 2:
-            continue
-        adapted = None
-        if trainer is not None and any(n == "invariant" for _, n, _ in parsed):
-            adapted = _with_adapter(snap, trainer, np.flatnonzero(allowed), dict(adapter_params or {}))
-        queries = np.asarray(snap.vectors)[query_rows]
-        folds[name] = len(query_rows)
-        per_fold[name] = {}
-        for spec, strategy_name, base in parsed:
-            strategy = get_strategy(strategy_name)
-            source = adapted if strategy_name == "invariant" else snap
-            assert source is not None
-            if strategy_name == "random":
-                # A fresh draw per query: one shared draw would make every query's demos the same.
-                picks = [strategy.select(source, queries[i : i + 1], [None], allowed,
-                                         dataclasses.replace(options, seed=seed + i))[0].picks
-                         for i in range(len(queries))]
-            else:
-                opts = dataclasses.replace(options, invariant_base=base or "balanced")
-                picks = [w.picks for w in strategy.select(source, queries, [None] * len(queries), allowed, opts)]
-            fold = np.array([_scores(snap, p, int(snap.label_codes[row])) for p, row in zip(picks, query_rows)])
-            per_fold[name][spec] = {m: float(fold[:, j].mean()) for j, m in enumerate(METRICS)}
-            for j, metric in enumerate(METRICS):
-                values[spec][metric] += fold[:, j].tolist()
-    n = len(values[parsed[0][0]][METRICS[0]])
-    if n == 0:
-        raise InvalidRequest("no domain could be held out (each needs at least 2 classes in the others)", param="pool")
-    shared = rng.integers(0, n, size=(resamples, n))  # one set of resamples: paired comparisons
-    metrics = {spec: {m: bootstrap(np.array(values[spec][m]), rng, resamples, shared) for m in METRICS}
-               for spec, _, _ in parsed}
-    differences = {}
-    specs = [spec for spec, _, _ in parsed]
-    for a, b in (("invariant:topk", "topk"), ("invariant:balanced", "balanced"), ("topk", "random")):
-        if a in specs and b in specs:
-            differences[f"{a} - {b}"] = {
-                m: bootstrap(np.array(values[a][m]) - np.array(values[b][m]), rng, resamples, shared) for m in METRICS
-            }
-    return EvalReport(
-        pool=snap.pool, version=snap.version, k=k, queries=n, folds=folds, metrics=metrics, per_fold=per_fold,
-        differences=differences, adapter_params=dict(adapter_params or {}), seconds=round(time.monotonic() - started, 3),
-    )
+    folds = lodo_folds(snap, strategies, k=k, trainer=trainer, adapter_params=adapter_params,
+                       max_queries_per_domain=max_queries_per_domain, seed=seed, rng=rng)
+    return summarise_folds(snap, folds, strategies, k=k, resamples=resamples, rng=rng, adapter_params=adapter_params,
+                           started=started)

@@ -171,7 +171,10 @@ def test_unknown_endpoint_name_is_refused_before_anything_is_sent(infer_client, 
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"window": 0}, "window"), ({"max_rounds": 0}, "max_rounds"), ({"threshold": 1.5}, "threshold"),
+    ({"window": -1}, "window"), ({"max_rounds": 0}, "max_rounds"), ({"windows": "sideways"}, "windows"),
+    ({"demo_labels": "upside-down"}, "demo_labels"), ({"demo_labels": {"noise": 1.5}}, "demo_labels.noise"),
+    ({"demo_labels": {"noise": 0.5, "p": 1}}, "demo_labels"), ({"demo_labels": {}}, "demo_labels"),
+    ({"threshold": 1.5}, "threshold"),
     ({"confidence": "vibes"}, "confidence"), ({"strategy": "nope"}, "strategy"),
     ({"prompt": {"demo_text": "{text.__class__}"}}, "prompt.demo_text"),
     ({"query": {"embedding": [1.0] * 16}}, "query.embedding"),
@@ -198,3 +201,82 @@ def test_images_go_to_the_model_as_data_uris(infer_client, fake_mllm) -> None:
     assert r.status_code == 409 and r.json()["error"]["param"] == "window"
     r = infer_client.post("/v1/pools/img/infer", json={**body, "mllm": "two-images", "prompt": {"include_images": False}})
     assert r.status_code == 200 and seen(fake_mllm)[-1]["images"] == 0
+
+
+def test_zero_shot_shows_the_model_no_demonstrations(infer_client, ranked_pool, fake_mllm) -> None:
+    r = infer(infer_client, "majority", window=0, max_rounds=4, demo_labels="shuffled", prompt={"system": "Be brief."})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["zero_shot"] is True and body["stopped"] == "zero_shot"
+    assert len(body["rounds"]) == 1 and body["rounds"][0]["demonstrations"] == [] and body["chosen_round"] == 0
+    assert body["answer"] == "unknown", "the scripted model's answer without demonstrations"
+    (request,) = seen(fake_mllm)
+    assert request["labels"] == [] and request["roles"] == ["system", "user"] and request["query_text"] == "the query"
+    assert infer(infer_client, "majority").json()["zero_shot"] is False
+
+
+def shown(body: dict) -> list[list[str]]:
+    return [[d["shown_label"] for d in x["demonstrations"]] for x in body["rounds"]]
+
+
+def true_labels(body: dict) -> list[list[str]]:
+    return [[d["label"] for d in x["demonstrations"]] for x in body["rounds"]]
+
+
+def test_true_labels_are_shown_by_default(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", max_rounds=2).json()
+    assert shown(body) == true_labels(body) == [["A", "B"], ["A", "A"]]
+
+
+def test_shuffled_labels_reach_the_model_and_are_reported(infer_client, ranked_pool, fake_mllm) -> None:
+    bodies = []
+    for seed in range(4):
+        httpx.post(f"{fake_mllm}/reset")
+        body = infer(infer_client, "never", window=4, max_rounds=2, demo_labels="shuffled", seed=seed).json()
+        assert [x["labels"] for x in seen(fake_mllm)] == shown(body), "the model sees what the response reports"
+        assert true_labels(body) == [["A", "B", "A", "A"], ["B", "C", "C", "C"]], "'label' stays the true one"
+        assert [sorted(w) for w in shown(body)] == [sorted(w) for w in true_labels(body)]
+        bodies.append(body)
+    again = infer(infer_client, "never", window=4, max_rounds=2, demo_labels="shuffled", seed=2).json()
+    assert shown(again) == shown(bodies[2]), "seeded: the same request shows the same labels"
+    assert any(shown(b) != true_labels(b) for b in bodies)
+    assert len({str(shown(b)) for b in bodies}) > 1, "seeds differ"
+
+
+def test_random_labels_come_from_the_label_filter(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", window=4, max_rounds=1, labels=["C", "B"], demo_labels="random", seed=1).json()
+    assert {d["label"] for d in body["rounds"][0]["demonstrations"]} == {"B", "C"}
+    drawn = shown(body)[0]
+    assert set(drawn) <= {"B", "C"} and seen(fake_mllm)[-1]["labels"] == drawn
+    body = infer(infer_client, "never", window=4, max_rounds=2, demo_labels="random", seed=1).json()
+    assert {label for w in shown(body) for label in w} <= {"A", "B", "C"}
+
+
+def test_full_label_noise_changes_every_label(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", window=3, max_rounds=3, demo_labels={"noise": 1}, seed=5).json()
+    pairs = [(s, t) for ws, wt in zip(shown(body), true_labels(body)) for s, t in zip(ws, wt)]
+    assert len(pairs) == 9 and all(s != t for s, t in pairs)
+    assert [x["labels"] for x in seen(fake_mllm)] == shown(body)
+    body = infer(infer_client, "never", window=3, max_rounds=2, demo_labels={"noise": 0.0}, seed=5).json()
+    assert shown(body) == true_labels(body)
+
+
+def test_shown_labels_follow_the_answer_template(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", max_rounds=1, demo_labels={"noise": 1}, prompt={"answer": "It is {label}."}).json()
+    assert seen(fake_mllm)[-1]["labels"] == [f"It is {label}." for label in shown(body)[0]]
+
+
+def test_repeat_first_shows_the_first_window_every_round(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", windows="repeat_first", max_rounds=3).json()
+    assert body["stopped"] == "max_rounds" and len(body["rounds"]) == 3
+    assert [[d["id"] for d in x["demonstrations"]] for x in body["rounds"]] == [["a1", "b1"]] * 3
+    assert [x["offset"] for x in body["rounds"]] == [0, 0, 0]
+    assert [x["labels"] for x in seen(fake_mllm)] == [["A", "B"]] * 3
+    body = infer(infer_client, "never", windows="repeat_first", offset=2, max_rounds=2).json()
+    assert [[d["id"] for d in x["demonstrations"]] for x in body["rounds"]] == [["a2", "a3"]] * 2
+
+
+def test_repeat_first_with_shuffled_labels_reshuffles_each_round(infer_client, ranked_pool, fake_mllm) -> None:
+    body = infer(infer_client, "never", windows="repeat_first", window=6, max_rounds=4, demo_labels="shuffled").json()
+    assert len({tuple(d["id"] for d in x["demonstrations"]) for x in body["rounds"]}) == 1
+    assert len({tuple(w) for w in shown(body)}) > 1, "the seed is seed + round"

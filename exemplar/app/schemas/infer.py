@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from exemplar.app.schemas.common import StrictModel, limit, rules, strategy_names
-from exemplar.app.schemas.select import DemonstrationOut, QueryIn, SelectionFieldsIn
+from exemplar.app.schemas.select import PARAMS_RULES, DemonstrationOut, QueryIn, SelectionFieldsIn
 from exemplar.retrieval.infer import MAX_ROUNDS
 from exemplar.retrieval.prompting import FIELDS
 
@@ -45,7 +45,7 @@ class LabelNoiseIn(StrictModel):
 
 
 class InferRequest(SelectionFieldsIn):
-    model_config = ConfigDict(json_schema_extra=rules({"properties": {"query": _INFER_QUERY}}))
+    model_config = ConfigDict(json_schema_extra=rules({"properties": {"query": _INFER_QUERY}}, *PARAMS_RULES))
 
     query: QueryIn = Field(description="image (base64), text, or item_id; shown to the model last.")
     mllm: str = Field(description="A configured endpoint name (EXEMPLAR_MLLM_ENDPOINTS).")

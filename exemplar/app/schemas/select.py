@@ -28,6 +28,7 @@ from exemplar.retrieval.serving.strategies import get_strategy, list_strategies
 
 __all__ = [
     "OPTION_RULES",
+    "PARAMS_RULES",
     "BatchSelectRequest",
     "BatchSelectResponse",
     "DemonstrationOut",
@@ -75,6 +76,16 @@ def _strategy_params_rules() -> list[dict[str, Any]]:
     return out
 
 
+# What any request with a strategy states about its parameters (select, select/batch, infer, chat).
+PARAMS_RULES = (
+    # The flat invariant_base and strategy_params.base, when both are given, agree.
+    {"if": {"required": ["invariant_base", "strategy_params"], "properties": {"strategy_params": {
+        "type": "object", "required": ["base"], "properties": {"base": {"type": "string"}}}}},
+     "then": {"anyOf": [{"properties": {"invariant_base": {"const": base},
+                                        "strategy_params": {"properties": {"base": {"const": base}}}}}
+                        for base in ("balanced", "topk")]}},
+    *_strategy_params_rules(),
+)
 OPTION_RULES = (
     # k is the window unless k_per_class is given, which sets it instead (k is then not used).
     {"if": {"properties": {"k_per_class": {"type": "integer"}}, "required": ["k_per_class"]},
@@ -90,13 +101,7 @@ OPTION_RULES = (
         "type": "object", "required": ["base"], "properties": {"base": {"const": "topk"}}}},
         "required": ["strategy", "strategy_params"]},
      "then": {"properties": {"k_per_class": _NULL}}},
-    # The flat invariant_base and strategy_params.base, when both are given, agree.
-    {"if": {"required": ["invariant_base", "strategy_params"], "properties": {"strategy_params": {
-        "type": "object", "required": ["base"], "properties": {"base": {"type": "string"}}}}},
-     "then": {"anyOf": [{"properties": {"invariant_base": {"const": base},
-                                        "strategy_params": {"properties": {"base": {"const": base}}}}}
-                        for base in ("balanced", "topk")]}},
-    *_strategy_params_rules(),
+    *PARAMS_RULES,
 )
 
 

@@ -90,13 +90,14 @@ OPTION_RULES = (
     # k is the window unless k_per_class is given, which sets it instead (k is then not used).
     {"if": {"properties": {"k_per_class": {"type": "integer"}}, "required": ["k_per_class"]},
      "else": {"properties": {"k": {"type": "integer", "minimum": 1, **limit("maximum", "max_k")}}}},
-    # 'topk' (the default) and invariant over 'topk' have no per-class quotas.
-    {"if": {"properties": {"strategy": {"const": "topk"}}},
-     "then": {"properties": {"k_per_class": _NULL}}},
+    # Strategies without per-class quotas ('topk', the default, among them) refuse k_per_class ...
+    *({"if": {"properties": {"strategy": {"const": name}}}, "then": {"properties": {"k_per_class": _NULL}}}
+      for name in list_strategies() if not get_strategy(name).takes_k_per_class),
+    # ... and so does invariant over 'topk'.
     {"if": {"properties": {"strategy": {"const": "invariant"}, "invariant_base": {"const": "topk"}},
             "required": ["strategy", "invariant_base"]},
      "then": {"properties": {"k_per_class": _NULL}}},
-    # ... nor does invariant over 'topk' named in its own parameters.
+    # ... named in its own parameters too.
     {"if": {"properties": {"strategy": {"const": "invariant"}, "strategy_params": {
         "type": "object", "required": ["base"], "properties": {"base": {"const": "topk"}}}},
         "required": ["strategy", "strategy_params"]},

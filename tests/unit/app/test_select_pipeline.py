@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import Field
+
+from exemplar.retrieval import SelectionOptions
+from exemplar.retrieval.serving.strategies.base import _REGISTRY as strategy_registry
+from exemplar.retrieval.serving.strategies.base import Params, Pick, Window, register_strategy
 
 from tests.unit.app.envelopes import envelope
 
@@ -71,3 +78,66 @@ def test_parameters_refused_in_the_envelope(client: TestClient, pool: np.ndarray
     response = client.post("/v1/pools/p/select", json={"query": {"embedding": pool[0].tolist()}, "k": 4, **body})
     envelope(response, 400, "invalid_request", param)
     assert client.get("/v1/pools/p").json() == before
+
+
+class _FarthestParams(Params):
+    skip: int = Field(0, ge=0, description="Leave out this many of the farthest first.")
+
+
+class _Farthest:
+    """A strategy written as a user would add one: this class and its registration, nothing else."""
+
+    name = "farthest"
+    description = "The items least similar to the query (a toy, for this test)."
+    needs_query = True
+    takes_k_per_class = False
+    per_class_note = ""
+    Params = _FarthestParams
+
+    def check(self, options: SelectionOptions) -> None:
+        pass
+
+    def per_class(self, options: SelectionOptions) -> bool:
+        return False
+
+    def space(self, snap):  # noqa: ANN001, ANN201 - a Snapshot
+        return snap
+
+    def select(self, snap, queries, self_rows, allowed, options):  # noqa: ANN001, ANN201
+        V = np.asarray(snap.vectors[: snap.size], np.float32)
+        out = []
+        for q, skip in enumerate(self_rows):
+            scores = V @ queries[q]
+            order = [int(r) for r in np.argsort(scores, kind="stable") if r != skip]
+            start = options.offset + options.params.skip
+            rows = order[start:start + options.k]
+            out.append(Window([Pick(r, float(scores[r]), options.offset + i) for i, r in enumerate(rows)]))
+        return out
+
+
+@pytest.fixture
+def farthest() -> Iterator[None]:
+    register_strategy(_Farthest)
+    try:
+        yield
+    finally:
+        strategy_registry.pop("farthest")
+
+
+def test_a_strategy_is_one_registration(client: TestClient, pool: np.ndarray, farthest: None) -> None:
+    listed = {s["name"]: s for s in client.get("/v1/strategies").json()["strategies"]}
+    assert set(listed["farthest"]["parameters"]["properties"]) == {"skip"}
+    q = pool[2] / np.linalg.norm(pool[2])
+    body = {"query": {"embedding": q.tolist()}, "strategy": "farthest", "k": 3, "strategy_params": {"skip": 1}}
+    response = client.post("/v1/pools/p/select", json=body)
+    assert response.status_code == 200, response.text
+    U = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+    expected = [f"i{r:02d}" for r in np.argsort(U @ q, kind="stable")[1:4]]
+    assert _ids(response.json()) == expected
+    # Its parameters are validated by it, and the pipeline stages apply to it as to any strategy:
+    # MMR with lambda 1 ranks its first 10 candidates by their score alone.
+    refused = client.post("/v1/pools/p/select", json={**body, "strategy_params": {"skip": -1}})
+    envelope(refused, 400, "invalid_request", "strategy_params.skip")
+    staged = client.post("/v1/pools/p/select", json={**body, "diversity": {"lambda": 1.0, "depth": 10}})
+    candidates = np.argsort(U @ q, kind="stable")[1:11]
+    assert _ids(staged.json()) == [f"i{r:02d}" for r in sorted(candidates, key=lambda r: -(U[r] @ q))[:3]]

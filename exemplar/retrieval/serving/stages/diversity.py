@@ -5,7 +5,8 @@ MMR (Carbonell and Goldstein, 1998) re-ranks greedily: the next item is the one 
 ``lambda * relevance - (1 - lambda) * max similarity to the items already taken``, where relevance
 is the candidate's score (cosine to the query; 0 for a candidate without one, such as ``random``'s)
 and similarity is the cosine between the items' vectors in the space the strategy ranked in.
-``lambda`` 1 keeps the strategy's order, lower values trade relevance for variety. A candidate whose
+``lambda`` 1 orders by score alone (the order of every built-in strategy that ranks by similarity;
+``random``'s candidates, all scored 0, keep theirs), lower values trade relevance for variety. A candidate whose
 similarity to an item already taken reaches ``dedup`` is dropped as a near-duplicate (it can come
 back at the end only if nothing else is left: never, here; it is simply not shown).
 """
@@ -25,8 +26,8 @@ MAX_DEPTH = 1024
 
 
 class DiversityParams(Params):
-    lam: float = Field(0.5, alias="lambda", ge=0.0, le=1.0, description="MMR's weight of relevance against "
-                       "novelty: 1 keeps the strategy's order, 0 takes the most different items.")
+    lam: float = Field(0.5, alias="lambda", ge=0.0, le=1.0, description="MMR's weight of relevance (the score, "
+                       "cosine to the query) against novelty: 1 orders by score alone, 0 takes the most different items.")
     depth: int = Field(32, ge=1, le=MAX_DEPTH, description="Candidates re-ranked: the strategy's first 'depth' "
                        "(of each class, where quotas apply), or as many as the window reaches if that is more.")
     dedup: float | None = Field(None, gt=-1.0, le=1.0, description="Drop a candidate whose cosine to an item "
@@ -36,7 +37,8 @@ class DiversityParams(Params):
 def mmr_order(vectors: np.ndarray, relevance: np.ndarray, diversity: DiversityParams) -> list[int]:
     """Positions of the candidates in MMR order, near-duplicates left out. ``vectors``: the
     candidates' unit vectors (rows), in the strategy's order; ``relevance``: their scores. Ties go to
-    the earlier candidate, so ``lambda`` 1 without ``dedup`` is the strategy's own order."""
+    the earlier candidate, so ``lambda`` 1 without ``dedup`` is the order by score, the strategy's
+    own where it ranks by score."""
     n = len(relevance)
     if n == 0:
         return []

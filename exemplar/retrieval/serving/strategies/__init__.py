@@ -1,6 +1,9 @@
-"""Selection strategies, each registered by name."""
+"""Selection strategies, each registered by name. Every module of this package is imported here, so
+a new strategy is one module that calls ``register_strategy``."""
 
-from exemplar.retrieval.serving.strategies import balanced, invariant, random, topk  # noqa: F401 - registration
+import importlib
+import pkgutil
+
 from exemplar.retrieval.serving.strategies.base import (
     ORDERS,
     Order,
@@ -13,6 +16,9 @@ from exemplar.retrieval.serving.strategies.base import (
     register_strategy,
 )
 from exemplar.retrieval.serving.strategies.ordering import arrange
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # each strategy module registers itself
 
 __all__ = [
     "ORDERS",

@@ -104,7 +104,8 @@ def _merged(segments: Sequence[LoadedSegment], live: Sequence[np.ndarray], adapt
         indices = pa.array(keep, pa.int64())
         columns = {name: segment.items.column(name).take(indices).to_pylist() for name in ITEM_FIELDS}
         uids = segment.uids[keep]
-        rows += [ItemRow(int(uids[i]), *(columns[name][i] for name in ITEM_FIELDS)) for i in range(len(keep))]
+        # By name: ItemRow's field order is not the segment file's column order.
+        rows += [ItemRow(uid=int(uids[i]), **{name: columns[name][i] for name in ITEM_FIELDS}) for i in range(len(keep))]
     vectors = np.concatenate([np.asarray(s.vectors[k]) for s, k in zip(segments, live)]) if live else np.empty((0, 0))
     adapted = {}
     for adapter_id in adapter_ids:

@@ -100,6 +100,27 @@ def test_many_small_writes_then_compaction_stay_exact(pools: PoolService, servic
     assert pools.get("p").current_version == 21  # compaction made no version of its own
 
 
+def test_compaction_keeps_every_item_field(pools: PoolService, service: CompactionService) -> None:
+    V, labels, domains = clustered_vectors(n=60, dim=8, n_labels=3, n_domains=3, seed=5)
+    pools.create(name="p", encoder="precomputed:8")
+    for start in range(0, 60, 15):
+        pools.add_items("p", [NewItem(id=f"i{n:03d}", label=labels[n], domain=domains[n], text=f"text {n}",
+                                      metadata={"n": n}, embedding=V[n]) for n in range(start, start + 15)])
+
+    def fields() -> dict[str, tuple]:
+        snap = pools.snapshots.snapshot("p")
+        return {snap.ids[r]: (snap.label_of(r), snap.domain_of(r), snap.texts[r], snap.images[r],
+                              snap.metadata_of(r)) for r in range(snap.size)}
+
+    before = fields()
+    assert before["i007"] == (labels[7], domains[7], "text 7", None, {"n": 7})
+    result = service.compact_once("p")
+    assert len(result["merged"]) == 4
+    assert fields() == before
+    snap = pools.snapshots.snapshot("p")
+    assert sorted(snap.domains) == sorted(set(domains))
+
+
 def test_compaction_carries_over_a_write_made_while_it_ran(pools: PoolService, service: CompactionService) -> None:
     V, labels, _ = clustered_vectors(n=100, dim=8, n_labels=2, n_domains=1, seed=2)
     pools.create(name="p", encoder="precomputed:8")

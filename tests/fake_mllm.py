@@ -10,6 +10,10 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
   "unknown" without demonstrations. It follows which label goes with which input, so shuffling the
   shown labels changes its answers where ``majority`` (blind to the pairing, but for ties, which it
   breaks by order) answers the same;
+- ``judge``: a relevance judge for the rerank stage: reads the texts after ``Query:`` and
+  ``Candidate:`` in the user turn and answers "Yes" with probability p = |Q & C| / |Q | C| over
+  their lower-cased word sets, rounded to 3 places and held in [0.01, 0.99] ("Yes" carries 3/4 of p
+  and " yes" 1/4 in the top logprobs, "No" 1 - p; the answer is "Yes" when p >= 0.5);
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);
@@ -78,6 +82,28 @@ def _query_turn(messages: list[dict[str, Any]]) -> dict[str, list[str]]:
     parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
     return {"images": [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"],
             "texts": [p["text"] for p in parts if p.get("type") == "text"]}
+
+
+def _judged(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``judge`` behaviour: P(Yes) from the word overlap of the query's and the candidate's texts."""
+    said: dict[str, set[str]] = {"Query": set(), "Candidate": set()}
+    for m in messages:
+        for part in m.get("content") if isinstance(m.get("content"), list) else ():
+            marker, colon, rest = str(part.get("text", "")).partition(":")
+            if part.get("type") == "text" and colon and marker in said:
+                said[marker] = set(rest.lower().split())
+    union = said["Query"] | said["Candidate"]
+    p = min(max(round(len(said["Query"] & said["Candidate"]) / len(union), 3) if union else 0.0, 0.01), 0.99)
+    answer = "Yes" if p >= 0.5 else "No"
+    top = [{"token": "Yes", "logprob": math.log(0.75 * p), "bytes": None},
+           {"token": " yes", "logprob": math.log(0.25 * p), "bytes": None},
+           {"token": "No", "logprob": math.log(1.0 - p), "bytes": None}]
+    first = next(t for t in top if t["token"] == answer)
+    choice = {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop",
+              "logprobs": {"content": [{"token": answer, "logprob": first["logprob"], "bytes": None,
+                                        "top_logprobs": sorted(top, key=lambda t: -t["logprob"])}]}}
+    return {"id": "cmpl-fake", "object": "chat.completion", "model": model, "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
 def _completion(model: str, answer: str, prob: float, logprobs: bool = True) -> dict[str, Any]:
@@ -149,6 +175,8 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
         return JSONResponse({"unexpected": True})
     if kind == "notjson":
         return PlainTextResponse("<html>gateway</html>")
+    if kind == "judge":
+        return _judged(model, messages)
     counts = Counter(labels)
     nearest = _nearest(messages) if kind == "nearest" else None
     if kind == "label":

@@ -88,12 +88,14 @@ def build_services(settings: Settings) -> Services:
     # Listens to the store's changes from here on; the app starts its refresher (other processes' changes).
     snapshots = SnapshotCache(store, refresh_s=settings.refresh_s, on_swap=release_freed_memory)
     pools = PoolService(store, snapshots, encoders)
+    # The endpoints serve infer, and judge candidates for the rerank stage of any selection.
+    mllms = MLLMRegistry(settings.mllm_endpoints)
     selection = SelectionService(
-        store, snapshots, encoders, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries)
+        store, snapshots, encoders, SelectionLimits(max_k=settings.max_k, max_queries=settings.max_batch_queries),
+        mllms=mllms,
     )
     jobs = JobService(store.catalog)
     adapters = AdapterService(store, snapshots, jobs, CCITrainer(settings.device))
-    mllms = MLLMRegistry(settings.mllm_endpoints)
     builds = BuildService(store, snapshots, encoders, jobs, stage=shard_stage(settings))
     compaction = CompactionService(store, jobs, CompactionPolicy(merge_factor=settings.compaction_merge_factor),
                                    segments=snapshots.segments, automatic=settings.compaction)

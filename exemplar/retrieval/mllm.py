@@ -38,10 +38,15 @@ class EndpointConfig:
     max_images: int = 32
     max_prompt_bytes: int = 20 * 1024 * 1024
     extra_body: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Calls in flight at once from this server when the endpoint judges candidates (the rerank
+    # stage), over all requests: a judge is asked once per candidate, and a burst must not swamp it.
+    judge_concurrency: int = 8
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must be an http(s) URL")
+        if self.judge_concurrency < 1:
+            raise ValueError("judge_concurrency must be at least 1")
         if self.image_mode == "url" and not self.media_url_template:
             raise ValueError("image_mode 'url' needs media_url_template")
 
@@ -166,6 +171,7 @@ class MLLMRegistry:
     def __init__(self, endpoints: dict[str, EndpointConfig]) -> None:
         self.endpoints = dict(endpoints)
         self._clients: dict[str, MLLMClient] = {}
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -182,6 +188,16 @@ class MLLMRegistry:
             if client is None:
                 client = self._clients[name] = MLLMClient(name, config)
             return client
+
+    def slots(self, name: str) -> threading.BoundedSemaphore:
+        """The endpoint's judge calls in flight, at most its ``judge_concurrency``: one semaphore per
+        endpoint, shared by every request of this process."""
+        config = self.get(name).config
+        with self._lock:
+            slots = self._slots.get(name)
+            if slots is None:
+                slots = self._slots[name] = threading.BoundedSemaphore(config.judge_concurrency)
+            return slots
 
     def close(self) -> None:
         with self._lock:

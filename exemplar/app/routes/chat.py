@@ -30,7 +30,10 @@ _HEADER_BYTES = 6_000
 
 
 def _demonstration(d: Demonstration) -> dict[str, Any]:
-    return {"id": d.id, "label": d.label, "score": d.score, "rank": d.rank}
+    out = {"id": d.id, "label": d.label, "score": d.score, "rank": d.rank}
+    if d.judge_score is not None:  # only with rerank: the report stays as it was without it
+        out["judge_score"] = d.judge_score
+    return out
 
 
 def _trim(trim: Trim | None) -> dict[str, Any] | None:

@@ -290,8 +290,13 @@ class DemonstrationOut(BaseModel):
     image: str | None = Field(description="The item's image reference (relative to its media root).")
     domain: str | None
     score: float | None = Field(description="Cosine similarity to the query.")
-    rank: int = Field(description="Position in the strategy's full ranking, 0-based.")
+    rank: int = Field(description="Position in the strategy's full ranking, 0-based (in the pipeline's, where "
+                      "stages such as rerank or diversity re-order it).")
     metadata: dict[str, Any]
+    # Last, as in the core's Demonstration: the route writes its fields in this order.
+    judge_score: float | None = Field(None, description="The rerank stage's judge: its probability of 'Yes' to "
+                                      "the relevance question (0 to 1), beside the similarity in 'score'; null "
+                                      "without rerank.")
 
 
 class SelectResponse(BaseModel):

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from exemplar.retrieval.serving.snapshot import Snapshot
-from exemplar.retrieval.serving.stages import Stage
+from exemplar.retrieval.serving.stages import Stage, StageContext
 from exemplar.retrieval.serving.strategies.balanced import classes_in_scope, window_size
 from exemplar.retrieval.serving.strategies.base import Params, Pick, SelectionOptions, Strategy, Window
 from exemplar.retrieval.serving.strategies.quotas import class_window
@@ -25,15 +25,27 @@ from exemplar.retrieval.serving.strategies.quotas import class_window
 __all__ = ["run_stages"]
 
 
-def _staged(space: Snapshot, picks: list[Pick], stages: Sequence[tuple[Stage, Params]]) -> list[Pick]:
+def _staged(space: Snapshot, picks: list[Pick], stages: Sequence[tuple[Stage, Params]],
+            context: StageContext) -> list[Pick]:
     for stage, params in stages:
-        picks = stage.apply(space, picks, params)
+        picks = stage.apply(space, picks, params, context)
     return picks
+
+
+def _with_judged(window: Window, staged: dict[int, list[Pick]]) -> Window:
+    """The window laid out from (row, score) hits, with what the stages added to each pick back."""
+    by_row = {p.row: p for picks in staged.values() for p in picks if p.judge_score is not None}
+    if not by_row:
+        return window
+    picks = [dataclasses.replace(p, judge_score=by_row[p.row].judge_score) if p.row in by_row else p
+             for p in window.picks]
+    return Window(picks, window.shortfall)
 
 
 def run_stages(strategy: Strategy, snap: Snapshot, queries: np.ndarray | None, self_rows: Sequence[int | None],
                allowed: np.ndarray | None, options: SelectionOptions,
-               stages: Sequence[tuple[Stage, Params]]) -> list[Window]:
+               stages: Sequence[tuple[Stage, Params]], contexts: Sequence[StageContext]) -> list[Window]:
+    """``contexts``: one per query (per window), in order."""
     depth = max(stage.depth(params) for stage, params in stages)
     space = strategy.space(snap)
     if not strategy.per_class(options):
@@ -41,9 +53,9 @@ def run_stages(strategy: Strategy, snap: Snapshot, queries: np.ndarray | None, s
         stop = options.offset + options.k
         wide = dataclasses.replace(options, offset=0, k=max(depth, stop))
         out = []
-        for window in strategy.select(snap, queries, self_rows, allowed, wide):
-            kept = _staged(space, window.picks, stages)[options.offset:stop]
-            out.append(Window([Pick(p.row, p.score, options.offset + i) for i, p in enumerate(kept)]))
+        for window, context in zip(strategy.select(snap, queries, self_rows, allowed, wide), contexts, strict=True):
+            kept = _staged(space, window.picks, stages, context)[options.offset:stop]
+            out.append(Window([dataclasses.replace(p, rank=options.offset + i) for i, p in enumerate(kept)]))
         return out
     scope = classes_in_scope(snap, options)
     k = window_size(options, len(scope))
@@ -51,12 +63,13 @@ def run_stages(strategy: Strategy, snap: Snapshot, queries: np.ndarray | None, s
     wide = dataclasses.replace(options, offset=0, k=None, k_per_class=max(depth, reach), fill=False)
     out = []
     codes = snap.label_codes
-    for window in strategy.select(snap, queries, self_rows, allowed, wide):
+    for window, context in zip(strategy.select(snap, queries, self_rows, allowed, wide), contexts, strict=True):
         per_class: dict[int, list[Pick]] = {}
         for pick in window.picks:  # the round robin: classes in the strategy's order, each in rank order
             per_class.setdefault(int(codes[pick.row]), []).append(pick)
         order = [*per_class, *(c for c in scope if c not in per_class)]
-        hits = {c: [(p.row, p.score) for p in _staged(space, picks, stages)] for c, picks in per_class.items()}
-        out.append(class_window(hits, order, options.offset, k, options.fill))
+        staged = {c: _staged(space, picks, stages, context) for c, picks in per_class.items()}
+        hits = {c: [(p.row, p.score) for p in picks] for c, picks in staged.items()}
+        out.append(_with_judged(class_window(hits, order, options.offset, k, options.fill), staged))
     return out
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,9 +20,12 @@ from exemplar.retrieval.serving.composite import ItemColumn
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.pipeline import run_stages
-from exemplar.retrieval.serving.stages import get_stage
+from exemplar.retrieval.serving.stages import StageCache, StageContext, get_stage
 from exemplar.retrieval.serving.strategies import Pick, SelectionOptions, Strategy, arrange, get_strategy
 from exemplar.retrieval.serving.strategies.base import parse_params
+
+if TYPE_CHECKING:
+    from exemplar.retrieval.mllm import MLLMRegistry
 
 __all__ = ["Demonstration", "Prepared", "Query", "SelectionLimits", "SelectionResult", "SelectionService"]
 
@@ -52,6 +55,7 @@ class Demonstration:
     score: float | None
     rank: int
     metadata: dict[str, Any]
+    judge_score: float | None = None  # the rerank stage's judge: P("Yes"), beside the similarity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Prepared:
     self_rows: list[int | None]
     allowed: np.ndarray | None
     encode_ms: float
+    # The queries as given, for stages that show them to a model (rerank); one per vector, or
+    # more than the vectors where one selection stands for the batch.
+    queries: tuple[Query, ...] = ()
 
     def shared(self) -> "Prepared":
         """One query standing for the batch: the normalised mean vector; no query item is picked."""
@@ -99,11 +106,15 @@ class SelectionLimits:
 
 class SelectionService:
     def __init__(self, store: PoolStore, snapshots: SnapshotCache, encoders: EncoderProvider,
-                 limits: SelectionLimits = SelectionLimits()) -> None:
+                 limits: SelectionLimits = SelectionLimits(), mllms: "MLLMRegistry | None" = None,
+                 stage_cache: StageCache | None = None) -> None:
         self.store = store
         self.snapshots = snapshots
         self.encoders = encoders
         self.limits = limits
+        # The model endpoints a stage may call (rerank's judge); None: such stages are refused.
+        self.mllms = mllms
+        self.stage_cache = stage_cache if stage_cache is not None else StageCache()
 
     def select(self, pool: str, query: Query, strategy: str, options: SelectionOptions) -> SelectionResult:
         return self.select_batch(pool, [query], strategy, options, param_prefix="query")[0]
@@ -145,7 +156,7 @@ class SelectionService:
         allowed = self._allowed(snap, options)
         vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
         encode_ms = round((time.perf_counter() - started) * 1000, 3)
-        return Prepared(snap, strategy, vectors, self_rows, allowed, encode_ms)
+        return Prepared(snap, strategy, vectors, self_rows, allowed, encode_ms, tuple(queries))
 
     def run(self, prepared: "Prepared", options: SelectionOptions) -> list[SelectionResult]:
         started = time.perf_counter()
@@ -158,7 +169,7 @@ class SelectionService:
                     stages = sorted(((get_stage(name), params) for name, params in options.stages.items()),
                                     key=lambda pair: pair[0].position)
                     windows = run_stages(strategy, snap, prepared.vectors, prepared.self_rows, prepared.allowed,
-                                         options, stages)
+                                         options, stages, self._contexts(prepared))
                 else:
                     windows = strategy.select(snap, prepared.vectors, prepared.self_rows, prepared.allowed, options)
         except AdapterMissing as exc:
@@ -185,6 +196,14 @@ class SelectionService:
             )
             for window, picks in zip(windows, arranged)
         ]
+
+    def _contexts(self, prepared: Prepared) -> list[StageContext]:
+        """One per selection: its query where it selects for one (not where it stands for a batch)."""
+        n = len(prepared.self_rows)
+        own = len(prepared.queries) == n
+        return [StageContext(snap=prepared.snap, query=prepared.queries[i] if own else None,
+                             vector=prepared.vectors[i] if prepared.vectors is not None else None,
+                             mllms=self.mllms, cache=self.stage_cache) for i in range(n)]
 
     def _check_options(self, options: SelectionOptions, strategy: Strategy) -> SelectionOptions:
         """The options with the strategy's and the stages' parameters validated, or ``InvalidRequest``."""
@@ -318,6 +337,7 @@ def _demonstration(snap: Snapshot, pick: Pick) -> Demonstration:
         score=pick.score,
         rank=pick.rank,
         metadata=snap.metadata_of(row),
+        judge_score=pick.judge_score,
     )
 
 
@@ -350,4 +370,5 @@ class _ItemReader:
         return Demonstration(
             id=item_id, label=snap.label_of(row), text=text, image=image, domain=snap.domain_of(row),
             score=pick.score, rank=pick.rank, metadata=json.loads(metadata) if metadata else {},
+            judge_score=pick.judge_score,
         )

@@ -36,7 +36,7 @@ def test_select_matches_the_oracle_over_http(client: TestClient, pool) -> None:
     assert Counter(d["label"] for d in body["demonstrations"]) == {lab: 2 for lab in set(labels)}
     assert set(body) == {"pool", "version", "encoder", "strategy", "demonstrations", "timing_ms", "shortfall"}
     assert body["shortfall"] == {}
-    assert set(body["demonstrations"][0]) == {"id", "label", "text", "image", "domain", "score", "rank", "metadata"}
+    assert set(body["demonstrations"][0]) == {"id", "label", "text", "image", "domain", "score", "rank", "metadata", "judge_score"}
     r = client.post("/v1/pools/v/select", json={"query": {"embedding": q.tolist()}, "strategy": "topk", "k": 6, "offset": 3})
     assert ranked(r.json()) == oracle_topk(stored, stored[17], k=6, offset=3)
 

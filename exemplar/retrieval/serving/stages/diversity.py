@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from exemplar.retrieval.serving.snapshot import Snapshot
-from exemplar.retrieval.serving.stages.base import register_stage
+from exemplar.retrieval.serving.stages.base import StageContext, register_stage
 from exemplar.retrieval.serving.strategies.base import Params, Pick
 
 __all__ = ["DiversityParams", "DiversityStage", "mmr_order"]
@@ -69,7 +69,8 @@ class DiversityStage:
     def depth(self, params: DiversityParams) -> int:
         return params.depth
 
-    def apply(self, space: Snapshot, candidates: list[Pick], params: DiversityParams) -> list[Pick]:
+    def apply(self, space: Snapshot, candidates: list[Pick], params: DiversityParams,
+              context: StageContext | None = None) -> list[Pick]:
         if not candidates:
             return candidates
         rows = np.asarray([p.row for p in candidates], np.int64)

@@ -121,11 +121,14 @@ def parse_params(kind: str, name: str, model: type[Params] | None, raw: Any, par
 
 @dataclasses.dataclass(frozen=True)
 class Pick:
-    """One selected row: ``rank`` is its position in the strategy's full ranking (0-based)."""
+    """One selected row: ``rank`` is its position in the strategy's full ranking (0-based), or in
+    the pipeline's where stages re-rank; ``judge_score``: a judge model's relevance score, where a
+    stage (rerank) asked one."""
 
     row: int
     score: float | None
     rank: int
+    judge_score: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ from exemplar_client.models import (
     SelectRequest,
     SelectResponse,
     ServerInfo,
+    StrategiesOut,
     VersionOut,
 )
 
@@ -165,6 +166,9 @@ class AsyncExemplar:
         # itself, and sequential chunks keep one request per caller in its queue.
         chunks = ops.split_batch(compose(BatchSelectRequest, request, fields), chunk_size)
         return ops.merge_batches([await self._run(ops.select_batch(pool, chunk)) for chunk in chunks])
+
+    async def list_strategies(self) -> StrategiesOut:
+        return await self._run(ops.list_strategies())
 
     async def infer(self, pool: str, request: Union[InferRequest, Mapping[str, Any], None] = None, /,
                     **fields: Any) -> InferResponse:

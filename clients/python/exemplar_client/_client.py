@@ -38,6 +38,7 @@ from exemplar_client.models import (
     SelectRequest,
     SelectResponse,
     ServerInfo,
+    StrategiesOut,
     VersionOut,
 )
 
@@ -204,6 +205,10 @@ class Exemplar:
         (one set for all) cannot be split: ``ValueError`` when it is larger than ``chunk_size``."""
         chunks = ops.split_batch(compose(BatchSelectRequest, request, fields), chunk_size)
         return ops.merge_batches([self._run(ops.select_batch(pool, chunk)) for chunk in chunks])
+
+    def list_strategies(self) -> StrategiesOut:
+        """The selection strategies and pipeline stages, with the JSON Schema of their parameters."""
+        return self._run(ops.list_strategies())
 
     def infer(self, pool: str, request: Union[InferRequest, Mapping[str, Any], None] = None, /,
               **fields: Any) -> InferResponse:

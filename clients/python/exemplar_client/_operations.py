@@ -43,6 +43,7 @@ from exemplar_client.models import (
     SelectRequest,
     SelectResponse,
     ServerInfo,
+    StrategiesOut,
     VersionOut,
 )
 
@@ -190,6 +191,10 @@ def select_batch(pool: str, request: BatchSelectRequest) -> Call[BatchSelectResp
     return Call("POST", f"/v1/pools/{_seg(pool)}/select/batch", _model(BatchSelectResponse), json=request.wire())
 
 
+def list_strategies() -> Call[StrategiesOut]:
+    return Call("GET", "/v1/strategies", _model(StrategiesOut))
+
+
 def split_batch(request: BatchSelectRequest, chunk_size: int) -> List[BatchSelectRequest]:
     """The batch as requests of at most ``chunk_size`` queries with the same options.
 
@@ -291,5 +296,5 @@ COVERED_ROUTES: Dict[str, Tuple[str, ...]] = {
     "/v1/pools/{pool}/adapters": ("post",), "/v1/pools/{pool}/compact": ("post",),
     "/v1/jobs": ("get",), "/v1/jobs/{job_id}": ("get",), "/v1/jobs/{job_id}/cancel": ("post",),
     "/v1/admin/overview": ("get",), "/v1/admin/stats": ("get",),
-    "/v1/chat/completions": ("post",), "/v1/models": ("get",),
+    "/v1/chat/completions": ("post",), "/v1/models": ("get",), "/v1/strategies": ("get",),
 }

@@ -16,7 +16,7 @@ Vectors (``embedding``) take any sequence of numbers, numpy arrays included.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -35,8 +35,10 @@ __all__ = [
     "ChatRoundOut",
     "DemoPromptIn",
     "DemonstrationOut",
+    "DiversityParams",
     "ErrorBody",
     "HealthStatus",
+    "InferDemonstrationOut",
     "InferRequest",
     "InferResponse",
     "InferRoundOut",
@@ -51,6 +53,7 @@ __all__ = [
     "JobList",
     "JobOut",
     "JobState",
+    "LabelNoiseIn",
     "LatencyPoint",
     "ModelList",
     "ModelOut",
@@ -63,11 +66,15 @@ __all__ = [
     "QueryIn",
     "ReadyStatus",
     "RecentStatsOut",
+    "RerankParams",
     "SERVER_SCHEMAS",
     "SearchIn",
     "SelectRequest",
     "SelectResponse",
     "ServerInfo",
+    "StageOut",
+    "StrategiesOut",
+    "StrategyOut",
     "TrimOut",
     "VersionOut",
 ]
@@ -84,7 +91,7 @@ class _Request(BaseModel):
 
     def wire(self) -> Dict[str, Any]:
         """The JSON body without the fields left at None: the server's defaults apply to those."""
-        return self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
 class _Response(BaseModel):
@@ -218,6 +225,28 @@ class SearchIn(_Request):
     nprobe: Optional[int] = None
 
 
+class DiversityParams(_Request):
+    """The diversity stage: MMR over the strategy's first ``depth`` candidates, near-duplicates removed.
+    ``lam`` is sent as ``lambda`` (a Python keyword)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    lam: Optional[float] = Field(None, alias="lambda")
+    depth: Optional[int] = None
+    dedup: Optional[float] = None
+
+
+class RerankParams(_Request):
+    """The rerank stage: a configured model endpoint judges the strategy's first ``retrieve_k``."""
+
+    mllm: str
+    retrieve_k: Optional[int] = None
+    top_n: Optional[int] = None
+    min_score: Optional[float] = None
+    question: Optional[str] = None
+    concurrency: Optional[int] = None
+
+
 class _SelectionFields(_Request):
     labels: Optional[List[str]] = None
     domains: Optional[List[str]] = None
@@ -228,6 +257,9 @@ class _SelectionFields(_Request):
     invariant_base: Optional[Literal["balanced", "topk"]] = None
     fill: Optional[bool] = None
     search: Optional[SearchIn] = None
+    strategy_params: Optional[Dict[str, Any]] = None
+    diversity: Optional[DiversityParams] = None
+    rerank: Optional[RerankParams] = None
 
 
 class _SelectOptions(_SelectionFields):
@@ -254,6 +286,7 @@ class DemonstrationOut(_Response):
     score: Optional[float]
     rank: int
     metadata: Dict[str, Any]
+    judge_score: Optional[float] = None
 
 
 class SelectResponse(_Response):
@@ -282,6 +315,10 @@ class PromptIn(_Request):
     include_images: Optional[bool] = None
 
 
+class LabelNoiseIn(_Request):
+    noise: float
+
+
 class InferRequest(_SelectionFields):
     query: QueryIn
     mllm: str
@@ -291,14 +328,20 @@ class InferRequest(_SelectionFields):
     threshold: Optional[float] = None
     confidence: Optional[Literal["min_token_prob", "mean_token_logprob", "first_token_prob", "label_prob"]] = None
     prompt: Optional[PromptIn] = None
+    windows: Optional[Literal["advance", "repeat_first"]] = None
+    demo_labels: Optional[Union[Literal["true", "shuffled", "random"], LabelNoiseIn]] = None
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
+
+
+class InferDemonstrationOut(DemonstrationOut):
+    shown_label: Optional[str]
 
 
 class InferRoundOut(_Response):
     round: int
     offset: int
-    demonstrations: List[DemonstrationOut]
+    demonstrations: List[InferDemonstrationOut]
     answer: str
     confidence: float
     timing_ms: Dict[str, float]
@@ -312,7 +355,8 @@ class InferResponse(_Response):
     mllm: str
     answer: str
     confidence: float
-    stopped: Literal["confident", "max_rounds", "exhausted"]
+    stopped: Literal["confident", "max_rounds", "exhausted", "zero_shot"]
+    zero_shot: bool
     chosen_round: int
     rounds: List[InferRoundOut]
     timing_ms: Dict[str, float]
@@ -442,6 +486,7 @@ class ChatDemonstrationOut(_Response):
     label: Optional[str]
     score: Optional[float]
     rank: int
+    judge_score: Optional[float] = None
 
 
 class TrimOut(_Response):
@@ -500,6 +545,28 @@ class ModelOut(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: List[ModelOut]
+
+
+# --- strategies and stages ------------------------------------------------------------------------
+
+class StrategyOut(_Response):
+    name: str
+    description: str
+    needs_query: bool
+    takes_k_per_class: bool
+    parameters: Dict[str, Any]
+
+
+class StageOut(_Response):
+    name: str
+    description: str
+    position: int
+    parameters: Dict[str, Any]
+
+
+class StrategiesOut(_Response):
+    strategies: List[StrategyOut]
+    stages: List[StageOut]
 
 
 # The server answers these three with plain dicts: no component in its document to check them against.
@@ -567,4 +634,11 @@ SERVER_SCHEMAS: Dict[type, str] = {
     ChatCompletion: "ChatCompletionOut",
     ModelOut: "ModelOut",
     ModelList: "ModelList",
+    DiversityParams: "DiversityParams",
+    RerankParams: "RerankParams",
+    LabelNoiseIn: "LabelNoiseIn",
+    InferDemonstrationOut: "InferDemonstrationOut",
+    StrategyOut: "StrategyOut",
+    StageOut: "StageOut",
+    StrategiesOut: "StrategiesOut",
 }

@@ -68,13 +68,15 @@ def test_model_fields_match_the_server_schema(model: type[BaseModel], document: 
     assert name in schemas, f"the server has no schema {name!r} (client model {model.__name__})"
     component = schemas[name]
     properties = component.get("properties", {})
-    assert set(model.model_fields) == set(properties), f"{model.__name__} against {name}"
-    required = {field for field, info in model.model_fields.items() if info.is_required()}
+    # Wire names: a field may carry an alias ('lambda' is a Python keyword).
+    wire = {field: info.alias or field for field, info in model.model_fields.items()}
+    assert set(wire.values()) == set(properties), f"{model.__name__} against {name}"
+    required = {wire[field] for field, info in model.model_fields.items() if info.is_required()}
     assert required == set(component.get("required", [])), f"required fields of {model.__name__} against {name}"
     for field, info in model.model_fields.items():
         allowed = _literal_values(info.annotation)
         if allowed is not None:
-            assert _enum(properties[field]) == allowed, f"{model.__name__}.{field} against {name}.{field}"
+            assert _enum(properties[wire[field]]) == allowed, f"{model.__name__}.{field} against {name}.{field}"
 
 
 def test_every_server_route_has_a_client_operation(document: dict[str, Any]) -> None:

@@ -94,3 +94,19 @@ def test_a_shared_batch(client: Exemplar, vector_pool: Pool) -> None:
     assert not {"v000", "v003"} & {d.id for d in shared.results[0].demonstrations}
     with pytest.raises(ValueError):
         client.select_batch(name, queries=[{"item_id": "v000"}] * 3, shared=True, chunk_size=2)
+
+
+def test_strategies_stages_and_their_parameters(client: Exemplar, vector_pool: Pool) -> None:
+    listed = client.list_strategies()
+    assert {"topk", "balanced"} <= {s.name for s in listed.strategies}
+    assert "lambda" in next(s for s in listed.stages if s.name == "diversity").parameters["properties"]
+    name, items = vector_pool
+    query = {"embedding": items[0]["embedding"]}
+    plain = client.select(name, query=query, k=6)
+    diverse = client.select(name, query=query, k=6, diversity={"lam": 0.0, "depth": 30})
+    assert {d.id for d in diverse.demonstrations} != {d.id for d in plain.demonstrations}
+    same = client.select(name, query=query, k=6, diversity={"lambda": 1.0, "depth": 30})
+    assert [d.id for d in same.demonstrations] == [d.id for d in plain.demonstrations]
+    with pytest.raises(BadRequestError) as refused:
+        client.select(name, query=query, k=6, strategy="topk", strategy_params={"base": "topk"})
+    assert refused.value.param == "strategy_params"

@@ -111,6 +111,7 @@ class ChatDemonstrationOut(BaseModel):
     label: str | None
     score: float | None = Field(description="Cosine similarity to the query.")
     rank: int = Field(description="Position in the strategy's full ranking, 0-based.")
+    judge_score: float | None = Field(None, description="The rerank stage's judge, P('Yes'); only with rerank.")
 
 
 class TrimOut(BaseModel):

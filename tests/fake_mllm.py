@@ -17,6 +17,8 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);
+- ``multi``: the many-query prompt of ``infer/batch``: "<n>: <label>" per numbered query (``_multi``);
+  ``multi:bad=2`` writes query 2's line malformed, ``multi:skip=3`` leaves query 3's out (``+`` joins numbers);
 - ``error:STATUS``: answers HTTP STATUS with an OpenAI error body (``type``, ``param``, ``code``), and
   ``retry-after: 1`` on a 429.
 
@@ -34,6 +36,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -177,6 +180,8 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
         return PlainTextResponse("<html>gateway</html>")
     if kind == "judge":
         return _judged(model, messages)
+    if kind == "multi":
+        return _multi(model, arg, messages)
     counts = Counter(labels)
     nearest = _nearest(messages) if kind == "nearest" else None
     if kind == "label":
@@ -192,6 +197,38 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
     if body.get("stream"):
         return StreamingResponse(_events(completion), media_type="text/event-stream")
     return completion
+
+
+_NUMBERED_QUERY = re.compile(r"^Query (\d+):\s*(.*)$", re.DOTALL)
+
+
+def _multi(model: str, arg: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """``multi``: one line per numbered query of the last user turn ("Query <n>: <text>"), as
+    "<n>: <label>", the label of the demonstration sharing the most words with the query's text
+    ("unknown" when none shares a word). ``multi:bad=N`` writes query N's line without its
+    separator, ``multi:skip=N`` leaves it out (comma-separated for several)."""
+    script = dict(part.split("=", 1) for part in arg.split(",") if "=" in part)
+    bad, skip = {int(n) for n in script.get("bad", "").split("+") if n}, {int(n) for n in script.get("skip", "").split("+") if n}
+    pairs = [(m, messages[i + 1]["content"]) for i, m in enumerate(messages[:-1])
+             if m.get("role") == "user" and messages[i + 1].get("role") == "assistant"]
+
+    def words(message: dict[str, Any]) -> set[str]:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        return {w for p in parts if p.get("type") == "text" for w in str(p["text"]).lower().split()}
+
+    lines = []
+    for text in _query_turn(messages)["texts"]:
+        found = _NUMBERED_QUERY.match(text)
+        if not found:
+            continue
+        n, query = int(found[1]), set(found[2].lower().split())
+        best = max(pairs, key=lambda pair: len(words(pair[0]) & query), default=None)
+        answer = str(best[1]) if best is not None and words(best[0]) & query else "unknown"
+        if n in skip:
+            continue
+        lines.append(f"{n} {answer}" if n in bad else f"{n}: {answer}")
+    return _completion(model, "\n".join(lines), 0.9)
 
 
 @app.get("/requests")

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Literal
 
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.confidence import CONFIDENCE_MEASURES, confidence
+from exemplar.retrieval.many_query import BatchInferOptions, BatchInferResult, infer_batch
 from exemplar.retrieval.mllm import EndpointConfig, MLLMRegistry
 from exemplar.retrieval.perturb import DemoLabels, shown_labels
 from exemplar.retrieval.prompting import ImageSource, PromptTemplate, build_messages, demo_content, query_content
@@ -99,6 +101,11 @@ class InferService:
             if not ok:
                 raise InvalidRequest(message, param=param)
         options.template.check()
+
+    def infer_batch(self, pool: str, queries: Sequence[Query], strategy: str, select: SelectionOptions,
+                    options: BatchInferOptions) -> BatchInferResult:
+        """ManyICL: one shared demonstration set, many numbered queries per model call (``many_query``)."""
+        return infer_batch(self.selection, self.mllms, pool, queries, strategy, select, options)
 
     def infer(self, pool: str, query: Query, strategy: str, select: SelectionOptions, options: InferOptions) -> InferResult:
         started = time.perf_counter()

@@ -3,10 +3,23 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from exemplar.app.errors import ErrorEnvelope
-from exemplar.app.schemas.infer import InferDemonstrationOut, InferRequest, InferResponse, InferRoundOut, LabelNoiseIn
+from exemplar.app.schemas.infer import (
+    BatchInferRequest,
+    BatchInferResponse,
+    InferDemonstrationOut,
+    InferRequest,
+    InferResponse,
+    InferRoundOut,
+    LabelNoiseIn,
+    ModelCallOut,
+    QueryAnswerOut,
+    QueryFailureOut,
+)
+from exemplar.app.schemas.select import DemonstrationOut
 from exemplar.app.schemas.select import vector_errors
 from exemplar.app.services import QUERY, InferDep
 from exemplar.retrieval.infer import InferOptions, InferRound
+from exemplar.retrieval.many_query import BatchInferOptions, QueryFailure
 from exemplar.retrieval.perturb import Noise
 from exemplar.retrieval.prompting import PromptTemplate
 
@@ -37,6 +50,35 @@ def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
         answer=result.answer, confidence=result.confidence, stopped=result.stopped, chosen_round=result.chosen_round,
         timing_ms=result.timing_ms, zero_shot=options.zero_shot, rounds=[_round_out(r) for r in result.rounds],
     )
+
+
+@router.post("/{pool}/infer/batch", summary="Many queries per model call against one shared demonstration set "
+             "(ManyICL)", dependencies=[QUERY])
+def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchInferResponse:
+    options = BatchInferOptions(
+        mllm=body.mllm, shared=body.shared, queries_per_call=body.queries_per_call, max_tokens=body.max_tokens,
+        temperature=body.temperature, template=PromptTemplate(**body.prompt.model_dump()),
+        shuffle_seed=body.shuffle_seed,
+    )
+    with vector_errors(body.queries):
+        result = service.infer_batch(pool, [q.to_query() for q in body.queries], body.strategy,
+                                     body.selection_options(k=body.k, k_per_class=body.k_per_class), options)
+    failed = sum(a.error is not None for a in result.answers)
+    return BatchInferResponse(
+        pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,
+        mllm=result.mllm, shared=result.shared, shuffle_seed=body.shuffle_seed,
+        demonstrations=[DemonstrationOut.model_construct(**vars(d)) for d in result.demonstrations],
+        shortfall=result.shortfall,
+        results=[QueryAnswerOut(index=a.index, call=a.call, answer=a.answer, error=_failure_out(a.error))
+                 for a in result.answers],
+        calls=[ModelCallOut(call=c.call, queries=c.queries, text=c.text, error=_failure_out(c.error),
+                            timing_ms=c.timing_ms) for c in result.calls],
+        answered=len(result.answers) - failed, failed=failed, timing_ms=result.timing_ms,
+    )
+
+
+def _failure_out(failure: QueryFailure | None) -> QueryFailureOut | None:
+    return None if failure is None else QueryFailureOut(type=failure.type, message=failure.message)
 
 
 def _round_out(r: InferRound) -> InferRoundOut:

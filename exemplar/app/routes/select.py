@@ -23,6 +23,7 @@ from exemplar.app.schemas.select import (
 from exemplar.app.observability import Observability
 from exemplar.app.services import QUERY, Services, ServicesDep
 from exemplar.retrieval import Demonstration, SelectionResult
+from exemplar.retrieval.serving.manyicl import draw_shuffle_seed
 
 router = APIRouter(prefix="/v1/pools", tags=["select"], route_class=ValidatedBodyRoute, responses={
     400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 409: {"model": ErrorEnvelope},
@@ -87,14 +88,20 @@ async def select(pool: str, body: SelectRequest, services: ServicesDep) -> Respo
 @router.post("/{pool}/select/batch", summary="Select demonstrations for many queries", dependencies=[QUERY],
              response_model=BatchSelectResponse)
 async def select_batch(pool: str, body: BatchSelectRequest, services: ServicesDep) -> Response:
+    mode = body.shared_mode
+    # reshuffle: a fresh order per call, reported, so that any call's order can be asked for again.
+    shuffle_seed = draw_shuffle_seed() if body.reshuffle else body.shuffle_seed
+
     def work() -> Response:
         started = time.perf_counter()
         with vector_errors(body.queries):
             results = services.selection.select_batch(pool, [q.to_query() for q in body.queries], body.strategy,
-                                                      body.to_options(), shared=body.shared)
+                                                      body.to_options(), shared=mode or False,
+                                                      shuffle_seed=shuffle_seed)
         outs = [_response(r, started) for r in results]
         for result, out in zip(results, outs):
             _observe(services.obs, result, out)
-        return json_response({"shared": body.shared, "results": outs})
+        return json_response({"shared": mode is not None, "shared_mode": mode, "shuffle_seed": shuffle_seed,
+                              "results": outs})
 
     return await _in_select_thread(services, work, body.queries)

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from exemplar.app.schemas.common import StrictModel, limit, rules, strategy_names
-from exemplar.app.schemas.select import PARAMS_RULES, DemonstrationOut, QueryIn, SelectionFieldsIn
+from exemplar.app.schemas.select import OPTION_RULES, PARAMS_RULES, DemonstrationOut, QueryIn, SelectionFieldsIn
+from exemplar.errors import InvalidRequest
 from exemplar.retrieval.infer import MAX_ROUNDS
+from exemplar.retrieval.many_query import MAX_QUERIES_PER_CALL
+from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED
+from exemplar.retrieval.serving.stages import list_stages
 from exemplar.retrieval.prompting import FIELDS
 
-__all__ = ["DemoPromptIn", "InferDemonstrationOut", "InferRequest", "InferResponse", "InferRoundOut", "LabelNoiseIn",
-           "PromptIn"]
+__all__ = ["BatchInferRequest", "BatchInferResponse", "DemoPromptIn", "InferDemonstrationOut", "InferRequest",
+           "InferResponse", "InferRoundOut", "LabelNoiseIn", "ModelCallOut", "PromptIn", "QueryAnswerOut",
+           "QueryFailureOut"]
 
 # A placeholder other than the demonstration's fields, which PromptTemplate.check refuses.
 _TEMPLATE = {"not": {"pattern": r"\{(?!(?:" + "|".join(FIELDS) + r")\})\w[^{}]*\}"}}
@@ -112,3 +125,91 @@ class InferResponse(BaseModel):
     chosen_round: int
     rounds: list[InferRoundOut]
     timing_ms: dict[str, float] = Field(description="total, model (sum over rounds), overhead = total - model, encode.")
+
+
+# The set is the batch's fixed one unless 'mean' is asked for; 'fixed' is the random strategy's sample.
+_BATCH_FIXED = {"if": {"not": {"properties": {"shared": {"const": "mean"}}, "required": ["shared"]}},
+                "then": {"properties": {"strategy": {"const": FIXED_STRATEGY},
+                                        **{stage.name: {"type": "null"} for stage in list_stages()}}}}
+
+
+class BatchInferRequest(SelectionFieldsIn):
+    model_config = ConfigDict(json_schema_extra=rules(
+        {"properties": {"queries": {"items": _INFER_QUERY}}}, *OPTION_RULES, _BATCH_FIXED,
+        {"if": {"properties": {"shuffle_seed": {"type": "integer"}}, "required": ["shuffle_seed"]},
+         "then": {"not": {"properties": {"shared": {"const": "mean"}}, "required": ["shared"]}}},
+    ))
+
+    queries: list[QueryIn] = Field(min_length=1, description="Each an image (base64), a text or an item_id; "
+                                   "numbered in the prompt, answered one line each.",
+                                   json_schema_extra=limit("maxItems", "max_queries"))
+    mllm: str = Field(description="A configured endpoint name (EXEMPLAR_MLLM_ENDPOINTS).")
+    shared: Literal["fixed", "mean"] = Field(
+        "fixed", description="The demonstration set shown with every call: 'fixed', a seeded class-balanced sample "
+        "that does not depend on the queries (strategy 'random'); 'mean', selected by the strategy for the mean of "
+        "the queries. No query item is in it (select/batch 'shared').")
+    strategy: str = Field("random", json_schema_extra=strategy_names)
+    k: int | None = Field(8, description="Demonstrations in the set (not used when k_per_class is set); spread over "
+                          "the classes for 'fixed'.")
+    k_per_class: int | None = Field(None, description="Exactly this many per class ('random', 'balanced', "
+                                    "'invariant' over 'balanced').",
+                                    json_schema_extra={"minimum": 1, **limit("maximum", "max_k")})
+    shuffle_seed: int | None = Field(None, ge=0, le=MAX_SHUFFLE_SEED, description="shared 'fixed': shuffle the "
+                                     "set's order with this seed (select/batch 'shuffle_seed').")
+    queries_per_call: int = Field(8, description="Queries answered in one model call; more queries are split into "
+                                  "several calls, each showing the same set.",
+                                  json_schema_extra={"minimum": 1, "maximum": MAX_QUERIES_PER_CALL})
+    prompt: PromptIn = Field(default_factory=PromptIn, description="As for infer; 'instruction' comes once, before "
+                             "the answer format, and query_text renders each query after its 'Query <n>:'.")
+    max_tokens: int = Field(256, description="For one call's whole answer (every query's line).",
+                            json_schema_extra={"minimum": 1, "maximum": 4096})
+    temperature: float = Field(0.0, json_schema_extra={"minimum": 0, "maximum": 2})
+
+    @model_validator(mode="after")
+    def _fixed_set(self) -> "BatchInferRequest":
+        if self.shared == "fixed" and self.strategy != FIXED_STRATEGY:
+            raise InvalidRequest("shared 'fixed' is a seeded class-balanced sample: give strategy 'random', or "
+                                 "shared 'mean'", param="strategy")
+        if self.shuffle_seed is not None and self.shared != "fixed":
+            raise InvalidRequest("shuffle_seed orders the fixed set: give shared 'fixed'", param="shuffle_seed")
+        return self
+
+
+class QueryFailureOut(BaseModel):
+    type: str = Field(description="missing (no line answers it), unparseable (its line is not '<n>: <answer>'), "
+                      "empty, ambiguous (answered twice, differently), or the endpoint error's type (mllm_error, "
+                      "mllm_timeout, mllm_refused) when its call failed.")
+    message: str
+
+
+class QueryAnswerOut(BaseModel):
+    index: int = Field(description="The query's position in the request.")
+    call: int = Field(description="The model call that answered it.")
+    answer: str | None = Field(description="null when the query failed ('error' says why).")
+    error: QueryFailureOut | None
+
+
+class ModelCallOut(BaseModel):
+    call: int
+    queries: list[int] = Field(description="The request positions of the queries it asked, numbered 1.. in its prompt.")
+    text: str | None = Field(description="The model's whole answer; null when the endpoint failed the call.")
+    error: QueryFailureOut | None
+    timing_ms: dict[str, float] = Field(description="prompt (assembly) and model (the call, retries included).")
+
+
+class BatchInferResponse(BaseModel):
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    mllm: str
+    shared: Literal["fixed", "mean"]
+    shuffle_seed: int | None
+    demonstrations: list[DemonstrationOut] = Field(description="The set shown, once, with every call.")
+    shortfall: dict[str, int]
+    results: list[QueryAnswerOut] = Field(description="One per query, in order.")
+    calls: list[ModelCallOut]
+    answered: int
+    failed: int
+    timing_ms: dict[str, float] = Field(description="total, model (sum over calls), overhead = total - model, encode, "
+                                        "select.")

@@ -8,7 +8,17 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from exemplar.app.schemas.common import (
     MAX_VECTOR,
@@ -23,6 +33,7 @@ from exemplar.app.schemas.common import (
 )
 from exemplar.errors import ExemplarError, InvalidRequest
 from exemplar.retrieval import Effort, Query, SelectionOptions
+from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED
 from exemplar.retrieval.serving.stages import list_stages
 from exemplar.retrieval.serving.strategies import get_strategy, list_strategies
 
@@ -32,6 +43,7 @@ __all__ = [
     "BatchSelectRequest",
     "BatchSelectResponse",
     "DemonstrationOut",
+    "FIXED_RULES",
     "QueryIn",
     "SelectOptionsIn",
     "SelectRequest",
@@ -267,6 +279,27 @@ class SelectRequest(SelectOptionsIn):
                            description="One of image, text, embedding, embedding_b64 or item_id.")
 
 
+# shared 'fixed' is the random strategy's class-balanced sample, and runs no pipeline stages.
+_FIXED = {"properties": {"shared": {"const": "fixed"}}, "required": ["shared"]}
+FIXED_RULES = (
+    {"if": _FIXED, "then": {"required": ["strategy"], "properties": {
+        "strategy": {"const": FIXED_STRATEGY}, **{stage.name: _NULL for stage in list_stages()}}}},
+)
+# shuffle_seed and reshuffle order the fixed set: only with shared 'fixed', and one of them.
+_SHUFFLE_RULES = (
+    {"if": {"properties": {"shuffle_seed": {"type": "integer"}}, "required": ["shuffle_seed"]},
+     "then": {"allOf": [_FIXED, {"not": {"properties": {"reshuffle": {"const": True}}, "required": ["reshuffle"]}}]}},
+    {"if": {"properties": {"reshuffle": {"const": True}}, "required": ["reshuffle"]}, "then": _FIXED},
+)
+_SHARED_DOC = (
+    "One demonstration set for the whole batch (ManyICL), repeated in each result; no query item is in it. "
+    "true or 'mean': selected by the strategy for the normalised mean of the queries. 'fixed': a seeded "
+    "class-balanced sample that does not depend on the queries (strategy 'random'; k_per_class of every class, "
+    "or k spread over the classes): the same 'seed' and filters give every batch the same set, less its own "
+    "query items (each replaced by the next item of its class). false: a set per query."
+)
+
+
 class BatchSelectRequest(SelectOptionsIn):
     # With 'random', the queries are all empty (a plain sample) or all given (scores reported).
     model_config = ConfigDict(json_schema_extra=rules(
@@ -274,13 +307,51 @@ class BatchSelectRequest(SelectOptionsIn):
         {"if": _RANDOM,
          "then": {"properties": {"queries": {"anyOf": [{"items": _EMPTY_QUERY}, {"items": _NON_EMPTY_QUERY}]}}},
          "else": {"properties": {"queries": {"items": _NON_EMPTY_QUERY}}}},
+        *FIXED_RULES, *_SHUFFLE_RULES,
     ))
 
     queries: list[QueryIn] = Field(min_length=1, json_schema_extra=limit("maxItems", "max_queries"))
-    shared: bool = Field(
-        False, description="One demonstration set for the whole batch (ManyICL): selected for the normalised mean "
-        "of the queries, excluding every query item, and repeated in each result."
+    shared: bool | Literal["mean", "fixed"] = Field(False, description=_SHARED_DOC)
+    shuffle_seed: int | None = Field(
+        None, description="shared 'fixed': shuffle the set's order with this seed (the set itself is 'seed''s); "
+        "repeats the order of a call that reported it. Without it, 'order' lays the set out.",
+        ge=0, le=MAX_SHUFFLE_SEED,
     )
+    reshuffle: bool = Field(
+        False, description="shared 'fixed': shuffle the set's order with a fresh seed on every call (ManyICL "
+        "reshuffles per batch); the response reports it as 'shuffle_seed'. Not with shuffle_seed."
+    )
+
+    @field_validator("shared", mode="wrap")
+    @classmethod
+    def _one_error_for_shared(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:  # noqa: ANN401
+        # A union reports one error per member, under the member's name; one message, at the field, says more.
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("shared is true, false, 'mean' or 'fixed'") from None
+
+    @model_validator(mode="after")
+    def _shared_options(self) -> "BatchSelectRequest":
+        if self.shared == "fixed":
+            if self.strategy != FIXED_STRATEGY:
+                raise InvalidRequest("shared 'fixed' is a seeded class-balanced sample: give strategy 'random'",
+                                     param="strategy")
+            for stage in list_stages():
+                if getattr(self, stage.name) is not None:
+                    raise InvalidRequest("shared 'fixed' runs no pipeline stages: the set does not depend on the "
+                                         "queries", param=stage.name)
+        for name in ("shuffle_seed", "reshuffle"):
+            if getattr(self, name) not in (None, False) and self.shared != "fixed":
+                raise InvalidRequest(f"{name} orders the fixed set: give shared 'fixed'", param=name)
+        if self.shuffle_seed is not None and self.reshuffle:
+            raise InvalidRequest("give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both",
+                                 param="reshuffle")
+        return self
+
+    @property
+    def shared_mode(self) -> Literal["mean", "fixed"] | None:
+        return "mean" if self.shared is True else self.shared or None
 
 
 class DemonstrationOut(BaseModel):
@@ -313,5 +384,9 @@ class SelectResponse(BaseModel):
 
 
 class BatchSelectResponse(BaseModel):
-    shared: bool = False
+    shared: bool = Field(False, description="True when every result holds the batch's one set.")
+    shared_mode: Literal["mean", "fixed"] | None = Field(
+        None, description="Which set: 'mean' (for the mean of the queries), 'fixed' (query-independent), null.")
+    shuffle_seed: int | None = Field(None, description="shared 'fixed': the seed the set's order was shuffled with "
+                                     "(drawn per call under reshuffle); null when not shuffled by one.")
     results: list[SelectResponse] = Field(description="One per query, in order.")

@@ -17,6 +17,7 @@ from exemplar.retrieval.store.items import check_vector, unit_rows
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.composite import ItemColumn
+from exemplar.retrieval.serving.manyicl import MAX_SHUFFLE_SEED, SHARED_MODES, SharedMode, check_fixed, fixed_window
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.pipeline import run_stages
@@ -121,15 +122,49 @@ class SelectionService:
 
     def select_batch(
         self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,
-        *, shared: bool = False, param_prefix: str = "queries",
+        *, shared: bool | SharedMode = False, shuffle_seed: int | None = None, param_prefix: str = "queries",
     ) -> list[SelectionResult]:
-        """One result per query; with ``shared``, one demonstration set for the whole batch (ManyICL),
-        selected for the normalised mean of the queries, excluding every query item."""
+        """One result per query; with ``shared``, one demonstration set for the whole batch (ManyICL):
+        ``"mean"`` (or ``True``) selects it for the normalised mean of the queries, ``"fixed"`` is a
+        seeded class-balanced sample that does not depend on the queries (``manyicl``), its order
+        shuffled by ``shuffle_seed`` when given. Either way no query item is in it."""
+        mode = "mean" if shared is True else shared or None
+        if mode not in (None, *SHARED_MODES):
+            raise InvalidRequest("shared is true, false, 'mean' or 'fixed'", param="shared")
+        if shuffle_seed is not None and not 0 <= shuffle_seed <= MAX_SHUFFLE_SEED:
+            raise InvalidRequest(f"shuffle_seed must be between 0 and {MAX_SHUFFLE_SEED}", param="shuffle_seed")
+        if shuffle_seed is not None and mode != "fixed":
+            raise InvalidRequest("shuffle_seed orders the fixed set: give shared 'fixed'", param="shuffle_seed")
+        if mode == "fixed":
+            check_fixed(strategy_name, options)
         prepared = self.prepare(pool, queries, strategy_name, options, param_prefix=param_prefix)
-        if shared:
+        if mode == "fixed":
+            return self.run_fixed(prepared, options, shuffle_seed) * len(queries)
+        if mode == "mean":
             prepared = prepared.shared()
         results = self.run(prepared, options)
-        return results * len(queries) if shared else results
+        return results * len(queries) if mode else results
+
+    def run_fixed(self, prepared: "Prepared", options: SelectionOptions,
+                  shuffle_seed: int | None = None) -> list[SelectionResult]:
+        """The batch's fixed set (``manyicl.fixed_window``), without scores: it was drawn without
+        the queries. ``shuffle_seed`` shuffles its order (``order`` otherwise lays it out)."""
+        started = time.perf_counter()
+        options = self._check_options(options, prepared.strategy)
+        snap = prepared.snap
+        excluded = [r for r in prepared.self_rows if r is not None]
+        window = fixed_window(snap, prepared.allowed, excluded, options)
+        if shuffle_seed is None:
+            picks = arrange(window.picks, options.order, snap, options.seed)
+        else:
+            picks = arrange(window.picks, "shuffle", snap, shuffle_seed)
+        items = _ItemReader(snap, [p.row for p in picks])
+        timing = {"encode": prepared.encode_ms, "search": round((time.perf_counter() - started) * 1000, 3)}
+        return [SelectionResult(
+            pool=snap.pool, version=snap.version, encoder=snap.encoder, strategy=prepared.strategy.name,
+            demonstrations=[items.demonstration(p) for p in picks], timing_ms=timing,
+            shortfall={snap.labels[code]: n for code, n in sorted(window.shortfall.items())},
+        )]
 
     def prepare(
         self, pool: str, queries: Sequence[Query], strategy_name: str, options: SelectionOptions,

@@ -175,3 +175,86 @@ def test_selections_run_in_the_select_threads(tmp_path, monkeypatch: pytest.Monk
         client.post("/v1/pools/t/items", json={"items": [{"id": "a", "label": "x", "image": png_b64()}]})
         assert client.post("/v1/pools/t/select", json={"query": {"image": png_b64()}}).status_code == 200
         assert len(seen) == 3 and seen[-1][1] == 0
+
+
+def fixed(client: TestClient, queries: list[dict], **body) -> dict:
+    r = client.post("/v1/pools/v/select/batch", json={"queries": queries, "strategy": "random", "shared": "fixed", **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ids_of(result: dict) -> list[str]:
+    return [d["id"] for d in result["demonstrations"]]
+
+
+def test_fixed_set_is_one_seeded_class_balanced_sample_for_the_batch(client: TestClient, pool) -> None:
+    _, labels = pool
+    queries = [{"item_id": "v0001"}, {"item_id": "v0002"}, {"item_id": "v0150"}]
+    body = fixed(client, queries, k_per_class=3, seed=7)
+    assert body["shared"] is True and body["shared_mode"] == "fixed" and body["shuffle_seed"] is None
+    sets = [ids_of(res) for res in body["results"]]
+    assert len(sets) == 3 and sets[0] == sets[1] == sets[2]
+    assert Counter(labels[int(i[1:])] for i in sets[0]) == {lab: 3 for lab in set(labels)}
+    assert not {"v0001", "v0002", "v0150"} & set(sets[0])
+    assert all(d["score"] is None for d in body["results"][0]["demonstrations"]), "drawn without the queries"
+    assert ids_of(fixed(client, queries, k_per_class=3, seed=7)["results"][0]) == sets[0], "seeded"
+    others = {tuple(ids_of(fixed(client, queries, k_per_class=3, seed=s)["results"][0])) for s in (8, 9, 10)}
+    assert tuple(sets[0]) not in others and len(others) == 3, "seeds differ"
+    # k spread over the 4 classes as balanced spreads it: 10 = 3 + 3 + 2 + 2
+    spread = fixed(client, queries, k=10, seed=7)["results"][0]
+    assert sorted(Counter(d["label"] for d in spread["demonstrations"]).values()) == [2, 2, 3, 3]
+
+
+def test_fixed_set_does_not_depend_on_the_queries(client: TestClient, pool) -> None:
+    V, labels = pool
+    reference = ids_of(fixed(client, [{}], k_per_class=4, seed=3)["results"][0])  # no query at all
+    inside = reference[:2]  # two of the set's own items as queries: the batch must not see them
+    first = ids_of(fixed(client, [{"item_id": i} for i in inside], k_per_class=4, seed=3)["results"][0])
+    second = ids_of(fixed(client, [{"embedding": V[5].tolist()}, {"embedding": V[290].tolist()}],
+                          k_per_class=4, seed=3)["results"][0])
+    assert second == reference, "vectors do not move the set"
+    assert not set(inside) & set(first) and len(first) == len(reference)
+    assert set(reference) - set(inside) <= set(first), "the same set, less the batch's own items"
+    replaced = set(first) - set(reference)
+    assert sorted(labels[int(i[1:])] for i in replaced) == sorted(labels[int(i[1:])] for i in inside), \
+        "each replaced by the next item of its class"
+
+
+def test_fixed_set_order_shuffles_reproducibly(client: TestClient, pool) -> None:
+    queries = [{"item_id": "v0001"}]
+    plain = ids_of(fixed(client, queries, k_per_class=3, seed=4)["results"][0])
+    a = fixed(client, queries, k_per_class=3, seed=4, shuffle_seed=11)
+    assert a["shuffle_seed"] == 11 and sorted(ids_of(a["results"][0])) == sorted(plain)
+    assert ids_of(fixed(client, queries, k_per_class=3, seed=4, shuffle_seed=11)["results"][0]) == ids_of(a["results"][0])
+    orders = set()
+    for _ in range(4):
+        body = fixed(client, queries, k_per_class=3, seed=4, reshuffle=True)
+        assert isinstance(body["shuffle_seed"], int) and sorted(ids_of(body["results"][0])) == sorted(plain)
+        again = fixed(client, queries, k_per_class=3, seed=4, shuffle_seed=body["shuffle_seed"])
+        assert ids_of(again["results"][0]) == ids_of(body["results"][0]), "the reported seed repeats the order"
+        orders.add(tuple(ids_of(body["results"][0])))
+    assert len(orders) > 1, "a fresh order per call (12 items: four equal draws are out of reach)"
+
+
+def test_shared_true_is_still_the_mean_set(client: TestClient, pool) -> None:
+    queries = [{"item_id": "v0001"}, {"item_id": "v0002"}]
+    options = {"queries": queries, "strategy": "balanced", "k_per_class": 2}
+    as_bool = client.post("/v1/pools/v/select/batch", json={**options, "shared": True}).json()
+    as_mode = client.post("/v1/pools/v/select/batch", json={**options, "shared": "mean"}).json()
+    assert as_bool["shared_mode"] == as_mode["shared_mode"] == "mean"
+    assert without_timing(as_bool) == without_timing(as_mode)
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"shared": "fixed", "strategy": "balanced"}, "strategy"),
+    ({"shared": "fixed"}, "strategy"),
+    ({"shared": "sometimes", "strategy": "random"}, "shared"),
+    ({"shared": "mean", "strategy": "random", "shuffle_seed": 1}, "shuffle_seed"),
+    ({"strategy": "random", "reshuffle": True}, "reshuffle"),
+    ({"shared": "fixed", "strategy": "random", "reshuffle": True, "shuffle_seed": 1}, "reshuffle"),
+    ({"shared": "fixed", "strategy": "random", "shuffle_seed": -1}, "shuffle_seed"),
+    ({"shared": "fixed", "strategy": "random", "diversity": {}}, "diversity"),
+])
+def test_bad_shared_requests(client: TestClient, pool, body, param) -> None:
+    r = client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "v0001"}], "k": 4, **body})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

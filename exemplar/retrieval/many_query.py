@@ -1,0 +1,227 @@
+"""ManyICL's many-query prompt: one demonstration set shown once, then up to ``queries_per_call``
+numbered queries in one user turn, answered one line per query (``<n>: <answer>``).
+
+The set is the batch's shared one (``select_batch``'s ``fixed`` or ``mean``), so every call of a
+batch shows the same demonstrations. A batch longer than ``queries_per_call`` is split into several
+calls, in order. Each query gets its answer or its own failure: a line that is missing, empty,
+unparseable or given twice with different answers fails that query only; a call the endpoint fails
+fails its queries only, unless every call fails (then the request fails as ``infer`` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from exemplar.errors import Incompatible, InvalidRequest, UpstreamError
+from exemplar.retrieval.mllm import MLLMRegistry
+from exemplar.retrieval.prompting import (
+    DemoContent,
+    ImageSource,
+    PromptTemplate,
+    count_images,
+    demo_content,
+    demonstration_turns,
+    query_content,
+    render,
+)
+from exemplar.retrieval.serving.manyicl import SharedMode, check_fixed
+from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
+from exemplar.retrieval.serving.strategies import SelectionOptions
+
+__all__ = ["MAX_QUERIES_PER_CALL", "BatchInferOptions", "BatchInferResult", "ModelCall", "QueryAnswer",
+           "QueryFailure", "batch_user_turn", "infer_batch", "parse_answers"]
+
+MAX_QUERIES_PER_CALL = 64
+FORMAT = ("Answer each of the {n} numbered queries above on its own line, as '<number>: <answer>' "
+          "(for example '1: ...'), in order, and nothing else.")
+# "3: circle", "3. circle", "3) circle", "Query 3: circle"; the number starts the line.
+_ANSWER = re.compile(r"^\s*(?:query\s*)?(\d+)\s*[:.)]\s*(.*?)\s*$", re.IGNORECASE)
+_NUMBERED = re.compile(r"^\s*(?:query\s*)?(\d+)(?!\d)", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchInferOptions:
+    mllm: str
+    shared: SharedMode = "fixed"
+    queries_per_call: int = 8
+    max_tokens: int = 256
+    temperature: float = 0.0
+    template: PromptTemplate = PromptTemplate()
+    shuffle_seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryFailure:
+    type: str  # missing | empty | unparseable | ambiguous, or the endpoint error's type
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryAnswer:
+    index: int  # in the request's queries
+    call: int
+    answer: str | None
+    error: QueryFailure | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCall:
+    call: int
+    queries: list[int]
+    text: str | None  # the model's whole answer; None when the endpoint failed the call
+    error: QueryFailure | None
+    timing_ms: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchInferResult:
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    mllm: str
+    shared: SharedMode
+    demonstrations: list[Demonstration]
+    shortfall: dict[str, int]
+    answers: list[QueryAnswer]
+    calls: list[ModelCall]
+    timing_ms: dict[str, float]
+
+
+def batch_user_turn(template: PromptTemplate, queries: Sequence[DemoContent]) -> dict[str, Any]:
+    """The queries of one call, numbered from 1, each with its image, and the answer format last."""
+    content: list[dict[str, Any]] = []
+    for n, query in enumerate(queries, 1):
+        text = render(template.query_text, query.fields)
+        content.append({"type": "text", "text": f"Query {n}: {text}".rstrip()})
+        url = query.image_url() if template.include_images else None
+        if url:
+            content.append({"type": "image_url", "image_url": {"url": url}})
+    instruction = f"{template.instruction}\n" if template.instruction else ""
+    content.append({"type": "text", "text": instruction + FORMAT.format(n=len(queries))})
+    return {"role": "user", "content": content}
+
+
+def parse_answers(text: str, n: int) -> list[tuple[str | None, QueryFailure | None]]:
+    """Queries ``1..n``' answers in ``text``, one line each; a query without a usable line fails alone.
+    Lines for numbers outside ``1..n`` and lines without a number are ignored."""
+    found: dict[int, list[str]] = {}
+    malformed: set[int] = set()
+    for line in text.splitlines():
+        match = _ANSWER.match(line)
+        if match:
+            found.setdefault(int(match[1]), []).append(match[2])
+            continue
+        numbered = _NUMBERED.match(line)
+        if numbered:
+            malformed.add(int(numbered[1]))
+    out: list[tuple[str | None, QueryFailure | None]] = []
+    for number in range(1, n + 1):
+        answers = found.get(number)
+        if not answers:
+            kind = "unparseable" if number in malformed else "missing"
+            why = "its line is not '<number>: <answer>'" if kind == "unparseable" else "no line answers it"
+            out.append((None, QueryFailure(kind, f"query {number} of the call: {why}")))
+        elif len(set(answers)) > 1:
+            out.append((None, QueryFailure("ambiguous", f"query {number} of the call is answered twice, differently")))
+        elif not answers[0]:
+            out.append((None, QueryFailure("empty", f"query {number} of the call has an empty answer")))
+        else:
+            out.append((answers[0], None))
+    return out
+
+
+def _check(selection: SelectionService, queries: Sequence[Query], strategy: str, select: SelectionOptions,
+           options: BatchInferOptions) -> None:
+    if options.shared not in ("fixed", "mean"):
+        raise InvalidRequest("shared is 'fixed' or 'mean'", param="shared")
+    if options.shared == "fixed":
+        check_fixed(strategy, select)
+    checks = [
+        (1 <= options.queries_per_call <= MAX_QUERIES_PER_CALL, "queries_per_call",
+         f"queries_per_call must be between 1 and {MAX_QUERIES_PER_CALL}"),
+        (1 <= options.max_tokens <= 4096, "max_tokens", "max_tokens must be between 1 and 4096"),
+        (0.0 <= options.temperature <= 2.0, "temperature", "temperature must be between 0 and 2"),
+        (options.shuffle_seed is None or options.shared == "fixed", "shuffle_seed",
+         "shuffle_seed orders the fixed set: give shared 'fixed'"),
+    ]
+    for ok, param, message in checks:
+        if not ok:
+            raise InvalidRequest(message, param=param)
+    options.template.check()
+    if not queries:
+        raise InvalidRequest("no queries given", param="queries")
+    for i, query in enumerate(queries):
+        if query.empty:
+            raise InvalidRequest("infer needs each query ('image', 'text' or 'item_id')", param=f"queries[{i}]")
+        if query.embedding is not None:
+            raise InvalidRequest("infer shows the queries to the model: give 'image', 'text' or 'item_id', not an "
+                                 "embedding", param=f"queries[{i}].embedding")
+
+
+def infer_batch(selection: SelectionService, mllms: MLLMRegistry, pool: str, queries: Sequence[Query],
+                strategy: str, select: SelectionOptions, options: BatchInferOptions) -> BatchInferResult:
+    started = time.perf_counter()
+    client = mllms.get(options.mllm)
+    _check(selection, queries, strategy, select, options)
+    prepared = selection.prepare(pool, queries, strategy, select)
+    t0 = time.perf_counter()
+    if options.shared == "fixed":
+        chosen = selection.run_fixed(prepared, select, options.shuffle_seed)[0]
+    else:
+        chosen = selection.run(prepared.shared(), select)[0]
+    select_ms = (time.perf_counter() - t0) * 1000
+    snap = prepared.snap
+    images = ImageSource(snap, client.config)
+    template = options.template
+    head: list[dict[str, Any]] = [{"role": "system", "content": template.system}] if template.system else []
+    for d in chosen.demonstrations:
+        head.extend(demonstration_turns(template, demo_content(snap, d, images)))
+    if count_images(head) > client.config.max_images:
+        raise Incompatible(f"the demonstrations alone hold more than {client.config.max_images} images; lower k "
+                           "or set include_images false", param="k")
+    answers: list[QueryAnswer] = []
+    calls: list[ModelCall] = []
+    size = options.queries_per_call
+    first_error: UpstreamError | None = None
+    # Bounded: ceil(len(queries) / queries_per_call) calls, len(queries) <= max_queries.
+    for call, start in enumerate(range(0, len(queries), size)):
+        indices = list(range(start, min(start + size, len(queries))))
+        t1 = time.perf_counter()
+        turn = batch_user_turn(template, [query_content(snap, queries[i], images) for i in indices])
+        messages = [*head, turn]
+        if count_images(messages) > client.config.max_images:
+            raise Incompatible(f"a call would show more than {client.config.max_images} images; lower "
+                               "queries_per_call or k", param="queries_per_call")
+        t2 = time.perf_counter()
+        try:
+            completion = client.complete(messages, max_tokens=options.max_tokens, temperature=options.temperature)
+        except Incompatible as exc:
+            exc.param = "queries_per_call"  # the prompt is over the endpoint's size: fewer queries per call
+            raise
+        except UpstreamError as exc:
+            first_error = first_error or exc
+            failure = QueryFailure(exc.type, exc.message)
+            calls.append(ModelCall(call, indices, None, failure, {
+                "prompt": round((t2 - t1) * 1000, 3), "model": round((time.perf_counter() - t2) * 1000, 3)}))
+            answers.extend(QueryAnswer(i, call, None, failure) for i in indices)
+            continue
+        parsed = parse_answers(completion.text, len(indices))
+        calls.append(ModelCall(call, indices, completion.text, None, {
+            "prompt": round((t2 - t1) * 1000, 3), "model": round(completion.latency_ms, 3)}))
+        answers.extend(QueryAnswer(i, call, answer, failure) for i, (answer, failure) in zip(indices, parsed))
+    if first_error is not None and all(c.error is not None for c in calls):
+        raise first_error
+    total = (time.perf_counter() - started) * 1000
+    model = sum(c.timing_ms["model"] for c in calls)
+    return BatchInferResult(
+        pool=snap.pool, version=snap.version, encoder=snap.encoder, strategy=prepared.strategy.name,
+        mllm=options.mllm, shared=options.shared, demonstrations=chosen.demonstrations, shortfall=chosen.shortfall,
+        answers=answers, calls=calls,
+        timing_ms={"total": round(total, 3), "model": round(model, 3), "overhead": round(total - model, 3),
+                   "encode": prepared.encode_ms, "select": round(select_ms, 3)},
+    )

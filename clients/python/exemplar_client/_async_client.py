@@ -18,6 +18,8 @@ from exemplar_client.models import (
     AdapterTrainRequest,
     BatchSelectRequest,
     BatchSelectResponse,
+    BatchInferRequest,
+    BatchInferResponse,
     BuildRequest,
     ChatCompletion,
     ChatCompletionRequest,
@@ -169,6 +171,10 @@ class AsyncExemplar:
 
     async def list_strategies(self) -> StrategiesOut:
         return await self._run(ops.list_strategies())
+
+    async def infer_batch(self, pool: str, request: Union[BatchInferRequest, Mapping[str, Any], None] = None, /,
+                    **fields: Any) -> BatchInferResponse:
+        return await self._run(ops.infer_batch(pool, compose(BatchInferRequest, request, fields)))
 
     async def infer(self, pool: str, request: Union[InferRequest, Mapping[str, Any], None] = None, /,
                     **fields: Any) -> InferResponse:

@@ -16,6 +16,8 @@ from exemplar_client.models import (
     AdapterTrainRequest,
     BatchSelectRequest,
     BatchSelectResponse,
+    BatchInferRequest,
+    BatchInferResponse,
     BuildRequest,
     ChatCompletion,
     ChatCompletionRequest,
@@ -209,6 +211,13 @@ class Exemplar:
     def list_strategies(self) -> StrategiesOut:
         """The selection strategies and pipeline stages, with the JSON Schema of their parameters."""
         return self._run(ops.list_strategies())
+
+    def infer_batch(self, pool: str, request: Union[BatchInferRequest, Mapping[str, Any], None] = None, /,
+                    **fields: Any) -> BatchInferResponse:
+        """Many ``queries`` answered in few calls of the model endpoint ``mllm`` (ManyICL): one
+        demonstration set shown with every call, ``queries_per_call`` numbered queries per call,
+        an answer or a failure per query."""
+        return self._run(ops.infer_batch(pool, compose(BatchInferRequest, request, fields)))
 
     def infer(self, pool: str, request: Union[InferRequest, Mapping[str, Any], None] = None, /,
               **fields: Any) -> InferResponse:

@@ -16,6 +16,8 @@ from exemplar_client.models import (
     AdapterTrainRequest,
     BatchSelectRequest,
     BatchSelectResponse,
+    BatchInferRequest,
+    BatchInferResponse,
     BuildRequest,
     ChatCompletion,
     ChatCompletionRequest,
@@ -237,6 +239,12 @@ def list_models() -> Call[List[ModelOut]]:
     return Call("GET", "/v1/models", lambda r: ModelList.model_validate_json(r.content).data)
 
 
+def infer_batch(pool: str, request: BatchInferRequest) -> Call[BatchInferResponse]:
+    # Retried like infer: model calls may have been made.
+    return Call("POST", f"/v1/pools/{_seg(pool)}/infer/batch", _model(BatchInferResponse), json=request.wire(),
+                write=True)
+
+
 # --- jobs -----------------------------------------------------------------------------------------
 
 def start_build(pool: str, request: BuildRequest) -> Call[JobOut]:
@@ -292,7 +300,7 @@ COVERED_ROUTES: Dict[str, Tuple[str, ...]] = {
     "/v1/pools/{pool}/items": ("get", "post"), "/v1/pools/{pool}/items/{item_id}": ("get", "delete"),
     "/v1/pools/{pool}/items/delete": ("post",), "/v1/pools/{pool}/items/{item_id}/image": ("get",),
     "/v1/pools/{pool}/select": ("post",), "/v1/pools/{pool}/select/batch": ("post",),
-    "/v1/pools/{pool}/infer": ("post",), "/v1/pools/{pool}/builds": ("post",),
+    "/v1/pools/{pool}/infer": ("post",), "/v1/pools/{pool}/infer/batch": ("post",), "/v1/pools/{pool}/builds": ("post",),
     "/v1/pools/{pool}/adapters": ("post",), "/v1/pools/{pool}/compact": ("post",),
     "/v1/jobs": ("get",), "/v1/jobs/{job_id}": ("get",), "/v1/jobs/{job_id}/cancel": ("post",),
     "/v1/admin/overview": ("get",), "/v1/admin/stats": ("get",),

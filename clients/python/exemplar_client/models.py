@@ -24,6 +24,8 @@ from exemplar_client._inputs import encode_image, to_float_list
 
 __all__ = [
     "AdapterTrainRequest",
+    "BatchInferRequest",
+    "BatchInferResponse",
     "BatchSelectRequest",
     "BatchSelectResponse",
     "BuildRequest",
@@ -55,6 +57,7 @@ __all__ = [
     "JobState",
     "LabelNoiseIn",
     "LatencyPoint",
+    "ModelCallOut",
     "ModelList",
     "ModelOut",
     "OverviewOut",
@@ -63,6 +66,8 @@ __all__ = [
     "PoolOut",
     "PoolStatsOut",
     "PromptIn",
+    "QueryAnswerOut",
+    "QueryFailureOut",
     "QueryIn",
     "ReadyStatus",
     "RecentStatsOut",
@@ -274,7 +279,9 @@ class SelectRequest(_SelectOptions):
 
 class BatchSelectRequest(_SelectOptions):
     queries: List[QueryIn] = Field(min_length=1)
-    shared: Optional[bool] = None
+    shared: Optional[Union[bool, Literal["mean", "fixed"]]] = None
+    shuffle_seed: Optional[int] = None
+    reshuffle: Optional[bool] = None
 
 
 class DemonstrationOut(_Response):
@@ -301,6 +308,8 @@ class SelectResponse(_Response):
 
 class BatchSelectResponse(_Response):
     shared: bool = False
+    shared_mode: Optional[Literal["mean", "fixed"]] = None
+    shuffle_seed: Optional[int] = None
     results: List[SelectResponse]
 
 
@@ -359,6 +368,59 @@ class InferResponse(_Response):
     zero_shot: bool
     chosen_round: int
     rounds: List[InferRoundOut]
+    timing_ms: Dict[str, float]
+
+
+class BatchInferRequest(_SelectionFields):
+    """Many queries answered in few model calls (ManyICL): one demonstration set, shown with every call."""
+
+    queries: List[QueryIn] = Field(min_length=1)
+    mllm: str
+    shared: Optional[Literal["fixed", "mean"]] = None
+    strategy: Optional[str] = None
+    k: Optional[int] = None
+    k_per_class: Optional[int] = None
+    shuffle_seed: Optional[int] = None
+    queries_per_call: Optional[int] = None
+    prompt: Optional[PromptIn] = None
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+
+
+class QueryFailureOut(_Response):
+    type: str
+    message: str
+
+
+class QueryAnswerOut(_Response):
+    index: int
+    call: int
+    answer: Optional[str]
+    error: Optional[QueryFailureOut]
+
+
+class ModelCallOut(_Response):
+    call: int
+    queries: List[int]
+    text: Optional[str]
+    error: Optional[QueryFailureOut]
+    timing_ms: Dict[str, float]
+
+
+class BatchInferResponse(_Response):
+    pool: str
+    version: int
+    encoder: str
+    strategy: str
+    mllm: str
+    shared: str
+    shuffle_seed: Optional[int]
+    demonstrations: List[DemonstrationOut]
+    shortfall: Dict[str, int]
+    results: List[QueryAnswerOut]
+    calls: List[ModelCallOut]
+    answered: int
+    failed: int
     timing_ms: Dict[str, float]
 
 
@@ -641,4 +703,9 @@ SERVER_SCHEMAS: Dict[type, str] = {
     StrategyOut: "StrategyOut",
     StageOut: "StageOut",
     StrategiesOut: "StrategiesOut",
+    BatchInferRequest: "BatchInferRequest",
+    QueryFailureOut: "QueryFailureOut",
+    QueryAnswerOut: "QueryAnswerOut",
+    ModelCallOut: "ModelCallOut",
+    BatchInferResponse: "BatchInferResponse",
 }

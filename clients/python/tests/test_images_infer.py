@@ -66,3 +66,14 @@ def test_infer_runs_the_loop_against_the_model(client: Exemplar, shapes_pool: st
     with pytest.raises(NotFoundError) as caught:
         client.infer(shapes_pool, query={"item_id": item.id}, mllm="no-such-model")
     assert caught.value.param == "mllm"
+
+
+def test_infer_batch_answers_per_query(client: Exemplar, shapes_pool: str, mllm: str) -> None:
+    items = list(client.iter_items(shapes_pool, page_size=10))[:3]
+    result = client.infer_batch(shapes_pool, queries=[{"item_id": i.id} for i in items], mllm=mllm, k_per_class=1,
+                                queries_per_call=2, seed=1)
+    assert [r.index for r in result.results] == [0, 1, 2] and [r.call for r in result.results] == [0, 0, 1]
+    assert len(result.calls) == 2 and result.answered + result.failed == 3
+    assert {d.id for d in result.demonstrations}.isdisjoint({i.id for i in items})
+    # The scripted model answers one label, not numbered lines: each query's failure is its own.
+    assert all((r.answer is None) == (r.error is not None) for r in result.results)

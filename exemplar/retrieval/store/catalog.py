@@ -352,10 +352,13 @@ class Catalog:
         return [(r["version"], r["state"], json.loads(r["manifest"]) if r["manifest"] else None) for r in rows]
 
     def compaction_active(self, pool_id: int) -> bool:
-        """Whether a compaction job of the pool is queued or running (in any process)."""
-        return bool(self.query(
-            "SELECT 1 FROM jobs JOIN pools ON jobs.pool = pools.name WHERE pools.id = ? AND jobs.kind = 'compact' "
-            "AND jobs.state IN ('queued', 'running') LIMIT 1", (pool_id,)))
+        """Whether a compaction job of the pool is queued or running in a live process. A job left
+        'running' by a process that was killed does not count: its staging folder is a leftover,
+        whether or not the job service has marked the job failed yet (start-up cleans up first)."""
+        rows = self.query(
+            "SELECT jobs.pid FROM jobs JOIN pools ON jobs.pool = pools.name WHERE pools.id = ? "
+            "AND jobs.kind = 'compact' AND jobs.state IN ('queued', 'running')", (pool_id,))
+        return any(row["pid"] is None or row["pid"] == os.getpid() or pid_alive(row["pid"]) for row in rows)
 
     def fail_version(self, pool_id: int, version: int) -> None:
         with self.transaction() as conn:

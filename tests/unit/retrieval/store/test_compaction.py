@@ -3,7 +3,11 @@ purges deletions, carries over writes made while it ran, and migrates version fo
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +272,26 @@ def test_what_index_a_segment_gets(spec: str, rows: int, build: bool, want: str 
     from exemplar.retrieval.store.segments import segment_factory
 
     assert segment_factory(spec, rows, 512, AutoIndexPolicy(), build_requested=build) == want
+
+
+def test_a_killed_compactions_staging_folder_is_collected(pools: PoolService) -> None:
+    pools.create(name="p", encoder="precomputed:4")
+    pools.add_items("p", [NewItem(id="a", label="x", embedding=np.ones(4, np.float32))])
+    record = pools.get("p")
+    staging = pools.store.files.segments_dir(record.id) / ".staging-m0123456789ab"
+    staging.mkdir()
+    os.utime(staging, (time.time() - 60, time.time() - 60))  # not a compaction starting this very second
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)  # a process that has exited
+
+    def job(pid: int) -> None:
+        with pools.store.catalog.transaction() as conn:
+            conn.execute("DELETE FROM jobs")
+            conn.execute("INSERT INTO jobs (id, kind, pool, state, pid, created_at) VALUES ('j', 'compact', 'p', "
+                         "'running', ?, ?)", (pid, time.time()))
+
+    job(os.getpid())  # a compaction of this process, still running: its staging folder stays
+    assert ".staging-m0123456789ab" not in pools.store.collect_garbage(record.id) and staging.exists()
+    job(dead_pid)  # its process was killed: the folder is a leftover
+    assert ".staging-m0123456789ab" in pools.store.collect_garbage(record.id) and not staging.exists()

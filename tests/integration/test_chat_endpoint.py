@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -227,6 +228,11 @@ def test_errors_in_the_openai_shape(server: Server) -> None:
                 {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/x.png"}}]}],
             extra_body={"exemplar": {"pool": "shapes"}})
     assert linked.value.param == "messages[0].content" and "data URI" in linked.value.message
+    narrow = base64.b64encode(struct.pack("<3f", 1.0, 0.0, 0.0)).decode()  # not the encoder's width
+    with pytest.raises(openai.ConflictError) as width:
+        client.chat.completions.create(model="fake", messages=messages,
+                                       extra_body={"exemplar": {"pool": "shapes", "query": {"embedding_b64": narrow}}})
+    assert width.value.param == "exemplar.query.embedding_b64"
     with pytest.raises(openai.BadRequestError) as streamed:
         client.chat.completions.create(model="fake", messages=messages, stream=True,
                                        extra_body={"exemplar": {"pool": "shapes", "iterative": {}}})

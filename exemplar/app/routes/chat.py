@@ -3,7 +3,9 @@ carries an ``exemplar`` object) and ``GET /v1/models`` (the configured endpoints
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -13,6 +15,7 @@ from starlette.background import BackgroundTask
 from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.chat import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
 from exemplar.app.services import QUERY, ChatDep
+from exemplar.errors import ExemplarError
 from exemplar.retrieval.chat import ChatReport, Trim
 from exemplar.retrieval.serving.selection import Demonstration
 
@@ -55,6 +58,19 @@ def report_out(report: ChatReport) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def _query_vector_errors(body: ChatCompletionRequest) -> Iterator[None]:
+    """The core names the query's vector 'exemplar.query.embedding'; one sent as 'embedding_b64'
+    is named so, as select names it."""
+    try:
+        yield
+    except ExemplarError as exc:
+        query = body.exemplar.query if body.exemplar is not None else None
+        if exc.param == "exemplar.query.embedding" and query is not None and query.embedding_b64 is not None:
+            exc.param = "exemplar.query.embedding_b64"
+        raise
+
+
 def _header(report: ChatReport) -> str:
     out = report_out(report)
     text = json.dumps(out, separators=(",", ":"))  # ASCII: header values are latin-1
@@ -71,13 +87,14 @@ def _header(report: ChatReport) -> str:
                               "description": "The model's completion (or its event stream, for stream true), plus "
                               "'exemplar' when demonstrations were selected."}})
 async def chat_completions(body: ChatCompletionRequest, service: ChatDep) -> Response:
-    how = body.exemplar.to_selection() if body.exemplar is not None else None
-    if body.stream:
-        stream, report = await service.stream(body.upstream_body(), how)
-        headers = {"x-exemplar": _header(report)} if report is not None else {}
-        return StreamingResponse(stream.chunks(), media_type=stream.content_type, headers=headers,
-                                 background=BackgroundTask(stream.aclose))
-    reply = await service.complete(body.upstream_body(), how)
+    with _query_vector_errors(body):
+        how = body.exemplar.to_selection() if body.exemplar is not None else None
+        if body.stream:
+            stream, report = await service.stream(body.upstream_body(), how)
+            headers = {"x-exemplar": _header(report)} if report is not None else {}
+            return StreamingResponse(stream.chunks(), media_type=stream.content_type, headers=headers,
+                                     background=BackgroundTask(stream.aclose))
+        reply = await service.complete(body.upstream_body(), how)
     if reply.report is None:
         return JSONResponse(reply.body)
     return JSONResponse({**reply.body, "exemplar": report_out(reply.report)})

@@ -283,7 +283,9 @@ class SelectionService:
         self, snap: Snapshot, queries: Sequence[Query], needs_query: bool, prefix: str
     ) -> tuple[np.ndarray | None, list[int | None]]:
         def param(i: int, field: str | None = None) -> str:
-            base = prefix if prefix == "query" else f"{prefix}[{i}]"
+            # A list of queries is named by position ("queries[3]"); one query by its own name
+            # ("query", or where a request carries it, e.g. "exemplar.query").
+            base = f"{prefix}[{i}]" if prefix.endswith("queries") else prefix
             return f"{base}.{field}" if field else base
 
         if all(q.empty for q in queries) and not needs_query:

@@ -255,6 +255,19 @@ def test_errors_in_the_openai_shape(server: Server) -> None:
     assert slow.value.status_code == 504
 
 
+def test_chat_selections_reach_the_dashboard_statistics(server: Server) -> None:
+    before = httpx.get(f"{server.base}/v1/admin/stats").json()
+    resp = server.client().chat.completions.create(
+        model="fake", messages=[_query(server)],
+        extra_body={"exemplar": {"pool": "shapes", "strategy": "random", "k": 3, "seed": 11}})
+    shown = [d["label"] for d in _exemplar(resp)["demonstrations"]]
+    after = httpx.get(f"{server.base}/v1/admin/stats").json()
+    assert after["strategies"].get("random", 0) == before["strategies"].get("random", 0) + 1
+    counts = after["labels_returned"]["shapes"]
+    old = before["labels_returned"].get("shapes", {})
+    assert sum(counts.values()) - sum(old.values()) == len(shown) == 3
+
+
 def test_models_lists_the_configured_endpoints(server: Server) -> None:
     names = [m.id for m in server.client().models.list()]
     assert names == sorted(["fake", "picky", "busy", "broken", "slow", "tight", "small"])

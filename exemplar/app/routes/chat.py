@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from exemplar.app.errors import ErrorEnvelope
+from exemplar.app.observability import Observability
 from exemplar.app.schemas.chat import ChatCompletionOut, ChatCompletionRequest, ModelList, ModelOut
-from exemplar.app.services import QUERY, ChatDep
+from exemplar.app.services import QUERY, ChatDep, ObsDep
 from exemplar.errors import ExemplarError
 from exemplar.retrieval.chat import ChatReport, Trim
 from exemplar.retrieval.serving.selection import Demonstration
@@ -58,6 +59,18 @@ def report_out(report: ChatReport) -> dict[str, Any]:
     return out
 
 
+def _observe(obs: Observability, report: ChatReport | None) -> None:
+    """The selection in the dashboard's statistics, as select's are: its own time (encoding and
+    selection), not the model's, which would swamp the selection latencies."""
+    if report is None:
+        return
+    timing = report.timing_ms
+    obs.observe_selection(report.pool, report.strategy,
+                          {"total": timing["encode"] + timing["select"], "encode": timing["encode"],
+                           "search": timing["select"]},
+                          (d.label for d in report.demonstrations))
+
+
 @contextlib.contextmanager
 def _query_vector_errors(body: ChatCompletionRequest) -> Iterator[None]:
     """The core names the query's vector 'exemplar.query.embedding'; one sent as 'embedding_b64'
@@ -86,15 +99,17 @@ def _header(report: ChatReport) -> str:
              responses={200: {"model": ChatCompletionOut, "content": {"text/event-stream": {}},
                               "description": "The model's completion (or its event stream, for stream true), plus "
                               "'exemplar' when demonstrations were selected."}})
-async def chat_completions(body: ChatCompletionRequest, service: ChatDep) -> Response:
+async def chat_completions(body: ChatCompletionRequest, service: ChatDep, obs: ObsDep) -> Response:
     with _query_vector_errors(body):
         how = body.exemplar.to_selection() if body.exemplar is not None else None
         if body.stream:
             stream, report = await service.stream(body.upstream_body(), how)
+            _observe(obs, report)
             headers = {"x-exemplar": _header(report)} if report is not None else {}
             return StreamingResponse(stream.chunks(), media_type=stream.content_type, headers=headers,
                                      background=BackgroundTask(stream.aclose))
         reply = await service.complete(body.upstream_body(), how)
+    _observe(obs, reply.report)
     if reply.report is None:
         return JSONResponse(reply.body)
     return JSONResponse({**reply.body, "exemplar": report_out(reply.report)})

@@ -20,9 +20,16 @@ from typing import Literal
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.confidence import CONFIDENCE_MEASURES, confidence
 from exemplar.retrieval.many_query import BatchInferOptions, BatchInferResult, infer_batch
-from exemplar.retrieval.mllm import EndpointConfig, MLLMRegistry
+from exemplar.retrieval.mllm import MLLMRegistry, check_generation
 from exemplar.retrieval.perturb import DemoLabels, shown_labels
-from exemplar.retrieval.prompting import ImageSource, PromptTemplate, build_messages, demo_content, query_content
+from exemplar.retrieval.prompting import (
+    ImageSource,
+    PromptTemplate,
+    build_messages,
+    check_shown_query,
+    demo_content,
+    query_content,
+)
 from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
 from exemplar.retrieval.serving.strategies import SelectionOptions
 
@@ -92,14 +99,13 @@ class InferService:
             (0 <= options.window <= self.selection.limits.max_k, "window", f"window must be between 0 and {self.selection.limits.max_k}"),
             (1 <= options.max_rounds <= MAX_ROUNDS, "max_rounds", f"max_rounds must be between 1 and {MAX_ROUNDS}"),
             (0.0 <= options.threshold <= 1.0, "threshold", "threshold must be between 0 and 1"),
-            (1 <= options.max_tokens <= 4096, "max_tokens", "max_tokens must be between 1 and 4096"),
-            (0.0 <= options.temperature <= 2.0, "temperature", "temperature must be between 0 and 2"),
             (select.k_per_class is None, "k_per_class", "infer windows are set by 'window', not k_per_class"),
             (options.windows in ("advance", "repeat_first"), "windows", "windows must be 'advance' or 'repeat_first'"),
         ]
         for ok, param, message in checks:
             if not ok:
                 raise InvalidRequest(message, param=param)
+        check_generation(options.max_tokens, options.temperature)
         options.template.check()
 
     def infer_batch(self, pool: str, queries: Sequence[Query], strategy: str, select: SelectionOptions,
@@ -111,11 +117,7 @@ class InferService:
         started = time.perf_counter()
         client = self.mllms.get(options.mllm)
         self._check(options, select)
-        if query.empty:
-            raise InvalidRequest("infer needs a query ('image', 'text' or 'item_id')", param="query")
-        if query.embedding is not None:
-            raise InvalidRequest("infer shows the query to the model: give 'image', 'text' or 'item_id', not an embedding",
-                                 param="query.embedding")
+        check_shown_query(query, "query")
         def options_for(r: int) -> SelectionOptions:
             # repeat_first: the released VideoICL code shows its first window again in every round.
             step = 0 if options.windows == "repeat_first" else r

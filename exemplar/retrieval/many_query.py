@@ -17,11 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from exemplar.errors import Incompatible, InvalidRequest, UpstreamError
-from exemplar.retrieval.mllm import MLLMRegistry
+from exemplar.retrieval.mllm import MLLMRegistry, check_generation
 from exemplar.retrieval.prompting import (
     DemoContent,
     ImageSource,
     PromptTemplate,
+    check_shown_query,
     count_images,
     demo_content,
     demonstration_turns,
@@ -144,23 +145,18 @@ def _check(selection: SelectionService, queries: Sequence[Query], strategy: str,
     checks = [
         (1 <= options.queries_per_call <= MAX_QUERIES_PER_CALL, "queries_per_call",
          f"queries_per_call must be between 1 and {MAX_QUERIES_PER_CALL}"),
-        (1 <= options.max_tokens <= 4096, "max_tokens", "max_tokens must be between 1 and 4096"),
-        (0.0 <= options.temperature <= 2.0, "temperature", "temperature must be between 0 and 2"),
         (options.shuffle_seed is None or options.shared == "fixed", "shuffle_seed",
          "shuffle_seed orders the fixed set: give shared 'fixed'"),
     ]
     for ok, param, message in checks:
         if not ok:
             raise InvalidRequest(message, param=param)
+    check_generation(options.max_tokens, options.temperature)
     options.template.check()
     if not queries:
         raise InvalidRequest("no queries given", param="queries")
     for i, query in enumerate(queries):
-        if query.empty:
-            raise InvalidRequest("infer needs each query ('image', 'text' or 'item_id')", param=f"queries[{i}]")
-        if query.embedding is not None:
-            raise InvalidRequest("infer shows the queries to the model: give 'image', 'text' or 'item_id', not an "
-                                 "embedding", param=f"queries[{i}].embedding")
+        check_shown_query(query, f"queries[{i}]")
 
 
 def infer_batch(selection: SelectionService, mllms: MLLMRegistry, pool: str, queries: Sequence[Query],

@@ -11,13 +11,24 @@ import math
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
 
-from exemplar.errors import Incompatible, NotFound, UpstreamError, UpstreamTimeout, choices
+from exemplar.errors import Incompatible, InvalidRequest, NotFound, UpstreamError, UpstreamTimeout, choices
 
-__all__ = ["RETRY_STATUS", "Completion", "EndpointConfig", "MLLMClient", "MLLMRegistry", "TokenLogprob", "parse_completion"]
+__all__ = [
+    "Completion",
+    "EndpointConfig",
+    "MLLMClient",
+    "MLLMRegistry",
+    "RETRY_STATUS",
+    "TokenLogprob",
+    "check_generation",
+    "parse_completion",
+    "unknown_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +176,21 @@ class MLLMClient:
         raise last
 
 
+def check_generation(max_tokens: int, temperature: float) -> None:
+    """The generation settings a request may ask of an endpoint."""
+    if not 1 <= max_tokens <= 4096:
+        raise InvalidRequest("max_tokens must be between 1 and 4096", param="max_tokens")
+    if not 0.0 <= temperature <= 2.0:
+        raise InvalidRequest("temperature must be between 0 and 2", param="temperature")
+
+
+def unknown_endpoint(name: str, endpoints: Mapping[str, Any], *, noun: str, param: str) -> NotFound:
+    """The error for a name that no configured endpoint has; it lists the configured ones. Which
+    endpoints exist is the server's configuration, as which pools exist is its data: a 404."""
+    configured = choices(endpoints) if endpoints else "none are configured (EXEMPLAR_MLLM_ENDPOINTS)"
+    return NotFound(f"unknown {noun} {name!r}; configured: {configured}", param=param)
+
+
 class MLLMRegistry:
     """The configured endpoints, each with one shared client."""
 
@@ -180,9 +206,7 @@ class MLLMRegistry:
     def get(self, name: str) -> MLLMClient:
         config = self.endpoints.get(name)
         if config is None:
-            # Which endpoints exist is the server's configuration, as which pools exist is its data: 404.
-            configured = choices(self.endpoints) if self.endpoints else "none are configured (EXEMPLAR_MLLM_ENDPOINTS)"
-            raise NotFound(f"unknown model endpoint {name!r}; configured: {configured}", param="mllm")
+            raise unknown_endpoint(name, self.endpoints, noun="model endpoint", param="mllm")
         with self._lock:
             client = self._clients.get(name)
             if client is None:

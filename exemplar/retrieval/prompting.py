@@ -13,16 +13,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exemplar.errors import Conflict, Incompatible, InvalidRequest
-from exemplar.retrieval.mllm import EndpointConfig
-from exemplar.retrieval.serving.selection import Demonstration, Query
-from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.items import sniff_image
 
-__all__ = ["DataUriCache", "DemoContent", "ImageSource", "PromptTemplate", "build_messages", "count_images", "data_uri", "demo_content", "demonstration_turns", "query_content",
-           "render"]
+if TYPE_CHECKING:  # annotations only: selection's stages build prompts, so importing it here would cycle
+    from exemplar.retrieval.mllm import EndpointConfig
+    from exemplar.retrieval.serving.selection import Demonstration, Query
+    from exemplar.retrieval.serving.snapshot import Snapshot
+
+__all__ = ["DataUriCache", "DemoContent", "ImageSource", "PromptTemplate", "build_messages", "check_shown_query",
+           "count_images", "data_uri", "demo_content", "demonstration_turns", "query_content", "render"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _LOOKS_LIKE_PLACEHOLDER = re.compile(r"\{(\w[^{}]*)\}")
@@ -148,6 +150,15 @@ class ImageSource:
         except OSError as exc:
             raise Conflict(f"the image of item {self.snap.ids[row]!r} cannot be read ({type(exc).__name__}); "
                            "its media file is missing or unreadable", param="image") from None
+
+
+def check_shown_query(query: Query, param: str) -> None:
+    """A query shown to a model must be something a model can see: an image, a text or a pool item."""
+    if query.empty:
+        raise InvalidRequest("a query shown to the model needs 'image', 'text' or 'item_id'", param=param)
+    if query.embedding is not None:
+        raise InvalidRequest("the query is shown to the model: give 'image', 'text' or 'item_id', not an embedding",
+                             param=f"{param}.embedding")
 
 
 def demo_content(snap: Snapshot, demo: Demonstration, images: ImageSource) -> DemoContent:

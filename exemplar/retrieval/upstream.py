@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from exemplar.errors import NotFound, UpstreamError, UpstreamRefused, UpstreamTimeout, choices
-from exemplar.retrieval.mllm import RETRY_STATUS, EndpointConfig
+from exemplar.errors import UpstreamError, UpstreamRefused, UpstreamTimeout
+from exemplar.retrieval.mllm import RETRY_STATUS, EndpointConfig, unknown_endpoint
 
 __all__ = ["ChatUpstream", "ChatUpstreams", "UpstreamAnswer", "UpstreamStream"]
 
@@ -178,8 +178,7 @@ class ChatUpstreams:
         if client is None:
             config = self.endpoints.get(name)
             if config is None:
-                configured = choices(self.endpoints) if self.endpoints else "none are configured (EXEMPLAR_MLLM_ENDPOINTS)"
-                raise NotFound(f"unknown model {name!r}; configured: {configured}", param="model")
+                raise unknown_endpoint(name, self.endpoints, noun="model", param="model")
             client = self._clients[name] = ChatUpstream(name, config, self._transport)
         return client
 

@@ -22,7 +22,7 @@ from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies.balanced import classes_in_scope, window_size
 from exemplar.retrieval.serving.strategies.base import SelectionOptions, Window
 from exemplar.retrieval.serving.strategies.quotas import class_window
-from exemplar.retrieval.serving.strategies.random import shuffled_prefix
+from exemplar.retrieval.serving.strategies.random import class_rankings
 
 __all__ = ["FIXED_STRATEGY", "MAX_SHUFFLE_SEED", "SHARED_MODES", "SharedMode", "check_fixed", "draw_shuffle_seed",
            "fixed_window"]
@@ -62,11 +62,9 @@ def fixed_window(snap: Snapshot, allowed: np.ndarray | None, excluded: Sequence[
     # Deep enough for the window after every query item of a class is skipped (fill may hand one
     # class every slot).
     depth = options.offset + k + len(skip)
+    # The rankings of ``random``'s k_per_class sample: the same set for the same seed.
     per_class = {}
-    for c in scope:
-        members = candidates[codes == c]
-        # The same stream per (seed, class) as ``random``'s k_per_class sample: the same set for the same seed.
-        ranking = members[shuffled_prefix(len(members), depth, np.random.default_rng([options.seed, c]))]
+    for c, ranking in class_rankings(candidates, codes, scope, options.seed, depth).items():
         if len(skip):
             ranking = ranking[~np.isin(ranking, skip)]
         per_class[c] = [(int(r), None) for r in ranking]

@@ -242,11 +242,11 @@ class SelectionService:
 
     def _check_options(self, options: SelectionOptions, strategy: Strategy) -> SelectionOptions:
         """The options with the strategy's and the stages' parameters validated, or ``InvalidRequest``."""
-        options = dataclasses.replace(
-            options, params=parse_params("strategy", strategy.name, strategy.Params, options.params, "strategy_params"),
-            stages={name: parse_params("stage", name, get_stage(name).Params, raw, name)
-                    for name, raw in options.stages.items()},
-        )
+        params = parse_params("strategy", strategy.name, strategy.Params, options.params, "strategy_params")
+        stages = {name: parse_params("stage", name, get_stage(name).Params, raw, name)
+                  for name, raw in options.stages.items()}
+        if params is not options.params or stages != options.stages:  # the hot path has neither: no copy
+            options = dataclasses.replace(options, params=params, stages=stages)
         limits = self.limits
         # k_per_class, when given, sets the window and k is not used; each is checked on its own.
         if options.k_per_class is not None and not 1 <= options.k_per_class <= limits.max_k:

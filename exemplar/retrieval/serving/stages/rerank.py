@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from exemplar.errors import Incompatible, NotFound, UpstreamTimeout
+from exemplar.retrieval.prompting import ImageSource, query_content
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.stages.base import StageContext, register_stage
 from exemplar.retrieval.serving.strategies.base import Params, Pick
@@ -133,8 +134,6 @@ class RerankStage:
 
     def _scores(self, context: StageContext, client: MLLMClient, judged: list[Pick],
                 params: RerankParams) -> list[float]:
-        from exemplar.retrieval.prompting import ImageSource, query_content  # prompting imports selection
-
         snap = context.snap
         config = client.config
         base = ("rerank", snap.pool, snap.version, client.name, config.base_url, config.model, params.question,

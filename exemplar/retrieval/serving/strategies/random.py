@@ -13,7 +13,7 @@ from exemplar.retrieval.serving.strategies.balanced import classes_in_scope, win
 from exemplar.retrieval.serving.strategies.base import Pick, SelectionOptions, Window, register_strategy
 from exemplar.retrieval.serving.strategies.quotas import class_window
 
-__all__ = ["RandomStrategy", "shuffled_prefix"]
+__all__ = ["RandomStrategy", "class_rankings", "shuffled_prefix"]
 
 
 class RandomStrategy:
@@ -65,13 +65,8 @@ class RandomStrategy:
         scope = classes_in_scope(snap, options)
         codes = snap.label_codes[candidates]
         k = window_size(options, len(scope))
-        # One shuffle per class and seed (each class its own stream, so a deeper window extends
-        # the same ranking), shared by every query; as deep as the window reaches, plus one.
-        rankings = {}
-        for c in scope:
-            members = candidates[codes == c]
-            rng = np.random.default_rng([options.seed, c])
-            rankings[c] = members[shuffled_prefix(len(members), options.offset + k + 1, rng)]
+        # Shared by every query; as deep as the window reaches, plus one (a query item that comes up).
+        rankings = class_rankings(candidates, codes, scope, options.seed, options.offset + k + 1)
         out = []
         for q, skip in enumerate(self_rows):
             per_class = {}
@@ -81,6 +76,18 @@ class RandomStrategy:
                 per_class[code] = list(zip(rows.tolist(), _scores(snap, queries, q, rows)))
             out.append(class_window(per_class, scope, options.offset, k, options.fill))
         return out
+
+
+def class_rankings(candidates: np.ndarray, codes: np.ndarray, scope: Sequence[int], seed: int,
+                   depth: int) -> dict[int, np.ndarray]:
+    """Each class's first ``depth`` candidates in a seeded shuffle: one stream per (seed, class), so
+    a deeper window extends the same ranking and one class's items do not move another's.
+    ``codes``: the label code of each of ``candidates``."""
+    rankings = {}
+    for c in scope:
+        members = candidates[codes == c]
+        rankings[c] = members[shuffled_prefix(len(members), depth, np.random.default_rng([seed, c]))]
+    return rankings
 
 
 def shuffled_prefix(n: int, m: int, rng: np.random.Generator) -> np.ndarray:

@@ -15,7 +15,7 @@ from exemplar.app.schemas.infer import (
     QueryAnswerOut,
     QueryFailureOut,
 )
-from exemplar.app.schemas.select import DemonstrationOut
+from exemplar.app.routes.select import demonstration_out
 from exemplar.app.schemas.select import vector_errors
 from exemplar.app.services import QUERY, InferDep
 from exemplar.retrieval.infer import InferOptions, InferRound
@@ -67,7 +67,7 @@ def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchI
     return BatchInferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,
         mllm=result.mllm, shared=result.shared, shuffle_seed=body.shuffle_seed,
-        demonstrations=[DemonstrationOut.model_construct(**vars(d)) for d in result.demonstrations],
+        demonstrations=[demonstration_out(d) for d in result.demonstrations],
         shortfall=result.shortfall,
         results=[QueryAnswerOut(index=a.index, call=a.call, answer=a.answer, error=_failure_out(a.error))
                  for a in result.answers],

@@ -414,10 +414,13 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
 @click.option("--no-images", is_flag=True, help="With --mllm: show texts only.")
 @click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True,
               help="With --mllm: model calls in flight at most.")
+@click.option("--fusion", type=click.FloatRange(0, 1), default=None, metavar="IMAGE_WEIGHT",
+              help="Image+text pools: select by IMAGE_WEIGHT * cos(image) + (1 - IMAGE_WEIGHT) * cos(text), as a "
+              "request's 'fusion' does, instead of the fused vector.")
 def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int | None, resamples: int,
              seed: int, params: tuple[str, ...], as_json: bool, mllm: str | None, label_arms: str,
              label_arm_strategy: str | None, instruction: str | None, system: str | None, no_images: bool,
-             concurrency: int) -> None:
+             concurrency: int, fusion: float | None) -> None:
     """Leave-one-domain-out selection quality of each strategy on POOL, and with --mllm the downstream
     model's answer accuracy (see docs/methods.md)."""
     settings = _settings(data_dir=data_dir)
@@ -432,16 +435,22 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_quer
     specs = [s.strip() for s in strategies.split(",") if s.strip()]
     services = build_services(settings)
     try:
+        snap = services.snapshots.snapshot(pool)
+        if fusion is not None:
+            from exemplar.retrieval.serving.fusion import check_fusion
+
+            check_fusion(snap)
+            snap = snap.in_fused_space((fusion, 1.0 - fusion))
         if mllm is None:
             report = evaluate_lodo(
-                services.snapshots.snapshot(pool), strategies=specs, k=k,
+                snap, strategies=specs, k=k,
                 trainer=CCITrainer(settings.device), adapter_params=_adapter_params(params),
                 max_queries_per_domain=max_queries or 500, resamples=resamples, seed=seed,
             )
             click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
             return
         model_report = evaluate_with_model(
-            services.snapshots.snapshot(pool), services.mllms.get(mllm), strategies=specs,
+            snap, services.mllms.get(mllm), strategies=specs,
             label_arms=[parse_demo_labels(a.strip(), "label-arms") for a in label_arms.split(",") if a.strip()],
             label_arm_strategy=label_arm_strategy, k=k, trainer=CCITrainer(settings.device),
             adapter_params=_adapter_params(params), max_queries_per_domain=max_queries or 50, resamples=resamples,

@@ -18,6 +18,7 @@ import numpy as np
 
 from exemplar.retrieval import BuildSpec, NewItem
 from exemplar.retrieval.store.items import ItemError
+from exemplar.retrieval.store.modalities import empty_vectors
 from exemplar.retrieval.ports import Encoder
 
 __all__ = ["EncoderActor", "RayShardEncoder", "RayStage"]
@@ -54,8 +55,8 @@ class EncoderActor:
                                  embedding=None if embedding is None else np.asarray(embedding)))
         vectors, kept, errors = embed_items(self.encoder, self.embed, items, precomputed=self.precomputed,
                                             batch_size=len(items) or 1)
-        n, dim = len(items), self.encoder.dim
-        out = np.zeros((n, dim), np.float32)
+        n = len(items)
+        out = np.zeros((n, *vectors.shape[1:]), np.float32)  # (n, 3, dim) where both modalities are kept
         out[kept] = vectors
         ok = np.zeros(n, bool)
         ok[kept] = True
@@ -66,8 +67,10 @@ class EncoderActor:
 
 
 class RayShardEncoder:
-    def __init__(self, stage: "RayStage", spec: str, embed: str, precomputed: bool, batch_size: int) -> None:
+    def __init__(self, stage: "RayStage", spec: str, embed: str, precomputed: bool, batch_size: int, *,
+                 dim: int) -> None:
         self.stage = stage
+        self.dim = dim
         self.spec = spec
         self.embed = embed
         self.precomputed = precomputed
@@ -93,7 +96,8 @@ class RayShardEncoder:
         )
         results = sorted(dataset.take_all(), key=lambda r: int(r["idx"]))
         kept = [int(r["idx"]) for r in results if r["ok"]]
-        vectors = np.asarray([r["vector"] for r in results if r["ok"]], dtype=np.float32).reshape(len(kept), -1)
+        shape = empty_vectors(self.dim, self.embed, precomputed=self.precomputed).shape[1:]
+        vectors = np.asarray([r["vector"] for r in results if r["ok"]], dtype=np.float32).reshape(len(kept), *shape)
         errors = [ItemError(**json.loads(r["error"])) for r in results if not r["ok"]]
         for err, r in zip(errors, [r for r in results if not r["ok"]]):
             object.__setattr__(err, "index", int(r["idx"]))
@@ -121,4 +125,4 @@ class RayStage:
             ray.data.DataContext.get_current().enable_progress_bars = False
 
     def __call__(self, encoder: Encoder, embed: str, precomputed: bool, spec: BuildSpec) -> RayShardEncoder:
-        return RayShardEncoder(self, encoder.spec, embed, precomputed, spec.batch_size)
+        return RayShardEncoder(self, encoder.spec, embed, precomputed, spec.batch_size, dim=encoder.dim)

@@ -39,6 +39,7 @@ __all__ = [
     "DemonstrationOut",
     "DiversityParams",
     "ErrorBody",
+    "FusionIn",
     "HealthStatus",
     "InferDemonstrationOut",
     "InferRequest",
@@ -230,6 +231,13 @@ class SearchIn(_Request):
     nprobe: Optional[int] = None
 
 
+class FusionIn(_Request):
+    """Image+text pools: weights of the image and the text similarity (scaled to sum to 1)."""
+
+    image: Optional[float] = None
+    text: Optional[float] = None
+
+
 class DiversityParams(_Request):
     """The diversity stage: MMR over the strategy's first ``depth`` candidates, near-duplicates removed.
     ``lam`` is sent as ``lambda`` (a Python keyword)."""
@@ -263,6 +271,7 @@ class _SelectionFields(_Request):
     fill: Optional[bool] = None
     search: Optional[SearchIn] = None
     strategy_params: Optional[Dict[str, Any]] = None
+    fusion: Optional[FusionIn] = None
     diversity: Optional[DiversityParams] = None
     rerank: Optional[RerankParams] = None
 
@@ -669,6 +678,7 @@ SERVER_SCHEMAS: Dict[type, str] = {
     ItemsDeleted: "ItemsDeleted",
     QueryIn: "QueryIn",
     SearchIn: "SearchIn",
+    FusionIn: "FusionIn",
     SelectRequest: "SelectRequest",
     BatchSelectRequest: "BatchSelectRequest",
     DemonstrationOut: "DemonstrationOut",

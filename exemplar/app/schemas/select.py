@@ -197,6 +197,34 @@ class SearchIn(StrictModel):
         return Effort(exact=self.recall == "exact", scale=0.5 if self.recall == "fast" else 1.0, nprobe=self.nprobe)
 
 
+_NO_DEFAULT = {"json_schema_extra": lambda schema: schema.pop("default", None)}
+
+
+class FusionIn(StrictModel):
+    """Weights of the image and the text similarity, for pools created with embed 'image+text'."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "minProperties": 1,
+        "not": {"properties": {"image": {"const": 0}, "text": {"const": 0}}, "required": ["image", "text"]},
+    })
+
+    # Typed float with no default in the document: null is refused, a missing weight is 1 - the other.
+    image: float = Field(None, ge=0, le=1, description="Weight of cos(query image, item image); default 1 - text.",
+                         **_NO_DEFAULT)  # type: ignore[arg-type, assignment]
+    text: float = Field(None, ge=0, le=1, description="Weight of cos(query text, item text); default 1 - image.",
+                        **_NO_DEFAULT)  # type: ignore[arg-type, assignment]
+
+    def weights(self) -> tuple[float, float]:
+        """``(image, text)`` scaled to sum to 1."""
+        if self.image is None and self.text is None:
+            raise InvalidRequest("fusion needs an 'image' weight, a 'text' weight or both", param="fusion")
+        image = 1.0 - self.text if self.image is None else self.image
+        text = 1.0 - self.image if self.text is None else self.text
+        if image + text <= 0:
+            raise InvalidRequest("fusion's weights are both 0: give one above 0", param="fusion")
+        return image / (image + text), text / (image + text)
+
+
 def _strategy_params_doc() -> str:
     described = []
     for name in list_strategies():
@@ -237,6 +265,12 @@ class SelectionFieldsIn(_StagesIn):  # type: ignore[misc, valid-type]
     search: SearchIn = Field(default_factory=lambda: SearchIn(), description="How hard the index searches: "
                              "speed against recall, per request.")
     strategy_params: dict[str, Any] | None = Field(None, description=_strategy_params_doc())
+    fusion: FusionIn | None = Field(
+        None, description="Image+text pools: rank by image_weight * cos(image) + text_weight * cos(text) "
+        "(VideoICL's alpha-weighted similarity) instead of the fused vector; weights scaled to sum to 1. A query "
+        "with an image and a text (or an item_id) uses both; an image-only or text-only query its own modality. "
+        "An exact scan of the pool's stored image and text vectors; not with 'invariant' or an 'embedding' query.",
+    )
 
     def selection_options(self, *, k: int | None, k_per_class: int | None = None) -> SelectionOptions:
         """The one mapping from the wire to the core's options."""
@@ -253,6 +287,7 @@ class SelectionFieldsIn(_StagesIn):  # type: ignore[misc, valid-type]
             invariant_base=self.invariant_base, fill=self.fill, effort=self.search.effort(),
             params=self.strategy_params,
             stages={name: params for name, params in stages.items() if params is not None},
+            fusion=self.fusion.weights() if self.fusion is not None else None,
         )
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from exemplar.errors import Conflict, InvalidRequest, NotFound
 from exemplar.retrieval.store.catalog import ItemRow, PoolRecord
 from exemplar.retrieval.store.files import write_bytes_atomic
+from exemplar.retrieval.store.modalities import empty_vectors
 from exemplar.retrieval.store.items import (
     NO_EMBEDDING,
     ItemError,
@@ -153,7 +154,8 @@ class LocalShardEncoder:
             parts.append(encode_prepared(self.encoder, self.embed, items, prepared))
             kept.extend(prepared.kept)
             errors.extend(batch_errors[i])
-        vectors = np.concatenate(parts) if parts else np.empty((0, self.encoder.dim), np.float32)
+        vectors = np.concatenate(parts) if parts else empty_vectors(self.encoder.dim, self.embed,
+                                                                     precomputed=self.precomputed)
         return vectors, kept, errors
 
 
@@ -331,7 +333,7 @@ class BuildRunner:
         version = None
         index_stats: dict[str, Any] = {}
         if rows or spec.mode == "replace":
-            matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
+            matrix = np.concatenate(parts) if parts else empty_vectors(encoder.dim, pool.embed, precomputed=precomputed)
             version = self.store.write(pool, rows, matrix, bases=self.snapshots, source=str(source),
                                        replace_all=spec.mode == "replace",
                                        index_spec=spec.index)
@@ -363,7 +365,8 @@ class BuildRunner:
             seen.add(item.id)
             items.append(item)
             lines.append(line)
-        vectors, kept, item_errors = stage.encode(items) if items else (np.empty((0, dim), np.float32), [], [])
+        none = empty_vectors(dim, pool.embed, precomputed=pool.encoder.startswith("precomputed:"))
+        vectors, kept, item_errors = stage.encode(items) if items else (none, [], [])
         for err in item_errors:
             shard_errors.append(RowError(lines[err.index], err.item_id, err.message))
             seen.discard(items[err.index].id)

@@ -20,6 +20,7 @@ from exemplar.retrieval.serving.composite import (
     SegmentedIndex,
     SegmentedVectors,
 )
+from exemplar.retrieval.serving.fusion import ModalityVectors
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.catalog import Catalog, PoolRecord
 from exemplar.retrieval.store.manifest import Manifest, legacy_manifest
@@ -136,14 +137,33 @@ def compose(pool: PoolRecord, version: int, manifest: Manifest, space: RowSpace,
                                    [p.segment.vectors for p in parts], segment_labels)
     adapter = (_adapter_view(files, pool.id, adapter_id, space, labels, label_parts, segment_labels)
                if adapter_id is not None else None)
+    modalities = _modality_vectors(space, pool.dim, labels, label_parts, segment_labels)
     return Snapshot(
         pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, uids=uids,
         ids=ItemColumn(space, "item_id"), texts=ItemColumn(space, "text"), images=ItemColumn(space, "image"),
         media_roots=ItemColumn(space, "media_root"), metadata=ItemColumn(space, "metadata"),
         label_codes=label_codes, labels=labels, domain_codes=domain_codes, domains=domains,
         row_of=IdLookup(space), revision=revision, adapter=adapter, media_dir=files.media_dir(pool.id),
-        classes=classes, manifest=manifest, space=space,
+        classes=classes, manifest=manifest, space=space, modalities=modalities,
     )
+
+
+def _modality_vectors(space: RowSpace, dim: int, labels: Sequence[str], label_parts: Sequence[np.ndarray],
+                      segment_labels: Sequence[Sequence[str]]) -> ModalityVectors | None:
+    """The image and text vectors of every live row, or None when a segment lacks them (a pool of
+    one modality, or a segment written before they were kept): scanned exactly, class by class too."""
+    matrices = [p.segment.modality_vectors() for p in space.parts]
+    if not matrices or any(m is None for m in matrices):
+        return None
+    width = 2 * dim
+    if len(space.parts) == 1 and space.parts[0].live is None:
+        vectors: Any = matrices[0]
+        index: Any = ExactIndex(matrices[0])  # type: ignore[arg-type]
+    else:
+        vectors = SegmentedVectors(space, matrices, width)  # type: ignore[arg-type]
+        index = SegmentedIndex(space, [ExactIndex(m) for m in matrices])  # type: ignore[arg-type]
+    return ModalityVectors(vectors=vectors, index=index, dim=dim, make_classes=lambda: SegmentedClasses(
+        space, labels, label_parts, [None] * len(matrices), matrices, segment_labels))  # type: ignore[arg-type]
 
 
 def _adapter_view(files: VersionFiles, pool_id: int, adapter_id: int, space: RowSpace, labels: Sequence[str],

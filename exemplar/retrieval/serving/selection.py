@@ -17,6 +17,7 @@ from exemplar.retrieval.store.items import check_vector, unit_rows
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.composite import ItemColumn
+from exemplar.retrieval.serving.fusion import check_fusion, fused_queries
 from exemplar.retrieval.serving.manyicl import MAX_SHUFFLE_SEED, SHARED_MODES, SharedMode, check_fixed, fixed_window
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
@@ -189,7 +190,11 @@ class SelectionService:
                     param="k_per_class",
                 )
         allowed = self._allowed(snap, options)
-        vectors, self_rows = self._embed(snap, queries, strategy.needs_query, param_prefix)
+        if options.fusion is not None:
+            check_fusion(snap)
+        vectors, self_rows, weights = self._embed(snap, queries, strategy.needs_query, param_prefix, options.fusion)
+        if weights is not None:
+            snap = snap.in_fused_space(weights)
         encode_ms = round((time.perf_counter() - started) * 1000, 3)
         return Prepared(snap, strategy, vectors, self_rows, allowed, encode_ms, tuple(queries))
 
@@ -280,8 +285,11 @@ class SelectionService:
         return mask
 
     def _embed(
-        self, snap: Snapshot, queries: Sequence[Query], needs_query: bool, prefix: str
-    ) -> tuple[np.ndarray | None, list[int | None]]:
+        self, snap: Snapshot, queries: Sequence[Query], needs_query: bool, prefix: str,
+        fusion: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray | None, list[int | None], tuple[float, float] | None]:
+        """The query vectors, each query item's row, and with ``fusion`` the weights the queries'
+        modalities leave (the vectors are then in the fused view, ``serving/fusion.py``)."""
         def param(i: int, field: str | None = None) -> str:
             # A list of queries is named by position ("queries[3]"); one query by its own name
             # ("query", or where a request carries it, e.g. "exemplar.query").
@@ -289,7 +297,7 @@ class SelectionService:
             return f"{base}.{field}" if field else base
 
         if all(q.empty for q in queries) and not needs_query:
-            return None, [None] * len(queries)
+            return None, [None] * len(queries), None
         vectors = np.zeros((len(queries), snap.dim), np.float32)
         self_rows: list[int | None] = [None] * len(queries)
         images: list[tuple[int, bytes]] = []
@@ -308,6 +316,9 @@ class SelectionService:
                     raise NotFound(f"item {q.item_id!r} is not in version {snap.version} of pool {snap.pool!r}", param=param(i, "item_id"))
                 vectors[i] = snap.vectors[row]
                 self_rows[i] = row
+            elif q.embedding is not None and fusion is not None:
+                raise InvalidRequest("fusion weighs a query's image and text vectors: give an 'image', a 'text', "
+                                     "both, or an 'item_id' instead of an 'embedding'", param=param(i, "embedding"))
             elif q.embedding is not None:
                 unit = units.get(i)
                 vectors[i] = unit if unit is not None else check_vector(q.embedding, snap.dim, param=param(i, "embedding"))
@@ -324,19 +335,26 @@ class SelectionService:
                     if not q.text.strip():
                         raise InvalidRequest("query text is empty", param=param(i, "text"))
                     texts.append((i, q.text))
+        image_vectors = text_vectors = None
         if images:
             assert encoder is not None
-            encoded = encoder.encode_preprocessed([img for _, img in images])
-            vectors[[i for i, _ in images]] += encoded
+            image_vectors = encoder.encode_preprocessed([img for _, img in images])
         if texts:
             assert encoder is not None
             try:
-                encoded = encoder.encode_texts([t for _, t in texts])
+                text_vectors = encoder.encode_texts([t for _, t in texts])
             except InvalidRequest as exc:
                 exc.param = param(texts[0][0], "text")
                 raise
-            vectors[[i for i, _ in texts]] += encoded
-        return normalize(vectors), self_rows
+        if fusion is not None:
+            fused, weights = fused_queries(snap, self_rows, [i for i, _ in images], image_vectors,
+                                           [i for i, _ in texts], text_vectors, fusion)
+            return fused, self_rows, weights
+        if image_vectors is not None:
+            vectors[[i for i, _ in images]] += image_vectors
+        if text_vectors is not None:
+            vectors[[i for i, _ in texts]] += text_vectors
+        return normalize(vectors), self_rows, None
 
 
 def _unit_vectors(queries: Sequence[Query], dim: int) -> dict[int, np.ndarray]:

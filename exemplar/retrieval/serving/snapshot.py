@@ -15,6 +15,7 @@ from exemplar.retrieval.adapt.adapters import AdapterView
 
 if TYPE_CHECKING:
     from exemplar.retrieval.serving.composite import RowSpace
+    from exemplar.retrieval.serving.fusion import ModalityVectors
     from exemplar.retrieval.store.manifest import Manifest
 
 __all__ = ["Snapshot", "label_codes_of"]
@@ -60,6 +61,8 @@ class Snapshot:
     classes: Any = None
     manifest: Manifest | None = None
     space: RowSpace | None = None
+    # An image+text pool's image and text vectors (every segment keeps them): requests with fusion
+    modalities: ModalityVectors | None = None
 
     def image_root(self, row: int) -> Path | None:
         root = self.media_roots[row]
@@ -73,6 +76,14 @@ class Snapshot:
             raise Conflict(f"version {self.version} of pool {self.pool!r} has no adapter")
         return dataclasses.replace(self, vectors=self.adapter.vectors, index=self.adapter.index,
                                    classes=self.adapter.class_search(self.label_codes, len(self.labels)))
+
+    def in_fused_space(self, weights: tuple[float, float]) -> "Snapshot":
+        """The same items seen by ``weights[0] * cos(image) + weights[1] * cos(text)`` (``fusion.py``);
+        the caller checks that the version keeps both modalities."""
+        if self.modalities is None:
+            raise Conflict(f"version {self.version} of pool {self.pool!r} keeps no per-modality vectors")
+        vectors, index, classes = self.modalities.weighted(weights)
+        return dataclasses.replace(self, vectors=vectors, index=index, classes=classes, adapter=None)
 
     @property
     def size(self) -> int:

@@ -98,7 +98,7 @@ def _live_rows(segment: LoadedSegment, deleted: np.ndarray) -> np.ndarray:
 
 
 def _merged(segments: Sequence[LoadedSegment], live: Sequence[np.ndarray], adapter_ids: Sequence[int]
-            ) -> tuple[list[ItemRow], np.ndarray, dict[int, np.ndarray]]:
+            ) -> tuple[list[ItemRow], np.ndarray, dict[int, np.ndarray], np.ndarray | None]:
     rows: list[ItemRow] = []
     for segment, keep in zip(segments, live):
         indices = pa.array(keep, pa.int64())
@@ -112,7 +112,11 @@ def _merged(segments: Sequence[LoadedSegment], live: Sequence[np.ndarray], adapt
         matrices = [s.adapter_vectors(adapter_id) for s in segments]
         if all(m is not None for m in matrices):
             adapted[adapter_id] = np.concatenate([np.asarray(m[k]) for m, k in zip(matrices, live)])  # type: ignore[index]
-    return rows, vectors, adapted
+    # Both modality vectors survive a merge only where every merged segment kept them.
+    modal = [s.modality_vectors() for s in segments]
+    modalities = (np.concatenate([np.asarray(m[k]) for m, k in zip(modal, live)])  # type: ignore[index]
+                  if live and all(m is not None for m in modal) else None)
+    return rows, vectors, adapted, modalities
 
 
 def compact(
@@ -153,11 +157,12 @@ def compact(
     # The adapter the manifest carries, and one trained on this very version, both need the merged rows.
     trained = catalog.adapter(pool.id, version)
     adapter_ids = sorted({a for a in (base.adapter, trained.id if trained else None) if a is not None})
-    rows, vectors, adapted = _merged(segments, live, adapter_ids)
+    rows, vectors, adapted, modalities = _merged(segments, live, adapter_ids)
     check()
     name = new_name()
     write_segment(segment_dir(name), rows, vectors.reshape(len(rows), pool.dim), index_spec=pool.index,
-                  policy=index_policy, adapters={a: (lambda _v, m=m: m) for a, m in adapted.items()})
+                  policy=index_policy, adapters={a: (lambda _v, m=m: m) for a, m in adapted.items()},
+                  modalities=modalities)
     offsets = np.cumsum([0] + [len(k) for k in live])
     merged_names = [e.name for e in entries]
     for _ in range(attempts):

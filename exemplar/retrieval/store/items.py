@@ -15,7 +15,9 @@ import numpy as np
 
 from exemplar.errors import ExemplarError, Incompatible, InvalidImage, InvalidRequest, UnsupportedQuery
 from exemplar.retrieval.ports import Encoder
+from exemplar.retrieval.index.vectors import normalize
 from exemplar.retrieval.store.catalog import ItemRow
+from exemplar.retrieval.store.modalities import empty_vectors, stack_modalities
 
 __all__ = [
     "EMBED_MODES",
@@ -341,17 +343,18 @@ def prepare_items(
 
 
 def encode_prepared(encoder: Encoder, embed: str, items: Sequence[NewItem], prepared: DecodedItems) -> np.ndarray:
+    """``(n, dim)`` unit rows; for ``image+text`` pools ``(n, 3, dim)``: the fused row (the mean
+    direction of the two unit vectors) with the image and text vectors (``store/modalities.py``)."""
     modalities = _modalities(embed)
     if not prepared.kept:
-        return np.empty((0, encoder.dim), np.float32)
-    combined = np.zeros((len(prepared.kept), encoder.dim), np.float32)
-    if "image" in modalities:
-        combined += encoder.encode_preprocessed(prepared.images)
-    if "text" in modalities:
-        combined += encoder.encode_texts([items[i].text or "" for i in prepared.kept])
-    # image+text: the mean direction of the two unit vectors.
-    norms = np.linalg.norm(combined, axis=1, keepdims=True)
-    return (combined / np.maximum(norms, 1e-12)).astype(np.float32)
+        return empty_vectors(encoder.dim, embed)
+    image = encoder.encode_preprocessed(prepared.images) if "image" in modalities else None
+    text = encoder.encode_texts([items[i].text or "" for i in prepared.kept]) if "text" in modalities else None
+    if image is not None and text is not None:
+        return stack_modalities(image, text)
+    single = image if image is not None else text
+    assert single is not None  # EMBED_MODES name at least one modality
+    return normalize(single)
 
 
 def embed_items(
@@ -379,7 +382,7 @@ def embed_items(
             chunk_kept, vectors = prepared.kept, encode_prepared(encoder, embed, items, prepared)
         kept.extend(chunk_kept)
         parts.append(vectors)
-    matrix = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
+    matrix = np.concatenate(parts) if parts else empty_vectors(encoder.dim, embed, precomputed=precomputed)
     return matrix, kept, errors
 
 

@@ -12,6 +12,8 @@ index.faiss    an ANN index over vectors.npy, only when the segment is large eno
 classes/       per-class search of large segments: the class lists of ``index.faiss`` when it is an
                IVF over codes partitioned by class (``PartitionedClasses``), else one index per
                class (``ClassIndexes``)
+modalities.npy (n, 2 * dim) float32: the image and the text vector of each row side by side, in
+               ``image+text`` pools only (``store/modalities.py``; requests with ``fusion``)
 adapters/<id>/vectors.npy   the rows mapped through adapter ``id``
 adapters/<id>/index/        the same kind of index over those rows (``index.faiss``, ``classes/``,
                ``index.json``), only when the segment has an index: ``invariant`` searches the
@@ -69,6 +71,7 @@ IDS = "ids.npy"
 INDEX = "index.faiss"
 CLASSES = "classes"
 META = "segment.json"
+MODALITY_VECTORS = "modalities.npy"
 ADAPTERS = "adapters"
 ADAPTER_INDEX = "index"  # adapters/<id>/index/: the adapter space's index, published as one folder
 ADAPTER_INDEX_META = "index.json"
@@ -118,12 +121,16 @@ def write_segment(
     folder: Path, rows: Sequence[ItemRow], vectors: np.ndarray, *, index_spec: str,
     policy: AutoIndexPolicy, build_requested: bool = False,
     adapters: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None,
+    modalities: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write a segment durably at ``folder`` (through a staging folder beside it); returns its
-    stats. Its index follows ``needs_index``; the rows of an adapter are written mapped through it."""
+    stats. Its index follows ``needs_index``; the rows of an adapter are written mapped through it;
+    ``modalities`` (an ``image+text`` pool's image and text vectors, ``(n, 2 * dim)``) beside them."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     with staged_dir(folder) as staging:
         np.save(staging / VECTORS, vectors, allow_pickle=False)
+        if modalities is not None:
+            np.save(staging / MODALITY_VECTORS, np.ascontiguousarray(modalities, dtype=np.float32), allow_pickle=False)
         uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
         np.save(staging / UIDS, uids, allow_pickle=False)
         columns = [pa.array(uids, pa.int64())] + [
@@ -263,6 +270,7 @@ class LoadedSegment:
     classes: ClassSearch | None  # None: class rows are scanned exactly
     stats: dict[str, Any]
     _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    _modalities: np.ndarray | None = None
     _adapter_indexes: dict[int, tuple[VectorIndex, ClassSearch] | None] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _index_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -270,6 +278,17 @@ class LoadedSegment:
     @property
     def size(self) -> int:
         return len(self.uids)
+
+    def modality_vectors(self) -> np.ndarray | None:
+        """The image and text vectors side by side, ``(n, 2 * dim)``, memory-mapped; None where the
+        segment has none (a pool of one modality, or written before they were kept)."""
+        with self._lock:
+            if self._modalities is None:
+                path = self.folder / MODALITY_VECTORS
+                if not path.is_file():
+                    return None
+                self._modalities = np.load(path, mmap_mode="r", allow_pickle=False)
+            return self._modalities
 
     def adapter_vectors(self, adapter_id: int) -> np.ndarray | None:
         with self._lock:

@@ -21,6 +21,7 @@ from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.store.catalog import Catalog, ItemRow, PoolRecord, StaleBase
 from exemplar.retrieval.store.files import write_npy_atomic
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry, legacy_manifest
+from exemplar.retrieval.store.modalities import split_vectors
 from exemplar.retrieval.store.segments import write_segment
 
 if TYPE_CHECKING:  # a write reads its base version as served; the store does not build snapshots
@@ -117,7 +118,7 @@ def write_version(
             ItemRow(first_uid + i, r.item_id, r.label, r.text, r.image, r.media_root, r.domain, r.metadata)
             for i, r in enumerate(new_rows)
         ]
-        vectors = np.ascontiguousarray(new_vectors, dtype=np.float32).reshape(len(rows), pool.dim)
+        vectors, modalities = split_vectors(new_vectors, pool.dim, len(rows))
         on_top = base is not None and not replace_all
         entries: list[SegmentEntry] = list(base.manifest.segments) if on_top and base.manifest else []
         removed: list[tuple[str | None, str | None]] = []
@@ -137,6 +138,7 @@ def write_version(
                 folder, rows, vectors, index_spec=index_spec or pool.index, policy=index_policy,
                 build_requested=replace_all or base is None,
                 adapters={adapter.adapter_id: adapter.adapter.apply} if adapter is not None else None,
+                modalities=modalities,
             )
             entries.append(SegmentEntry(name=name, rows=len(rows)))
         manifest = Manifest(tuple(entries), adapter.adapter_id if adapter is not None else None)

@@ -165,3 +165,27 @@ def test_compact_from_the_command_line(runner: CliRunner, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     merges = json.loads(result.stdout)["merges"]
     assert merges and merges[0]["purged"] == 3 and merges[0]["rows"] == 9
+
+
+def test_eval_with_fusion_weighs_the_modalities(runner: CliRunner, tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    manifest = runner.invoke(main, ["sample", "shapes", str(tmp_path / "shapes"), "--per-class", "4"]).stdout.strip()
+    built = runner.invoke(main, ["build", "it", manifest, "--encoder", "open_clip:exemplar-tiny", "--embed", "image+text",
+                                 "--data-dir", data])
+    assert built.exit_code == 0, built.output
+
+    def precision(*extra: str) -> float:
+        result = runner.invoke(main, ["eval", "it", "--data-dir", data, "--json", "--resamples", "50",
+                                      "--strategies", "topk", *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["metrics"]["topk"]["precision_at_k"]["mean"]
+
+    # The sample's captions name the class ("a circle imaged at site-a") and differ from the query's
+    # only in the site, so text alone beats the images of another site: the weights move the figure.
+    assert precision("--fusion", "0") > precision("--fusion", "1")
+    bad = runner.invoke(main, ["eval", "it", "--data-dir", data, "--fusion", "1.5"])
+    assert bad.exit_code == 2
+    plain = runner.invoke(main, ["build", "img", manifest, "--encoder", "open_clip:exemplar-tiny", "--data-dir", data])
+    assert plain.exit_code == 0, plain.output
+    refused = runner.invoke(main, ["eval", "img", "--data-dir", data, "--fusion", "0.5", "--strategies", "topk"])
+    assert refused.exit_code != 0 and "fusion" in refused.output

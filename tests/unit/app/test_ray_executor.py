@@ -29,12 +29,14 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_build_equals_local_build(ray_local, pools: PoolService, tmp_path: Path) -> None:
+@pytest.mark.parametrize("embed", ["image", "image+text"])
+def test_ray_build_equals_local_build(ray_local, pools: PoolService, tmp_path: Path, embed: str) -> None:
     manifest = generate_shapes(tmp_path / "src", per_class_per_domain=3)
     lines = manifest.read_text().splitlines()
-    manifest.write_text("\n".join(lines + ['{"id": "broken", "image": "images/missing.png", "label": "circle"}']) + "\n")
-    pools.create(name="local", encoder="open_clip:exemplar-tiny")
-    pools.create(name="ray", encoder="open_clip:exemplar-tiny")
+    broken = '{"id": "broken", "image": "images/missing.png", "label": "circle", "text": "a circle"}'
+    manifest.write_text("\n".join(lines + [broken]) + "\n")
+    pools.create(name="local", encoder="open_clip:exemplar-tiny", embed=embed)
+    pools.create(name="ray", encoder="open_clip:exemplar-tiny", embed=embed)
     local = build_pool(pools.store, pools.snapshots, pools.encoders, "local", manifest, shard_size=16)
     spec = BuildSpec(pool="ray", source=str(manifest), shard_size=16, batch_size=8)
     report = BuildRunner(pools.store, pools.snapshots, pools.encoders, spec, tmp_path / "work", RayStage(actors=2, device="cpu")).run(_Quiet())
@@ -43,3 +45,6 @@ def test_ray_build_equals_local_build(ray_local, pools: PoolService, tmp_path: P
     a, b = pools.snapshots.snapshot("local"), pools.snapshots.snapshot("ray")
     assert a.ids == b.ids
     np.testing.assert_allclose(np.asarray(a.vectors), np.asarray(b.vectors), atol=1e-5)
+    if embed == "image+text":  # both modality vectors come back from the actors too
+        assert a.modalities is not None and b.modalities is not None
+        np.testing.assert_allclose(np.asarray(a.modalities.vectors), np.asarray(b.modalities.vectors), atol=1e-5)

@@ -258,3 +258,48 @@ def test_shared_true_is_still_the_mean_set(client: TestClient, pool) -> None:
 def test_bad_shared_requests(client: TestClient, pool, body, param) -> None:
     r = client.post("/v1/pools/v/select/batch", json={"queries": [{"item_id": "v0001"}], "k": 4, **body})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def _fused_pool(client: TestClient) -> None:
+    from tests.helpers import png_b64
+
+    assert client.post("/v1/pools", json={"name": "it", "encoder": "open_clip:exemplar-tiny",
+                                          "embed": "image+text"}).status_code == 201
+    items = [{"id": f"i{n}", "label": "ab"[n % 2], "text": f"caption {n}", "image": png_b64(colour)}
+             for n, colour in enumerate([(200, 10, 10), (10, 200, 10), (10, 10, 200), (120, 120, 0)])]
+    assert client.post("/v1/pools/it/items", json={"items": items}).status_code == 201
+
+
+def test_fusion_over_http(client: TestClient) -> None:
+    from tests.helpers import png_b64
+
+    _fused_pool(client)
+    query = {"image": png_b64((190, 20, 20)), "text": "caption 2"}
+    image_only = client.post("/v1/pools/it/select", json={"query": query, "k": 4, "fusion": {"image": 1}}).json()
+    text_only = client.post("/v1/pools/it/select", json={"query": query, "k": 4, "fusion": {"text": 1}}).json()
+    both = client.post("/v1/pools/it/select", json={"query": query, "k": 4, "fusion": {"image": 0.5, "text": 0.5}}).json()
+    score = {name: {d["id"]: d["score"] for d in r["demonstrations"]}
+             for name, r in (("image", image_only), ("text", text_only), ("both", both))}
+    assert text_only["demonstrations"][0]["id"] == "i2"  # its own caption
+    for item in score["both"]:  # weights 0.5/0.5: the mean of the two single-modality scores
+        assert abs(score["both"][item] - (score["image"][item] + score["text"][item]) / 2) < 1e-5
+    same = client.post("/v1/pools/it/select", json={"query": query, "k": 4, "fusion": {"image": 2e-1, "text": 2e-1}})
+    assert [d["score"] for d in same.json()["demonstrations"]] == [d["score"] for d in both["demonstrations"]]
+
+
+@pytest.mark.parametrize(("fusion", "param"), [
+    ({}, "fusion"), ({"image": 0, "text": 0}, "fusion"), ({"image": 1.5}, "fusion.image"),
+    ({"image": None}, "fusion.image"), ({"alpha": 0.5}, "fusion.alpha"),
+])
+def test_bad_fusion(client: TestClient, fusion, param) -> None:
+    from tests.helpers import png_b64
+
+    _fused_pool(client)
+    response = client.post("/v1/pools/it/select", json={"query": {"image": png_b64()}, "k": 2, "fusion": fusion})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_fusion_on_a_pool_of_one_modality_is_a_conflict(client: TestClient, pool) -> None:
+    response = client.post("/v1/pools/v/select", json={"query": {"item_id": "v0000"}, "k": 2,
+                                                             "fusion": {"image": 0.5}})
+    assert response.status_code == 409 and response.json()["error"]["param"] == "fusion"

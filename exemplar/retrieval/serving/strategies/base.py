@@ -59,6 +59,8 @@ class SelectionOptions:
     params: Any = None
     # Pipeline stages after the strategy, by name: each stage's ``Params`` (or the request's mapping).
     stages: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Modality weighting for image+text pools: (image, text) weights summing to 1 (``serving/fusion.py``).
+    fusion: tuple[float, float] | None = None
 
 
 def _takes_int(annotation: object) -> bool:

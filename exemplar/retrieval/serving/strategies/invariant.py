@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from exemplar.errors import InvalidRequest
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies.base import (
@@ -47,6 +48,10 @@ class Invariant:
         return chosen or options.invariant_base
 
     def check(self, options: SelectionOptions) -> None:
+        if options.fusion is not None:
+            raise InvalidRequest("strategy 'invariant' ranks in its adapter's space, which maps one vector per item: "
+                                 "fusion weighs the image and text spaces of 'topk', 'balanced' and 'random'",
+                                 param="fusion")
         if self.base(options) == "topk":
             refuse_k_per_class(self.name, options, "with invariant_base 'topk' it selects the k nearest items "
                                                    "overall in the adapter space")

@@ -6,6 +6,11 @@ batch shows the same demonstrations. A batch longer than ``queries_per_call`` is
 calls, in order. Each query gets its answer or its own failure: a line that is missing, empty,
 unparseable or given twice with different answers fails that query only; a call the endpoint fails
 fails its queries only, unless every call fails (then the request fails as ``infer`` does).
+
+Baselines, per call so that every model call can be asked again: ``demo_labels`` shows perturbed
+labels (``perturb``) seeded by ``seed + call`` (as ``infer`` seeds round r by ``seed + r``);
+``reshuffle`` shows the fixed set in a fresh seeded order in each call (ManyICL reshuffles per batch),
+the seed reported with the call (``shuffle_seed`` asks for that order again).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from exemplar.errors import Incompatible, InvalidRequest, UpstreamError
 from exemplar.retrieval.mllm import MLLMRegistry, check_generation
+from exemplar.retrieval.perturb import DemoLabels, Noise, shown_labels
 from exemplar.retrieval.prompting import (
     DemoContent,
     ImageSource,
@@ -29,9 +35,10 @@ from exemplar.retrieval.prompting import (
     query_content,
     render,
 )
-from exemplar.retrieval.serving.manyicl import SharedMode, check_fixed
+from exemplar.retrieval.serving.manyicl import SharedMode, check_fixed, draw_shuffle_seed
 from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
 from exemplar.retrieval.serving.strategies import SelectionOptions
+from exemplar.retrieval.serving.strategies.ordering import shuffled
 
 __all__ = ["MAX_QUERIES_PER_CALL", "BatchInferOptions", "BatchInferResult", "ModelCall", "QueryAnswer",
            "QueryFailure", "batch_user_turn", "infer_batch", "parse_answers"]
@@ -53,6 +60,9 @@ class BatchInferOptions:
     temperature: float = 0.0
     template: PromptTemplate = PromptTemplate()
     shuffle_seed: int | None = None
+    reshuffle: bool = False  # the fixed set in a fresh seeded order per call
+    demo_labels: DemoLabels = "true"
+    seed: int = 0  # of the label perturbations; call c uses seed + c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,10 @@ class ModelCall:
     text: str | None  # the model's whole answer; None when the endpoint failed the call
     error: QueryFailure | None
     timing_ms: dict[str, float]
+    # What this call showed: the set in its order, the labels the model saw, the order's seed.
+    demonstrations: list[Demonstration] = dataclasses.field(default_factory=list)
+    shown_labels: list[str | None] = dataclasses.field(default_factory=list)
+    shuffle_seed: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +161,12 @@ def _check(selection: SelectionService, queries: Sequence[Query], strategy: str,
          f"queries_per_call must be between 1 and {MAX_QUERIES_PER_CALL}"),
         (options.shuffle_seed is None or options.shared == "fixed", "shuffle_seed",
          "shuffle_seed orders the fixed set: give shared 'fixed'"),
+        (not options.reshuffle or options.shared == "fixed", "reshuffle",
+         "reshuffle orders the fixed set: give shared 'fixed'"),
+        (not options.reshuffle or options.shuffle_seed is None, "reshuffle",
+         "give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both"),
+        (options.demo_labels in ("true", "shuffled", "random") or isinstance(options.demo_labels, Noise),
+         "demo_labels", "demo_labels is 'true', 'shuffled', 'random' or a label noise"),
     ]
     for ok, param, message in checks:
         if not ok:
@@ -174,12 +194,32 @@ def infer_batch(selection: SelectionService, mllms: MLLMRegistry, pool: str, que
     snap = prepared.snap
     images = ImageSource(snap, client.config)
     template = options.template
-    head: list[dict[str, Any]] = [{"role": "system", "content": template.system}] if template.system else []
-    for d in chosen.demonstrations:
-        head.extend(demonstration_turns(template, demo_content(snap, d, images)))
-    if count_images(head) > client.config.max_images:
-        raise Incompatible(f"the demonstrations alone hold more than {client.config.max_images} images; lower k "
-                           "or set include_images false", param="k")
+    system: list[dict[str, Any]] = [{"role": "system", "content": template.system}] if template.system else []
+    label_space = select.labels if select.labels is not None else snap.labels
+    demos = chosen.demonstrations
+    # reshuffle permutes the set from the round robin's order, as run_fixed's shuffle_seed does, so
+    # that a call's reported seed sent back as shuffle_seed shows that call's order again.
+    ranked = sorted(demos, key=lambda d: d.rank)
+    # A demonstration's turns (its image read once) for each label it is shown with.
+    turns: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+
+    def shown_in(call: int) -> tuple[list[Demonstration], list[str | None], int | None, list[dict[str, Any]]]:
+        if options.reshuffle:
+            seed: int | None = draw_shuffle_seed()
+            order = shuffled(ranked, seed)
+        else:
+            seed, order = options.shuffle_seed, demos
+        labels = shown_labels([d.label for d in order], options.demo_labels, label_space=label_space,
+                              seed=options.seed + call)
+        head = list(system)
+        for d, label in zip(order, labels):
+            key = (d.id, label)
+            if key not in turns:
+                turns[key] = demonstration_turns(template, demo_content(snap, dataclasses.replace(d, label=label),
+                                                                        images))
+            head.extend(turns[key])
+        return order, labels, seed, head
+
     answers: list[QueryAnswer] = []
     calls: list[ModelCall] = []
     size = options.queries_per_call
@@ -188,6 +228,10 @@ def infer_batch(selection: SelectionService, mllms: MLLMRegistry, pool: str, que
     for call, start in enumerate(range(0, len(queries), size)):
         indices = list(range(start, min(start + size, len(queries))))
         t1 = time.perf_counter()
+        order, labels, shuffle_seed, head = shown_in(call)
+        if count_images(head) > client.config.max_images:  # the same in every call: raised before the first
+            raise Incompatible(f"the demonstrations alone hold more than {client.config.max_images} images; lower k "
+                               "or set include_images false", param="k")
         turn = batch_user_turn(template, [query_content(snap, queries[i], images) for i in indices])
         messages = [*head, turn]
         if count_images(messages) > client.config.max_images:
@@ -203,12 +247,14 @@ def infer_batch(selection: SelectionService, mllms: MLLMRegistry, pool: str, que
             first_error = first_error or exc
             failure = QueryFailure(exc.type, exc.message)
             calls.append(ModelCall(call, indices, None, failure, {
-                "prompt": round((t2 - t1) * 1000, 3), "model": round((time.perf_counter() - t2) * 1000, 3)}))
+                "prompt": round((t2 - t1) * 1000, 3), "model": round((time.perf_counter() - t2) * 1000, 3)},
+                order, labels, shuffle_seed))
             answers.extend(QueryAnswer(i, call, None, failure) for i in indices)
             continue
         parsed = parse_answers(completion.text, len(indices))
         calls.append(ModelCall(call, indices, completion.text, None, {
-            "prompt": round((t2 - t1) * 1000, 3), "model": round(completion.latency_ms, 3)}))
+            "prompt": round((t2 - t1) * 1000, 3), "model": round(completion.latency_ms, 3)},
+            order, labels, shuffle_seed))
         answers.extend(QueryAnswer(i, call, answer, failure) for i, (answer, failure) in zip(indices, parsed))
     if first_error is not None and all(c.error is not None for c in calls):
         raise first_error

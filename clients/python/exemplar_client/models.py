@@ -390,6 +390,8 @@ class BatchInferRequest(_SelectionFields):
     k: Optional[int] = None
     k_per_class: Optional[int] = None
     shuffle_seed: Optional[int] = None
+    reshuffle: Optional[bool] = None
+    demo_labels: Optional[Union[Literal["true", "shuffled", "random"], LabelNoiseIn]] = None
     queries_per_call: Optional[int] = None
     prompt: Optional[PromptIn] = None
     max_tokens: Optional[int] = None
@@ -414,6 +416,8 @@ class ModelCallOut(_Response):
     text: Optional[str]
     error: Optional[QueryFailureOut]
     timing_ms: Dict[str, float]
+    shuffle_seed: Optional[int]
+    demonstrations: List[InferDemonstrationOut]  # the set as this call showed it: its order, its shown labels
 
 
 class BatchInferResponse(_Response):

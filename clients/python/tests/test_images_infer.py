@@ -77,3 +77,17 @@ def test_infer_batch_answers_per_query(client: Exemplar, shapes_pool: str, mllm:
     assert {d.id for d in result.demonstrations}.isdisjoint({i.id for i in items})
     # The scripted model answers one label, not numbered lines: each query's failure is its own.
     assert all((r.answer is None) == (r.error is not None) for r in result.results)
+
+
+def test_infer_batch_reports_what_each_call_showed(client: Exemplar, shapes_pool: str, mllm: str) -> None:
+    items = list(client.iter_items(shapes_pool, page_size=10))[:4]
+    result = client.infer_batch(shapes_pool, queries=[{"item_id": i.id} for i in items], mllm=mllm, k_per_class=2,
+                                queries_per_call=2, seed=1, reshuffle=True, demo_labels={"noise": 1.0})
+    assert result.shuffle_seed is None and len(result.calls) == 2
+    for call in result.calls:
+        assert isinstance(call.shuffle_seed, int)
+        assert sorted(d.id for d in call.demonstrations) == sorted(d.id for d in result.demonstrations)
+        assert all(d.shown_label != d.label for d in call.demonstrations), "noise 1 changes every label"
+    again = client.infer_batch(shapes_pool, queries=[{"item_id": i.id} for i in items], mllm=mllm, k_per_class=2,
+                               queries_per_call=2, seed=1, shuffle_seed=result.calls[1].shuffle_seed)
+    assert [d.id for d in again.demonstrations] == [d.id for d in result.calls[1].demonstrations]

@@ -6,6 +6,7 @@ from exemplar.app.errors import ErrorEnvelope
 from exemplar.app.schemas.infer import (
     BatchInferRequest,
     BatchInferResponse,
+    DemoLabelsIn,
     InferDemonstrationOut,
     InferRequest,
     InferResponse,
@@ -18,9 +19,10 @@ from exemplar.app.schemas.infer import (
 from exemplar.app.routes.select import demonstration_out
 from exemplar.app.schemas.select import vector_errors
 from exemplar.app.services import QUERY, InferDep
+from exemplar.retrieval import Demonstration
 from exemplar.retrieval.infer import InferOptions, InferRound
 from exemplar.retrieval.many_query import BatchInferOptions, QueryFailure
-from exemplar.retrieval.perturb import Noise
+from exemplar.retrieval.perturb import DemoLabels, Noise
 from exemplar.retrieval.prompting import PromptTemplate
 
 router = APIRouter(prefix="/v1/pools", tags=["infer"], responses={
@@ -41,7 +43,7 @@ def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
         mllm=body.mllm, window=body.window, max_rounds=body.max_rounds, threshold=body.threshold,
         confidence=body.confidence, max_tokens=body.max_tokens, temperature=body.temperature,
         template=PromptTemplate(**body.prompt.model_dump()), windows=body.windows, seed=body.seed,
-        demo_labels=Noise(body.demo_labels.noise) if isinstance(body.demo_labels, LabelNoiseIn) else body.demo_labels,
+        demo_labels=_demo_labels(body.demo_labels),
     )
     with vector_errors([body.query]):
         result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
@@ -58,7 +60,8 @@ def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchI
     options = BatchInferOptions(
         mllm=body.mllm, shared=body.shared, queries_per_call=body.queries_per_call, max_tokens=body.max_tokens,
         temperature=body.temperature, template=PromptTemplate(**body.prompt.model_dump()),
-        shuffle_seed=body.shuffle_seed,
+        shuffle_seed=body.shuffle_seed, reshuffle=body.reshuffle, demo_labels=_demo_labels(body.demo_labels),
+        seed=body.seed,
     )
     with vector_errors(body.queries):
         result = service.infer_batch(pool, [q.to_query() for q in body.queries], body.strategy,
@@ -72,9 +75,20 @@ def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchI
         results=[QueryAnswerOut(index=a.index, call=a.call, answer=a.answer, error=_failure_out(a.error))
                  for a in result.answers],
         calls=[ModelCallOut(call=c.call, queries=c.queries, text=c.text, error=_failure_out(c.error),
-                            timing_ms=c.timing_ms) for c in result.calls],
+                            timing_ms=c.timing_ms, shuffle_seed=c.shuffle_seed,
+                            demonstrations=_shown(c.demonstrations, c.shown_labels)) for c in result.calls],
         answered=len(result.answers) - failed, failed=failed, timing_ms=result.timing_ms,
     )
+
+
+def _demo_labels(value: DemoLabelsIn) -> DemoLabels:
+    return Noise(value.noise) if isinstance(value, LabelNoiseIn) else value
+
+
+def _shown(demonstrations: list[Demonstration], labels: list[str | None]) -> list[InferDemonstrationOut]:
+    # Built from the core's own typed values, as select's demonstrations are.
+    return [InferDemonstrationOut.model_construct(**vars(d), shown_label=label)
+            for d, label in zip(demonstrations, labels, strict=True)]
 
 
 def _failure_out(failure: QueryFailure | None) -> QueryFailureOut | None:
@@ -84,7 +98,5 @@ def _failure_out(failure: QueryFailure | None) -> QueryFailureOut | None:
 def _round_out(r: InferRound) -> InferRoundOut:
     return InferRoundOut(
         round=r.round, offset=r.offset, answer=r.answer, confidence=r.confidence, timing_ms=r.timing_ms,
-        # Built from the core's own typed values, as select's demonstrations are.
-        demonstrations=[InferDemonstrationOut.model_construct(**vars(d), shown_label=label)
-                        for d, label in zip(r.demonstrations, r.shown_labels)],
+        demonstrations=_shown(r.demonstrations, r.shown_labels),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -10,7 +10,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
-    field_validator,
+    WrapValidator,
     model_validator,
 )
 
@@ -23,9 +23,9 @@ from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED
 from exemplar.retrieval.serving.stages import list_stages
 from exemplar.retrieval.prompting import FIELDS
 
-__all__ = ["BatchInferRequest", "BatchInferResponse", "DemoPromptIn", "InferDemonstrationOut", "InferRequest",
-           "InferResponse", "InferRoundOut", "LabelNoiseIn", "ModelCallOut", "PromptIn", "QueryAnswerOut",
-           "QueryFailureOut"]
+__all__ = ["BatchInferRequest", "BatchInferResponse", "DemoLabelsIn", "DemoPromptIn", "InferDemonstrationOut",
+           "InferRequest", "InferResponse", "InferRoundOut", "LabelNoiseIn", "ModelCallOut", "PromptIn",
+           "QueryAnswerOut", "QueryFailureOut"]
 
 # A placeholder other than the demonstration's fields, which PromptTemplate.check refuses.
 _TEMPLATE = {"not": {"pattern": r"\{(?!(?:" + "|".join(FIELDS) + r")\})\w[^{}]*\}"}}
@@ -57,6 +57,20 @@ class LabelNoiseIn(StrictModel):
                          "drawn uniformly from the label space.", json_schema_extra={"minimum": 0, "maximum": 1})
 
 
+def _one_error_for_demo_labels(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:  # noqa: ANN401
+    # A union reports one error per member, under the member's name; one message, at the field, says more.
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError("demo_labels is 'true', 'shuffled', 'random' or {\"noise\": p} with p between 0 "
+                         "and 1") from None
+
+
+# infer's and infer/batch's label perturbations: one wire type, one error.
+DemoLabelsIn = Annotated[Literal["true", "shuffled", "random"] | LabelNoiseIn,
+                         WrapValidator(_one_error_for_demo_labels)]
+
+
 class InferRequest(SelectionFieldsIn):
     model_config = ConfigDict(json_schema_extra=rules({"properties": {"query": _INFER_QUERY}}, *PARAMS_RULES))
 
@@ -70,7 +84,7 @@ class InferRequest(SelectionFieldsIn):
         "advance", description="advance: round r shows the r-th window of the ranking (VideoICL as described); "
         "repeat_first: every round shows the first window again, as the released VideoICL code does (for comparisons)."
     )
-    demo_labels: Literal["true", "shuffled", "random"] | LabelNoiseIn = Field(
+    demo_labels: DemoLabelsIn = Field(
         "true", description="Labels shown with the demonstrations (ablations): true; shuffled (a permutation of the "
         "window's labels); random (each drawn uniformly from the pool's labels, or from 'labels' when given); "
         "{\"noise\": p} (each replaced with probability p by another label). Seeded by 'seed' + the round; each "
@@ -84,15 +98,6 @@ class InferRequest(SelectionFieldsIn):
     prompt: PromptIn = Field(default_factory=PromptIn)
     max_tokens: int = Field(16, json_schema_extra={"minimum": 1, "maximum": 4096})
     temperature: float = Field(0.0, json_schema_extra={"minimum": 0, "maximum": 2})
-
-    @field_validator("demo_labels", mode="wrap")
-    @classmethod
-    def _one_error_for_demo_labels(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:  # noqa: ANN401
-        # A union reports one error per member, under the member's name; one message, at the field, says more.
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError("demo_labels is 'true', 'shuffled', 'random' or {\"noise\": p} with p between 0 and 1") from None
 
 
 class InferDemonstrationOut(DemonstrationOut):
@@ -133,11 +138,19 @@ _BATCH_FIXED = {"if": {"not": {"properties": {"shared": {"const": "mean"}}, "req
                                         **{stage.name: {"type": "null"} for stage in list_stages()}}}}
 
 
+# shuffle_seed and reshuffle order the fixed set (the default): not with 'mean', and one of them.
+_MEAN = {"properties": {"shared": {"const": "mean"}}, "required": ["shared"]}
+_RESHUFFLE = {"properties": {"reshuffle": {"const": True}}, "required": ["reshuffle"]}
+_BATCH_SHUFFLE_RULES = (
+    {"if": {"properties": {"shuffle_seed": {"type": "integer"}}, "required": ["shuffle_seed"]},
+     "then": {"allOf": [{"not": _MEAN}, {"not": _RESHUFFLE}]}},
+    {"if": _RESHUFFLE, "then": {"not": _MEAN}},
+)
+
+
 class BatchInferRequest(SelectionFieldsIn):
     model_config = ConfigDict(json_schema_extra=rules(
-        {"properties": {"queries": {"items": _INFER_QUERY}}}, *OPTION_RULES, _BATCH_FIXED,
-        {"if": {"properties": {"shuffle_seed": {"type": "integer"}}, "required": ["shuffle_seed"]},
-         "then": {"not": {"properties": {"shared": {"const": "mean"}}, "required": ["shared"]}}},
+        {"properties": {"queries": {"items": _INFER_QUERY}}}, *OPTION_RULES, _BATCH_FIXED, *_BATCH_SHUFFLE_RULES,
     ))
 
     queries: list[QueryIn] = Field(min_length=1, description="Each an image (base64), a text or an item_id; "
@@ -155,7 +168,16 @@ class BatchInferRequest(SelectionFieldsIn):
                                     "'invariant' over 'balanced').",
                                     json_schema_extra={"minimum": 1, **limit("maximum", "max_k")})
     shuffle_seed: int | None = Field(None, ge=0, le=MAX_SHUFFLE_SEED, description="shared 'fixed': shuffle the "
-                                     "set's order with this seed (select/batch 'shuffle_seed').")
+                                     "set's order with this seed in every call (select/batch 'shuffle_seed'); "
+                                     "repeats the order of a call that reported it.")
+    reshuffle: bool = Field(False, description="shared 'fixed': every model call shows the set in a fresh seeded "
+                            "order (ManyICL reshuffles per batch), reported as the call's 'shuffle_seed'. Not with "
+                            "shuffle_seed.")
+    demo_labels: DemoLabelsIn = Field(
+        "true", description="Labels shown with the demonstrations (ablations), as for infer: true; shuffled; random "
+        "(drawn from the pool's labels, or from 'labels' when given); {\"noise\": p}. Seeded by 'seed' + the call's "
+        "index, so every call is reproducible; each call reports the labels it showed (shown_label)."
+    )
     queries_per_call: int = Field(8, description="Queries answered in one model call; more queries are split into "
                                   "several calls, each showing the same set.",
                                   json_schema_extra={"minimum": 1, "maximum": MAX_QUERIES_PER_CALL})
@@ -170,8 +192,12 @@ class BatchInferRequest(SelectionFieldsIn):
         if self.shared == "fixed" and self.strategy != FIXED_STRATEGY:
             raise InvalidRequest("shared 'fixed' is a seeded class-balanced sample: give strategy 'random', or "
                                  "shared 'mean'", param="strategy")
-        if self.shuffle_seed is not None and self.shared != "fixed":
-            raise InvalidRequest("shuffle_seed orders the fixed set: give shared 'fixed'", param="shuffle_seed")
+        for name in ("shuffle_seed", "reshuffle"):
+            if getattr(self, name) not in (None, False) and self.shared != "fixed":
+                raise InvalidRequest(f"{name} orders the fixed set: give shared 'fixed'", param=name)
+        if self.shuffle_seed is not None and self.reshuffle:
+            raise InvalidRequest("give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both",
+                                 param="reshuffle")
         return self
 
 
@@ -195,6 +221,11 @@ class ModelCallOut(BaseModel):
     text: str | None = Field(description="The model's whole answer; null when the endpoint failed the call.")
     error: QueryFailureOut | None
     timing_ms: dict[str, float] = Field(description="prompt (assembly) and model (the call, retries included).")
+    shuffle_seed: int | None = Field(description="The seed this call's order was shuffled with (the request's "
+                                     "shuffle_seed, or this call's own under reshuffle; send it as shuffle_seed to "
+                                     "show that order again); null when the set was not shuffled by one.")
+    demonstrations: list[InferDemonstrationOut] = Field(description="The set as this call showed it: in its order, "
+                                                        "with the label the model saw (shown_label).")
 
 
 class BatchInferResponse(BaseModel):
@@ -204,8 +235,10 @@ class BatchInferResponse(BaseModel):
     strategy: str
     mllm: str
     shared: Literal["fixed", "mean"]
-    shuffle_seed: int | None
-    demonstrations: list[DemonstrationOut] = Field(description="The set shown, once, with every call.")
+    shuffle_seed: int | None = Field(description="The request's shuffle_seed; null under reshuffle (each call "
+                                     "reports its own).")
+    demonstrations: list[DemonstrationOut] = Field(description="The set shown, once, with every call (laid out by "
+                                                   "'order', or by shuffle_seed; each call lists its own order).")
     shortfall: dict[str, int]
     results: list[QueryAnswerOut] = Field(description="One per query, in order.")
     calls: list[ModelCallOut]

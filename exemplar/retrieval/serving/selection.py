@@ -222,7 +222,8 @@ class SelectionService:
                 param=exc.param,
             ) from None
         timing = {"encode": prepared.encode_ms, "search": round((time.perf_counter() - started) * 1000, 3)}
-        arranged = [arrange(window.picks, options.order, snap, options.seed) for window in windows]
+        arranged = [arrange(window.picks, options.order, snap, options.seed, by_rank=bool(options.stages))
+                    for window in windows]
         items = _ItemReader(snap, [p.row for picks in arranged for p in picks])
         return [
             SelectionResult(

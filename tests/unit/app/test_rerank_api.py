@@ -160,9 +160,39 @@ def test_batch_and_infer(rerank_client, pool, fake_mllm) -> None:
     infer = rerank_client.post("/v1/pools/p/infer", json={"query": {"item_id": "q"}, "mllm": "majority",
                                                            "window": 4, "max_rounds": 1, "rerank": rerank})
     assert infer.status_code == 200, infer.text
-    # The window is the judge's; the prompt lays it out by 'order' (most similar first), as for diversity.
-    assert sorted(d["id"] for d in infer.json()["rounds"][0]["demonstrations"]) == sorted(d["id"] for d in one["demonstrations"])
-    assert [d["id"] for d in one["demonstrations"]] == [d["id"] for d in sorted(one["demonstrations"], key=lambda d: -d["score"])]
+    # The window is the judge's, and so is its layout: 'order' (most similar first) follows the pipeline's rank.
+    assert [d["id"] for d in infer.json()["rounds"][0]["demonstrations"]] == [d["id"] for d in one["demonstrations"]]
+    assert [d["rank"] for d in one["demonstrations"]] == [0, 1, 2, 3]
+    assert [d["id"] for d in one["demonstrations"]] != [d["id"] for d in sorted(one["demonstrations"], key=lambda d: -d["score"])]
+
+
+@pytest.mark.parametrize("order", ["most_similar_first", "most_similar_last", "class_grouped"])
+def test_order_lays_the_window_out_by_the_judges_rank(rerank_client, pool, order) -> None:
+    r = rerank_client.post("/v1/pools/p/select", json={"query": {"item_id": "q"}, "k": 8, "order": order,
+                                                        "rerank": {"mllm": "judge", "retrieve_k": 12}})
+    assert r.status_code == 200, r.text
+    judged = [i for i, _ in judged_order(pool, SIMILAR[:12])[:8]]
+    by_similarity = [d["id"] for d in sorted(r.json()["demonstrations"], key=lambda d: -d["score"])]
+    assert by_similarity != judged, "the fixture must make the judge disagree with similarity"
+    laid_out = [d["id"] for d in r.json()["demonstrations"]]
+    if order == "most_similar_first":
+        assert laid_out == judged
+    elif order == "most_similar_last":
+        assert laid_out == judged[::-1] and laid_out[-1] == judged[0], "the judge's best sits nearest the query"
+    else:
+        classes = list(dict.fromkeys(pool[i]["label"] for i in judged))  # in order of their best-judged item
+        assert laid_out == [i for label in classes for i in judged if pool[i]["label"] == label]
+
+
+def test_the_prompt_puts_the_judges_best_last(rerank_client, pool, fake_mllm) -> None:
+    r = rerank_client.post("/v1/pools/p/infer", json={
+        "query": {"item_id": "q"}, "mllm": "majority", "window": 6, "max_rounds": 1, "order": "most_similar_last",
+        "prompt": {"answer": "{id}"}, "rerank": {"mllm": "judge", "retrieve_k": 12}})
+    assert r.status_code == 200, r.text
+    judged = [i for i, _ in judged_order(pool, SIMILAR[:12])[:6]]
+    (asked,) = [x for x in httpx.get(f"{fake_mllm}/requests", timeout=5).json() if x["model"] == "majority"]
+    assert asked["labels"] == judged[::-1], "the model saw the judge's order, its best last"
+    assert judged[0] != SIMILAR[0], "the most similar item is not the judge's best here"
 
 
 def test_chat_reports_the_judge(rerank_client, pool) -> None:

@@ -126,6 +126,9 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
               help="What is embedded, when the pool is created by this build [default: image].")
 @click.option("--index", "index_spec", default=None,
               help="FAISS factory string or 'auto', when the pool is created by this build [default: auto].")
+@click.option("--centre", is_flag=True, default=False,
+              help="When the pool is created by this build: store its vectors centred (less their mean; see "
+              "docs/methods.md).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet", "arrow", "imagefolder", "webdataset"]),
               default=None, help="Source format (default: from the file name; a folder is an image folder, or "
               "WebDataset when it holds .tar shards).")
@@ -139,8 +142,8 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
               help="Encode here or on Ray Data [env EXEMPLAR_EXECUTOR].")
 @click.option("--ray-address", default=None, help="Ray cluster address [env EXEMPLAR_RAY_ADDRESS].")
 def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, embed: str | None, index_spec: str | None,
-          fmt: str | None, media_root: Path | None, mode: str, shard_size: int, workers: int, executor: str | None,
-          ray_address: str | None) -> None:
+          centre: bool, fmt: str | None, media_root: Path | None, mode: str, shard_size: int, workers: int,
+          executor: str | None, ray_address: str | None) -> None:
     """Build a new version of POOL from SOURCE (a .jsonl, .csv or .parquet manifest, WebDataset .tar
     shards, or an image folder). A build that was killed resumes from its last completed shard when
     run again."""
@@ -153,10 +156,11 @@ def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, e
     created = False
     try:
         try:
-            _check_same_pool(services.pools.get(pool), encoder=encoder, embed=embed, index=index_spec)
+            _check_same_pool(services.pools.get(pool), encoder=encoder, embed=embed, index=index_spec,
+                             centre=centre or None)
         except NotFound:
             services.pools.create(name=pool, encoder=settings.default_encoder, embed=embed or "image",
-                                  index=index_spec or "auto")
+                                  index=index_spec or "auto", centre=centre)
             created = True
         active = services.jobs.list(pool=pool, states=("queued", "running"), kinds=("build",))
         if active:
@@ -186,12 +190,14 @@ def build(pool: str, source: Path, data_dir: Path | None, encoder: str | None, e
         services.close()
 
 
-def _check_same_pool(record: Any, *, encoder: str | None, embed: str | None, index: str | None) -> None:  # noqa: ANN401 - PoolRecord
+def _check_same_pool(record: Any, *, encoder: str | None, embed: str | None, index: str | None,  # noqa: ANN401 - PoolRecord
+                     centre: bool | None = None) -> None:
     """Options that define a pool must match the existing pool's: a build never changes them silently."""
     given = {
         "--encoder": (encoder.strip() if encoder else None, record.encoder),
         "--embed": (embed, record.embed),
         "--index": (index, record.index),
+        "--centre": (centre, record.centre),
     }
     differ = [f"{flag} {value!r} (the pool has {have!r})" for flag, (value, have) in given.items()
               if value is not None and value != have]

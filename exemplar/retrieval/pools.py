@@ -84,7 +84,8 @@ class PoolService:
 
     # pools ---------------------------------------------------------------------------------------
 
-    def create(self, *, name: str, encoder: str, embed: str = "image", metric: str = "ip", index: str = AUTO) -> PoolRecord:
+    def create(self, *, name: str, encoder: str, embed: str = "image", metric: str = "ip", index: str = AUTO,
+               centre: bool = False) -> PoolRecord:
         if not POOL_NAME.match(name):
             raise InvalidRequest(
                 "pool name must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit",
@@ -103,7 +104,8 @@ class PoolService:
                     f"invalid faiss index factory string {index!r}; e.g. 'auto', '{DEFAULT_INDEX}', 'IVF1024,Flat', 'HNSW32'",
                     param="index",
                 ) from None
-        return self.store.create_pool(name=name, encoder=enc.spec, embed=embed, metric=metric, index=index, dim=enc.dim)
+        return self.store.create_pool(name=name, encoder=enc.spec, embed=embed, metric=metric, index=index, dim=enc.dim,
+                                      centre=centre)
 
     def get(self, name: str) -> PoolRecord:
         return self.store.pool(name)

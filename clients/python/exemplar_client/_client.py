@@ -125,7 +125,7 @@ class Exemplar:
 
     def create_pool(self, request: Union[PoolCreate, Mapping[str, Any], None] = None, /, **fields: Any) -> PoolOut:
         """Create a pool: ``name``, and optionally ``encoder`` (e.g. ``precomputed:512``), ``embed``,
-        ``metric``, ``index``. ``ConflictError`` when it exists."""
+        ``metric``, ``index``, ``centre``. ``ConflictError`` when it exists."""
         return self._run(ops.create_pool(compose(PoolCreate, request, fields)))
 
     def get_pool(self, pool: str) -> PoolStatsOut:

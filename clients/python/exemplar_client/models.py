@@ -121,6 +121,7 @@ class PoolCreate(_Request):
     embed: Optional[str] = None
     metric: Optional[str] = None
     index: Optional[str] = None
+    centre: Optional[bool] = None
 
 
 class VersionOut(_Response):
@@ -144,6 +145,7 @@ class PoolOut(_Response):
     current_version: Optional[int]
     size: int
     created_at: float
+    centre: bool = False
 
 
 class PoolStatsOut(PoolOut):

@@ -36,6 +36,7 @@ def _pool_out(pools: PoolService, record: PoolRecord) -> PoolOut:
     return PoolOut(
         name=record.name, encoder=record.encoder, embed=record.embed, metric=record.metric, index=record.index,
         dim=record.dim, current_version=record.current_version, size=stats.size, created_at=record.created_at,
+        centre=record.centre,
     )
 
 
@@ -48,7 +49,7 @@ def list_pools(pools: PoolsDep) -> PoolList:
 def create_pool(body: PoolCreate, pools: PoolsDep, settings: SettingsDep) -> PoolOut:
     record = pools.create(
         name=body.name, encoder=body.encoder or settings.default_encoder, embed=body.embed,
-        metric=body.metric, index=body.index,
+        metric=body.metric, index=body.index, centre=body.centre,
     )
     return _pool_out(pools, record)
 
@@ -60,7 +61,7 @@ def pool_stats(pool: str, pools: PoolsDep) -> PoolStatsOut:
     return PoolStatsOut(
         name=record.name, encoder=record.encoder, embed=record.embed, metric=record.metric, index=record.index,
         dim=record.dim, current_version=record.current_version, size=stats.size, created_at=record.created_at,
-        labels=stats.labels, domains=stats.domains, adapter=stats.adapter, segments=stats.segments,
+        centre=record.centre, labels=stats.labels, domains=stats.domains, adapter=stats.adapter, segments=stats.segments,
         deleted=stats.deleted,
         versions=[
             VersionOut(version=v.version, state=v.state, size=v.size, index=v.index, source=v.source,

@@ -48,6 +48,10 @@ class PoolCreate(StrictModel):
                         json_schema_extra={"enum": list(METRICS)})
     index: str = Field("auto", description="'auto' or a FAISS index factory string such as 'Flat', 'HNSW32' or "
                        "'IVF1024,Flat'.", json_schema_extra={"minLength": 1, "pattern": INDEX_FACTORY})
+    centre: bool = Field(False, description="Store vectors less a mean vector, then normalised, and centre queries "
+                         "alike: a remedy for anisotropic encoders, whose items all look alike. The mean is taken from "
+                         "the pool's first write (at least 32 items, e.g. a build) and kept by later writes; a build "
+                         "with mode 'replace' takes a new one.")
 
 
 class VersionOut(BaseModel):
@@ -71,6 +75,7 @@ class PoolOut(BaseModel):
     current_version: int | None
     size: int
     created_at: float
+    centre: bool = Field(False, description="Whether the pool's vectors are stored centred (see PoolCreate).")
 
 
 class PoolStatsOut(PoolOut):

@@ -138,14 +138,27 @@ def compose(pool: PoolRecord, version: int, manifest: Manifest, space: RowSpace,
     adapter = (_adapter_view(files, pool.id, adapter_id, space, labels, label_parts, segment_labels)
                if adapter_id is not None else None)
     modalities = _modality_vectors(space, pool.dim, labels, label_parts, segment_labels)
+    centre = _centre(space)
     return Snapshot(
         pool=pool.name, version=version, encoder=pool.encoder, vectors=vectors, index=index, uids=uids,
         ids=ItemColumn(space, "item_id"), texts=ItemColumn(space, "text"), images=ItemColumn(space, "image"),
         media_roots=ItemColumn(space, "media_root"), metadata=ItemColumn(space, "metadata"),
         label_codes=label_codes, labels=labels, domain_codes=domain_codes, domains=domains,
         row_of=IdLookup(space), revision=revision, adapter=adapter, media_dir=files.media_dir(pool.id),
-        classes=classes, manifest=manifest, space=space, modalities=modalities,
+        classes=classes, manifest=manifest, space=space, modalities=modalities, centre=centre,
     )
+
+
+def _centre(space: RowSpace) -> np.ndarray | None:
+    """The mean a centred version's rows were centred by; every segment of a version has the same
+    (writes on top keep their base's, compaction copies it)."""
+    centres = [p.segment.centre() for p in space.parts]
+    if not centres or centres[0] is None:
+        return None
+    if any(c is None or not np.array_equal(c, centres[0]) for c in centres[1:]):
+        names = ", ".join(p.segment.name for p in space.parts)
+        raise RuntimeError(f"the segments {names} of one version were centred by different means")
+    return centres[0]
 
 
 def _modality_vectors(space: RowSpace, dim: int, labels: Sequence[str], label_parts: Sequence[np.ndarray],

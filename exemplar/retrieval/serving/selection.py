@@ -13,6 +13,7 @@ import numpy as np
 from exemplar.errors import EmptyPool, Incompatible, InvalidRequest, NotFound, choices
 from exemplar.retrieval.adapt.adapters import AdapterMissing
 from exemplar.retrieval.index.vectors import normalize, searching
+from exemplar.retrieval.store.centring import centred
 from exemplar.retrieval.store.items import check_vector, unit_rows
 from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
@@ -355,7 +356,11 @@ class SelectionService:
             vectors[[i for i, _ in images]] += image_vectors
         if text_vectors is not None:
             vectors[[i for i, _ in texts]] += text_vectors
-        return normalize(vectors), self_rows, None
+        vectors = normalize(vectors)
+        if snap.centre is not None:  # a centred pool: queries as its rows were stored (an item's row already is)
+            given = [i for i, row in enumerate(self_rows) if row is None]
+            vectors[given] = centred(vectors[given], snap.centre)
+        return vectors, self_rows, None
 
 
 def _unit_vectors(queries: Sequence[Query], dim: int) -> dict[int, np.ndarray]:

@@ -63,6 +63,8 @@ class Snapshot:
     space: RowSpace | None = None
     # An image+text pool's image and text vectors (every segment keeps them): requests with fusion
     modalities: ModalityVectors | None = None
+    # A centred pool's mean (store/centring.py): queries are centred by it as the rows were
+    centre: np.ndarray | None = None
 
     def image_root(self, row: int) -> Path | None:
         root = self.media_roots[row]

@@ -25,7 +25,7 @@ from exemplar.errors import Conflict, NotFound
 
 __all__ = ["AdapterRecord", "Catalog", "ItemRow", "PoolRecord", "StaleBase", "VersionRecord", "pid_alive"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS pools (
     current_version INTEGER,
     revision INTEGER NOT NULL DEFAULT 0,
     next_uid INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    centre INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS versions (
     pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
@@ -104,6 +105,8 @@ class PoolRecord:
     current_version: int | None
     revision: int
     created_at: float
+    # Vectors stored centred: less the mean of the pool's first write, then normalised (store/centring.py)
+    centre: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,7 @@ def _pool(row: sqlite3.Row) -> PoolRecord:
         current_version=row["current_version"],
         revision=row["revision"],
         created_at=row["created_at"],
+        centre=bool(row["centre"]),
     )
 
 
@@ -193,6 +197,8 @@ class Catalog:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
             if "manifest" not in columns:  # schema 1: versions were full copies, read as one segment each
                 conn.execute("ALTER TABLE versions ADD COLUMN manifest TEXT")
+            if "centre" not in {r[1] for r in conn.execute("PRAGMA table_info(pools)")}:  # schema 2
+                conn.execute("ALTER TABLE pools ADD COLUMN centre INTEGER NOT NULL DEFAULT 0")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -218,13 +224,15 @@ class Catalog:
 
     # pools ---------------------------------------------------------------------------------------
 
-    def create_pool(self, *, name: str, encoder: str, embed: str, metric: str, index: str, dim: int) -> PoolRecord:
+    def create_pool(self, *, name: str, encoder: str, embed: str, metric: str, index: str, dim: int,
+                    centre: bool = False) -> PoolRecord:
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM pools WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"pool {name!r} already exists", param="name")
             conn.execute(
-                "INSERT INTO pools (name, encoder, embed, metric, index_spec, dim, created_at) VALUES (?,?,?,?,?,?,?)",
-                (name, encoder, embed, metric, index, dim, time.time()),
+                "INSERT INTO pools (name, encoder, embed, metric, index_spec, dim, created_at, centre) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (name, encoder, embed, metric, index, dim, time.time(), int(centre)),
             )
         return self.pool(name)
 

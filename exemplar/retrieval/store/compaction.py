@@ -162,7 +162,7 @@ def compact(
     name = new_name()
     write_segment(segment_dir(name), rows, vectors.reshape(len(rows), pool.dim), index_spec=pool.index,
                   policy=index_policy, adapters={a: (lambda _v, m=m: m) for a, m in adapted.items()},
-                  modalities=modalities)
+                  modalities=modalities, centre=segments[0].centre())
     offsets = np.cumsum([0] + [len(k) for k in live])
     merged_names = [e.name for e in entries]
     for _ in range(attempts):

@@ -12,6 +12,7 @@ index.faiss    an ANN index over vectors.npy, only when the segment is large eno
 classes/       per-class search of large segments: the class lists of ``index.faiss`` when it is an
                IVF over codes partitioned by class (``PartitionedClasses``), else one index per
                class (``ClassIndexes``)
+centre.npy     (dim,) float32, in centred pools only: the mean the rows were centred by (``centring.py``)
 modalities.npy (n, 2 * dim) float32: the image and the text vector of each row side by side, in
                ``image+text`` pools only (``store/modalities.py``; requests with ``fusion``)
 adapters/<id>/vectors.npy   the rows mapped through adapter ``id``
@@ -43,6 +44,7 @@ import pyarrow as pa
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, ivf_lists
 from exemplar.retrieval.store.catalog import ItemRow
+from exemplar.retrieval.store.centring import CENTRE
 from exemplar.retrieval.index.classes import META as CLASS_META
 from exemplar.retrieval.index.classes import ClassIndexes, ClassSearch
 from exemplar.retrieval.index.partitioned import KIND as PARTITIONED
@@ -122,6 +124,7 @@ def write_segment(
     policy: AutoIndexPolicy, build_requested: bool = False,
     adapters: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None,
     modalities: np.ndarray | None = None,
+    centre: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write a segment durably at ``folder`` (through a staging folder beside it); returns its
     stats. Its index follows ``needs_index``; the rows of an adapter are written mapped through it;
@@ -131,6 +134,8 @@ def write_segment(
         np.save(staging / VECTORS, vectors, allow_pickle=False)
         if modalities is not None:
             np.save(staging / MODALITY_VECTORS, np.ascontiguousarray(modalities, dtype=np.float32), allow_pickle=False)
+        if centre is not None:
+            np.save(staging / CENTRE, np.asarray(centre, dtype=np.float32), allow_pickle=False)
         uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))
         np.save(staging / UIDS, uids, allow_pickle=False)
         columns = [pa.array(uids, pa.int64())] + [
@@ -271,6 +276,7 @@ class LoadedSegment:
     stats: dict[str, Any]
     _adapters: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
     _modalities: np.ndarray | None = None
+    _centre: np.ndarray | None = None
     _adapter_indexes: dict[int, tuple[VectorIndex, ClassSearch] | None] = dataclasses.field(default_factory=dict)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _index_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -278,6 +284,16 @@ class LoadedSegment:
     @property
     def size(self) -> int:
         return len(self.uids)
+
+    def centre(self) -> np.ndarray | None:
+        """The mean the rows were centred by (centred pools), else None."""
+        with self._lock:
+            if self._centre is None:
+                path = self.folder / CENTRE
+                if not path.is_file():
+                    return None
+                self._centre = np.load(path, allow_pickle=False)
+            return self._centre
 
     def modality_vectors(self) -> np.ndarray | None:
         """The image and text vectors side by side, ``(n, 2 * dim)``, memory-mapped; None where the

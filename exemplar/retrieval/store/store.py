@@ -111,8 +111,10 @@ class PoolStore:
 
     # changes -------------------------------------------------------------------------------------
 
-    def create_pool(self, *, name: str, encoder: str, embed: str, metric: str, index: str, dim: int) -> PoolRecord:
-        return self.catalog.create_pool(name=name, encoder=encoder, embed=embed, metric=metric, index=index, dim=dim)
+    def create_pool(self, *, name: str, encoder: str, embed: str, metric: str, index: str, dim: int,
+                    centre: bool = False) -> PoolRecord:
+        return self.catalog.create_pool(name=name, encoder=encoder, embed=embed, metric=metric, index=index, dim=dim,
+                                        centre=centre)
 
     def delete_pool(self, name: str) -> PoolRecord:
         """Remove the pool from the catalog, then its files; returns the record it had."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.store.catalog import Catalog, ItemRow, PoolRecord, StaleBase
+from exemplar.retrieval.store.centring import centred, first_centre
 from exemplar.retrieval.store.files import write_npy_atomic
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry, legacy_manifest
 from exemplar.retrieval.store.modalities import split_vectors
@@ -111,6 +112,14 @@ def write_version(
     transaction commits; a failure leaves the serving version untouched and the reserved version
     marked failed.
     """
+    vectors, modalities = split_vectors(new_vectors, pool.dim, len(new_rows))
+    centre = None
+    if pool.centre and len(new_rows):
+        # Checked before a version number is taken: a refused first write leaves no failed version.
+        centre = base.centre if base is not None and not replace_all else None
+        if centre is None:
+            centre = first_centre(vectors, pool.name)
+        vectors = centred(vectors, centre)
     version, first_uid = catalog.reserve_version(pool.id, new_items=len(new_rows), source=source)
     written: list[Path] = []
     try:
@@ -118,7 +127,6 @@ def write_version(
             ItemRow(first_uid + i, r.item_id, r.label, r.text, r.image, r.media_root, r.domain, r.metadata)
             for i, r in enumerate(new_rows)
         ]
-        vectors, modalities = split_vectors(new_vectors, pool.dim, len(rows))
         on_top = base is not None and not replace_all
         entries: list[SegmentEntry] = list(base.manifest.segments) if on_top and base.manifest else []
         removed: list[tuple[str | None, str | None]] = []
@@ -138,7 +146,7 @@ def write_version(
                 folder, rows, vectors, index_spec=index_spec or pool.index, policy=index_policy,
                 build_requested=replace_all or base is None,
                 adapters={adapter.adapter_id: adapter.adapter.apply} if adapter is not None else None,
-                modalities=modalities,
+                modalities=modalities, centre=centre,
             )
             entries.append(SegmentEntry(name=name, rows=len(rows)))
         manifest = Manifest(tuple(entries), adapter.adapter_id if adapter is not None else None)

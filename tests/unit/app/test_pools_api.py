@@ -89,3 +89,20 @@ def test_the_app_refreshes_snapshots_while_it_runs(settings) -> None:  # noqa: A
     with TestClient(app):
         assert snapshots.refreshing
     assert not snapshots.refreshing
+
+
+def test_a_centred_pool_over_http(client: TestClient) -> None:
+    created = client.post("/v1/pools", json={"name": "c", "encoder": "precomputed:4", "centre": True})
+    assert created.status_code == 201 and created.json()["centre"] is True
+    few = client.post("/v1/pools/c/items", json={"items": [{"id": "a", "label": "x", "embedding": [1, 0, 0, 0]}]})
+    assert few.status_code == 409 and few.json()["error"]["param"] == "items"
+    rng = np.random.default_rng(0)
+    items = [{"id": f"i{n}", "label": "xy"[n % 2], "embedding": (rng.normal(size=4) + [3, 0, 0, 0]).tolist()}
+             for n in range(40)]
+    assert client.post("/v1/pools/c/items", json={"items": items}).status_code == 201
+    assert client.get("/v1/pools/c").json()["centre"] is True
+    assert client.get("/v1/pools").json()["pools"][0]["centre"] is True
+    plain = client.post("/v1/pools", json={"name": "p", "encoder": "precomputed:4"}).json()
+    assert plain["centre"] is False
+    bad = client.post("/v1/pools", json={"name": "q", "encoder": "precomputed:4", "centre": "yes"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "centre"

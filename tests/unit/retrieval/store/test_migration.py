@@ -40,7 +40,9 @@ def test_an_old_data_directory_serves_as_it_was(legacy: Path) -> None:
     finally:
         close_pools(pools)
     with sqlite3.connect(legacy / "catalog.sqlite3") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        # pools from before centring existed are not centred
+        assert [r[0] for r in conn.execute("SELECT centre FROM pools")] == [0]
 
 
 def test_writes_on_an_old_version_add_segments_and_keep_its_adapter(legacy: Path) -> None:

@@ -14,6 +14,9 @@ Run: ``python -m tests.fake_mllm --port 8001``. The behaviour is chosen by the r
   ``Candidate:`` in the user turn and answers "Yes" with probability p = |Q & C| / |Q | C| over
   their lower-cased word sets, rounded to 3 places and held in [0.01, 0.99] ("Yes" carries 3/4 of p
   and " yes" 1/4 in the top logprobs, "No" 1 - p; the answer is "Yes" when p >= 0.5);
+- ``recency``: answers the label of the last demonstration shown (the one next to the query), with
+  probability = that label's share of them: a model with an extreme recency bias, so the order of the
+  demonstrations decides its answer ("unknown" without demonstrations);
 - ``slow:S``: waits S seconds, then answers like ``majority``;
 - ``flaky:N``: answers HTTP 503 to the first N requests (since the last reset), then ``majority``;
 - ``no-logprobs``, ``malformed`` (a JSON body without choices), ``notjson``, ``refuse`` (HTTP 400);
@@ -186,6 +189,8 @@ async def chat(request: Request) -> Any:  # noqa: ANN401
     nearest = _nearest(messages) if kind == "nearest" else None
     if kind == "label":
         answer, share = arg, (counts[arg] / len(labels) if labels else 0.0)
+    elif kind == "recency" and labels:
+        answer, share = labels[-1], counts[labels[-1]] / len(labels)
     elif nearest is not None:
         answer, share = nearest, counts[nearest] / len(labels)
     elif counts:

@@ -414,7 +414,10 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
               help="With --mllm: comma-separated label perturbations, each an arm: shuffled, random, noise:P "
               "(empty for none).")
 @click.option("--label-arm-strategy", default=None, help="With --mllm: the strategy whose demonstrations the label "
-              "arms perturb [default: the first of --strategies].")
+              "and order arms use [default: the first of --strategies].")
+@click.option("--order-arms", default="", show_default=True,
+              help="With --mllm: comma-separated layouts, each an arm over the same demonstrations: most_similar_last "
+              "(RICES), shuffle, class_grouped (the other arms show them most similar first).")
 @click.option("--instruction", default=None, help="With --mllm: added to every user turn, e.g. the question.")
 @click.option("--system", default=None, help="With --mllm: the system message.")
 @click.option("--no-images", is_flag=True, help="With --mllm: show texts only.")
@@ -425,8 +428,8 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
               "request's 'fusion' does, instead of the fused vector.")
 def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int | None, resamples: int,
              seed: int, params: tuple[str, ...], as_json: bool, mllm: str | None, label_arms: str,
-             label_arm_strategy: str | None, instruction: str | None, system: str | None, no_images: bool,
-             concurrency: int, fusion: float | None) -> None:
+             label_arm_strategy: str | None, order_arms: str, instruction: str | None, system: str | None,
+             no_images: bool, concurrency: int, fusion: float | None) -> None:
     """Leave-one-domain-out selection quality of each strategy on POOL, and with --mllm the downstream
     model's answer accuracy (see docs/methods.md)."""
     settings = _settings(data_dir=data_dir)
@@ -458,7 +461,8 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_quer
         model_report = evaluate_with_model(
             snap, services.mllms.get(mllm), strategies=specs,
             label_arms=[parse_demo_labels(a.strip(), "label-arms") for a in label_arms.split(",") if a.strip()],
-            label_arm_strategy=label_arm_strategy, k=k, trainer=CCITrainer(settings.device),
+            label_arm_strategy=label_arm_strategy, order_arms=[o.strip() for o in order_arms.split(",") if o.strip()],
+            k=k, trainer=CCITrainer(settings.device),
             adapter_params=_adapter_params(params), max_queries_per_domain=max_queries or 50, resamples=resamples,
             seed=seed, template=PromptTemplate(system=system, instruction=instruction, include_images=not no_images),
             concurrency=concurrency,

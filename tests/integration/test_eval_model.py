@@ -37,6 +37,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, fake_mllm: str) -> dict[str, s
     root = tmp_path_factory.mktemp("eval-model")
     endpoints = {name: {"base_url": f"{fake_mllm}/v1", "model": model, "backoff_s": 0.01, **extra}
                  for name, model, extra in [("nearest", "nearest", {}), ("majority", "majority", {}),
+                                            ("recency", "recency", {}),
                                             ("broken", "error:500", {"max_retries": 0})]}
     endpoints["down"] = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "x", "max_retries": 0}
     env = dict(os.environ, HF_HUB_OFFLINE="1", EXEMPLAR_DATA_DIR=str(root / "data"),
@@ -135,3 +136,19 @@ def test_table_and_refusals(env, fake_mllm) -> None:
     result = run(env, "--mllm", "nearest", "--label-arm-strategy", "random")
     assert result.returncode != 0 and "label_arm_strategy" in result.stderr
     assert len(httpx.get(f"{fake_mllm}/requests").json()) == 4 * 3 * QUERIES_PER_DOMAIN, "refusals call nothing"
+
+
+def test_an_order_arm_shows_the_same_demonstrations_in_its_order(env, fake_mllm) -> None:
+    # The scripted recency model answers the label of the demonstration next to the query: with
+    # most_similar_last that is the nearest one, so the arm is right exactly where topk's nearest
+    # demonstration has the query's label (topk's precision at k = 1, over the same sampled queries).
+    body = report(env, fake_mllm, "recency", "--label-arms", "", "--order-arms", "most_similar_last")
+    assert list(body["arms"]) == ["topk", "balanced", "zero-shot", "topk+most_similar_last"]
+    nearest = run(env, "-k", "1", "--json")
+    assert nearest.returncode == 0, nearest.stderr
+    precision_at_1 = json.loads(nearest.stdout)["metrics"]["topk"]["precision_at_k"]["mean"]
+    assert body["arms"]["topk+most_similar_last"]["accuracy"]["mean"] == pytest.approx(precision_at_1)
+    assert body["differences"]["topk+most_similar_last - topk"]["mean"] == pytest.approx(
+        body["arms"]["topk+most_similar_last"]["accuracy"]["mean"] - body["arms"]["topk"]["accuracy"]["mean"])
+    bad = run(env, "--mllm", "recency", "--order-arms", "most_similar_first")
+    assert bad.returncode != 0 and "most_similar_last" in bad.stderr

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter
 
 from exemplar.app.errors import ErrorEnvelope
@@ -18,7 +20,8 @@ from exemplar.app.schemas.infer import (
 )
 from exemplar.app.routes.select import demonstration_out
 from exemplar.app.schemas.select import vector_errors
-from exemplar.app.services import QUERY, InferDep
+from exemplar.app.observability import Observability
+from exemplar.app.services import QUERY, InferDep, ObsDep
 from exemplar.retrieval import Demonstration
 from exemplar.retrieval.infer import InferOptions, InferRound
 from exemplar.retrieval.many_query import BatchInferOptions, QueryFailure
@@ -35,9 +38,18 @@ router = APIRouter(prefix="/v1/pools", tags=["infer"], responses={
 })
 
 
+def _observe(obs: Observability, pool: str, strategy: str, encode_ms: float, select_ms: float,
+             shown: Sequence[Demonstration]) -> None:
+    """The selection in the dashboard's statistics, as select's and chat's are: its own time, not the
+    model's, which would swamp the selection latencies; the labels of the demonstrations the answer
+    came from (infer: the chosen round's; infer/batch: the shared set)."""
+    obs.observe_selection(pool, strategy, {"total": encode_ms + select_ms, "encode": encode_ms, "search": select_ms},
+                          (d.label for d in shown))
+
+
 @router.post("/{pool}/infer", summary="Confidence-based iterative re-selection (VideoICL) against a configured MLLM",
              dependencies=[QUERY])
-def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
+def infer(pool: str, body: InferRequest, service: InferDep, obs: ObsDep) -> InferResponse:
     select = body.selection_options(k=body.window)
     options = InferOptions(
         mllm=body.mllm, window=body.window, max_rounds=body.max_rounds, threshold=body.threshold,
@@ -47,6 +59,9 @@ def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
     )
     with vector_errors([body.query]):
         result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
+    chosen = next((r for r in result.rounds if r.round == result.chosen_round), None)
+    _observe(obs, result.pool, result.strategy, result.timing_ms["encode"],
+             sum(r.timing_ms["select"] for r in result.rounds), chosen.demonstrations if chosen else [])
     return InferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy, mllm=result.mllm,
         answer=result.answer, confidence=result.confidence, stopped=result.stopped, chosen_round=result.chosen_round,
@@ -56,7 +71,7 @@ def infer(pool: str, body: InferRequest, service: InferDep) -> InferResponse:
 
 @router.post("/{pool}/infer/batch", summary="Many queries per model call against one shared demonstration set "
              "(ManyICL)", dependencies=[QUERY])
-def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchInferResponse:
+def infer_batch(pool: str, body: BatchInferRequest, service: InferDep, obs: ObsDep) -> BatchInferResponse:
     options = BatchInferOptions(
         mllm=body.mllm, shared=body.shared, queries_per_call=body.queries_per_call, max_tokens=body.max_tokens,
         temperature=body.temperature, template=PromptTemplate(**body.prompt.model_dump()),
@@ -66,6 +81,8 @@ def infer_batch(pool: str, body: BatchInferRequest, service: InferDep) -> BatchI
     with vector_errors(body.queries):
         result = service.infer_batch(pool, [q.to_query() for q in body.queries], body.strategy,
                                      body.selection_options(k=body.k, k_per_class=body.k_per_class), options)
+    _observe(obs, result.pool, result.strategy, result.timing_ms["encode"], result.timing_ms["select"],
+             result.demonstrations)
     failed = sum(a.error is not None for a in result.answers)
     return BatchInferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy,

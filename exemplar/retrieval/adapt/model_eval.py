@@ -10,6 +10,9 @@ answer with the query's label:
 - ``zero-shot``: the query alone;
 - ``<strategy>+<mode>`` per label perturbation (``perturb``: ``shuffled`` by default) of one
   strategy's demonstrations, seeded by ``seed`` + the query's position.
+- ``<strategy>+<order>`` per other layout of the same strategy's demonstrations (``order_arms``,
+  none by default; every other arm shows them most similar first, as ``infer`` does by default):
+  ``most_similar_last`` is RICES's layout, the nearest demonstration next to the query.
 
 A call that fails (the endpoint down, a refusal, an unusable answer) counts as a wrong answer, so
 arms stay paired over the same queries, and is counted in the arm's ``failures``.
@@ -25,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from exemplar.errors import ExemplarError, InvalidRequest
+from exemplar.errors import ExemplarError, InvalidRequest, choices
 from exemplar.retrieval.adapt.adapters import AdapterTrainer
 from exemplar.retrieval.adapt.evaluation import (
     DEFAULT_EVAL_STRATEGIES, EvalReport, Interval, bootstrap, lodo_folds, summarise_folds,
@@ -37,9 +40,12 @@ from exemplar.retrieval.prompting import DemoContent, ImageSource, PromptTemplat
 from exemplar.retrieval.serving.selection import Query
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.strategies import Pick
+from exemplar.retrieval.serving.strategies.base import ORDERS, Order
 from exemplar.retrieval.serving.strategies.ordering import arrange
 
 __all__ = ["ZERO_SHOT", "ArmResult", "ModelEvalReport", "evaluate_with_model"]
+
+FIRST: Order = "most_similar_first"
 
 ZERO_SHOT = "zero-shot"
 MAX_CONCURRENCY = 16
@@ -77,6 +83,7 @@ class _Call:
     row: int
     picks: list[Pick]
     labels: DemoLabels
+    order: Order = "most_similar_first"
 
 
 def _demo(snap: Snapshot, row: int, label: str | None, images: ImageSource) -> DemoContent:
@@ -91,6 +98,7 @@ def evaluate_with_model(
     strategies: Sequence[str] = DEFAULT_EVAL_STRATEGIES,
     label_arms: Sequence[DemoLabels] = ("shuffled",),
     label_arm_strategy: str | None = None,
+    order_arms: Sequence[str] = (),
     k: int = 8,
     trainer: AdapterTrainer | None = None,
     adapter_params: dict[str, Any] | None = None,
@@ -107,8 +115,13 @@ def evaluate_with_model(
     if not strategies:
         raise InvalidRequest("name at least one strategy", param="strategies")
     base = label_arm_strategy or strategies[0]
-    if label_arms and base not in strategies:
-        raise InvalidRequest(f"the label arms' strategy {base!r} is not among the evaluated strategies",
+    unknown = [o for o in order_arms if o not in ORDERS or o == FIRST]
+    if unknown:
+        others = [o for o in ORDERS if o != FIRST]
+        raise InvalidRequest(f"unknown order arm {unknown[0]!r}; valid: {choices(others)} (the other arms are "
+                             f"{FIRST})", param="order_arms")
+    if (label_arms or order_arms) and base not in strategies:
+        raise InvalidRequest(f"the label and order arms' strategy {base!r} is not among the evaluated strategies",
                              param="label_arm_strategy")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InvalidRequest(f"concurrency must be between 1 and {MAX_CONCURRENCY}", param="concurrency")
@@ -121,21 +134,22 @@ def evaluate_with_model(
     proxies = summarise_folds(snap, folds, strategies, k=k, resamples=resamples, rng=rng,
                               adapter_params=adapter_params, started=started)
 
-    arms: list[tuple[str, str | None, DemoLabels]] = [(spec, spec, "true") for spec in strategies]
-    arms.append((ZERO_SHOT, None, "true"))
-    arms += [(f"{base}+{describe(mode)}", base, mode) for mode in label_arms]
+    arms: list[tuple[str, str | None, DemoLabels, Order]] = [(spec, spec, "true", FIRST) for spec in strategies]
+    arms.append((ZERO_SHOT, None, "true", FIRST))
+    arms += [(f"{base}+{describe(mode)}", base, mode, FIRST) for mode in label_arms]
+    arms += [(f"{base}+{order}", base, "true", order) for order in dict.fromkeys(order_arms)]  # type: ignore[misc]
     queries = [(row, {spec: fold.picks[spec][i] for spec in strategies})
                for fold in folds for i, row in enumerate(fold.rows)]
-    calls = [_Call(a, q, int(row), picks[spec] if spec is not None else [], mode)
-             for a, (_, spec, mode) in enumerate(arms) for q, (row, picks) in enumerate(queries)]
+    calls = [_Call(a, q, int(row), picks[spec] if spec is not None else [], mode, order)
+             for a, (_, spec, mode, order) in enumerate(arms) for q, (row, picks) in enumerate(queries)]
 
     images = ImageSource(snap, client.config)
     label_space = snap.labels
 
     def ask(call: _Call) -> tuple[bool, str | None]:
         try:
-            # As infer shows them: most similar first.
-            picks = arrange(call.picks, "most_similar_first", snap, seed)
+            # As infer shows them (most similar first by default), or in the arm's order.
+            picks = arrange(call.picks, call.order, snap, seed)
             labels = shown_labels([snap.label_of(p.row) for p in picks], call.labels, label_space=label_space,
                                   seed=seed + call.query)
             demos = [_demo(snap, p.row, label, images) for p, label in zip(picks, labels)]
@@ -161,11 +175,11 @@ def evaluate_with_model(
 
     n = len(queries)
     shared = rng.integers(0, n, size=(resamples, n))  # the same resamples for every arm: paired differences
-    names = [name for name, _, _ in arms]
+    names = [name for name, _, _, _ in arms]
     results = {name: ArmResult(bootstrap(correct[a], rng, resamples, shared), failures[a], errors[a])
                for a, name in enumerate(names)}
     pairs = [(spec, ZERO_SHOT) for spec in strategies]
-    pairs += [(base, name) for name, _, mode in arms[len(strategies) + 1:]]
+    pairs += [(name, base) if order != FIRST else (base, name) for name, _, _, order in arms[len(strategies) + 1:]]
     pairs += [(a, b) for a, b in (("invariant:topk", "topk"), ("invariant:balanced", "balanced"), ("topk", "random"))
               if a in strategies and b in strategies]
     differences = {f"{a} - {b}": bootstrap(correct[names.index(a)] - correct[names.index(b)], rng, resamples, shared)

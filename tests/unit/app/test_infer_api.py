@@ -280,3 +280,28 @@ def test_repeat_first_with_shuffled_labels_reshuffles_each_round(infer_client, r
     body = infer(infer_client, "never", windows="repeat_first", window=6, max_rounds=4, demo_labels="shuffled").json()
     assert len({tuple(d["id"] for d in x["demonstrations"]) for x in body["rounds"]}) == 1
     assert len({tuple(w) for w in shown(body)}) > 1, "the seed is seed + round"
+
+
+def test_infer_selections_reach_the_dashboard_statistics(infer_client, ranked_pool) -> None:
+    def stats() -> dict:
+        return infer_client.get("/v1/admin/stats").json()
+
+    before = stats()
+    body = infer(infer_client, "majority").json()  # confident in round 1: a2, a3
+    after = stats()
+    assert after["strategies"].get("topk", 0) == before["strategies"].get("topk", 0) + 1
+    chosen = [d["label"] for d in body["rounds"][body["chosen_round"]]["demonstrations"]]
+    assert chosen == ["A", "A"]
+    def returned(body: dict) -> dict[str, int]:
+        return body["labels_returned"].get("ranked", {})
+
+    # the chosen round's two demonstrations, not the first round's too
+    assert sum(returned(after).values()) - sum(returned(before).values()) == 2
+    assert returned(after)["A"] - returned(before).get("A", 0) == 2
+    batch = infer_client.post("/v1/pools/ranked/infer/batch", json={
+        "queries": [{"item_id": "q"}, {"item_id": "a1"}], "mllm": "majority", "strategy": "random",
+        "k_per_class": 1, "shared": "fixed"})
+    assert batch.status_code == 200, batch.text
+    final = stats()
+    assert final["strategies"].get("random", 0) == after["strategies"].get("random", 0) + 1
+    assert sum(returned(final).values()) - sum(returned(after).values()) == len(batch.json()["demonstrations"]) == 3

@@ -15,7 +15,14 @@ from pydantic import (
 )
 
 from exemplar.app.schemas.common import StrictModel, limit, rules, strategy_names
-from exemplar.app.schemas.select import OPTION_RULES, PARAMS_RULES, DemonstrationOut, QueryIn, SelectionFieldsIn
+from exemplar.app.schemas.select import (
+    OPTION_RULES,
+    PARAMS_RULES,
+    DemonstrationOut,
+    QueryIn,
+    SelectionFieldsIn,
+    check_shuffle_fields,
+)
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.infer import MAX_ROUNDS
 from exemplar.retrieval.many_query import MAX_QUERIES_PER_CALL
@@ -192,12 +199,7 @@ class BatchInferRequest(SelectionFieldsIn):
         if self.shared == "fixed" and self.strategy != FIXED_STRATEGY:
             raise InvalidRequest("shared 'fixed' is a seeded class-balanced sample: give strategy 'random', or "
                                  "shared 'mean'", param="strategy")
-        for name in ("shuffle_seed", "reshuffle"):
-            if getattr(self, name) not in (None, False) and self.shared != "fixed":
-                raise InvalidRequest(f"{name} orders the fixed set: give shared 'fixed'", param=name)
-        if self.shuffle_seed is not None and self.reshuffle:
-            raise InvalidRequest("give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both",
-                                 param="reshuffle")
+        check_shuffle_fields(self.shared, self.shuffle_seed, self.reshuffle)
         return self
 
 

@@ -399,8 +399,9 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
 @click.argument("pool")
 @_data_dir
 @click.option("-k", "--k", "k", type=int, default=8, show_default=True)
-@click.option("--strategies", default=",".join(("random", "topk", "balanced", "invariant:topk", "invariant:balanced")),
-              show_default=True, help="Comma-separated; 'invariant:topk' / 'invariant:balanced' pick invariant's base.")
+@click.option("--strategies", default=None,
+              help="Comma-separated; 'invariant:topk' / 'invariant:balanced' pick invariant's base "
+              "[default: random,topk,balanced,invariant:topk,invariant:balanced; without invariant with --fusion].")
 @click.option("--max-queries", type=click.IntRange(1), default=None,
               help="Queries per held-out domain (sampled) [default 500; 50 with --mllm].")
 @click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
@@ -426,7 +427,7 @@ def adapt(pool: str, data_dir: Path | None, params: tuple[str, ...]) -> None:
 @click.option("--fusion", type=click.FloatRange(0, 1), default=None, metavar="IMAGE_WEIGHT",
               help="Image+text pools: select by IMAGE_WEIGHT * cos(image) + (1 - IMAGE_WEIGHT) * cos(text), as a "
               "request's 'fusion' does, instead of the fused vector.")
-def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_queries: int | None, resamples: int,
+def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str | None, max_queries: int | None, resamples: int,
              seed: int, params: tuple[str, ...], as_json: bool, mllm: str | None, label_arms: str,
              label_arm_strategy: str | None, order_arms: str, instruction: str | None, system: str | None,
              no_images: bool, concurrency: int, fusion: float | None) -> None:
@@ -441,7 +442,12 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str, max_quer
     from exemplar.retrieval.perturb import parse_demo_labels
     from exemplar.retrieval.prompting import PromptTemplate
 
+    if strategies is None:
+        strategies = "random,topk,balanced" + ("" if fusion is not None else ",invariant:topk,invariant:balanced")
     specs = [s.strip() for s in strategies.split(",") if s.strip()]
+    if fusion is not None and any(s.startswith("invariant") for s in specs):
+        raise click.BadParameter("invariant ranks in its adapter's space, which maps one vector per item: leave it "
+                                 "out of --strategies with --fusion", param_hint="--strategies")
     services = build_services(settings)
     try:
         snap = services.snapshots.snapshot(pool)

@@ -139,8 +139,9 @@ def _image_bytes(url: object, param: str) -> bytes | None:
         raise InvalidRequest("the image's data URI is not valid base64", param=param) from None
 
 
-def query_of(messages: Sequence[Any]) -> tuple[int, Query]:
-    """The last user message, and what to select for: its first image given as a data URI, else its text."""
+def query_of(messages: Sequence[Any], *, both: bool = False) -> tuple[int, Query]:
+    """The last user message, and what to select for: its first image given as a data URI, else its text;
+    ``both`` (a request that weights the modalities): its first image with its text, where it has both."""
     users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
     if not users:
         raise InvalidRequest("selecting demonstrations needs a user message: the last one is the query", param="messages")
@@ -153,18 +154,20 @@ def query_of(messages: Sequence[Any]) -> tuple[int, Query]:
         parts = content
     else:
         raise InvalidRequest("the query message has no content", param=param)
-    texts, linked = [], False
+    texts, linked, image = [], False, None
     for j, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "image_url":
+        if kind == "image_url" and image is None:
             image_url = part.get("image_url")
             url = image_url.get("url") if isinstance(image_url, dict) else image_url
             image = _image_bytes(url, f"{param}[{j}].image_url.url")
-            if image is not None:
+            if image is not None and not both:
                 return at, Query(image=image)
-            linked = True
+            linked = linked or image is None
         elif kind == "text" and isinstance(part.get("text"), str) and part["text"].strip():
             texts.append(part["text"])
+    if image is not None:
+        return at, Query(image=image, text="\n".join(texts) if texts else None)
     if texts:
         return at, Query(text="\n".join(texts))
     if linked:
@@ -263,7 +266,7 @@ class ChatService:
     def _prepare(self, body: dict[str, Any], how: ChatSelection) -> tuple[int, Prepared]:
         messages = body.get("messages") or []
         try:
-            at, query = query_of(messages)
+            at, query = query_of(messages, both=how.options.fusion is not None)
         except InvalidRequest:
             with _under("exemplar"):
                 needs_query = get_strategy(how.strategy).needs_query

@@ -20,6 +20,7 @@ from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.store.catalog import PoolRecord, VersionRecord
+from exemplar.retrieval.store.centring import check_first_write
 from exemplar.retrieval.store.items import EMBED_MODES, NewItem, embed_items, item_row, validate_item_fields
 from exemplar.retrieval.store.manifest import Manifest, legacy_manifest
 from exemplar.retrieval.store.store import PoolStore
@@ -160,6 +161,10 @@ class PoolService:
             if item.id in seen:
                 raise InvalidRequest(f"item id {item.id!r} appears twice in one request", param=f"items[{i}].id")
             seen.add(item.id)
+        if pool.centre:  # refused before anything is encoded or stored, when this write would fix the mean
+            current = self.snapshots.current(name)
+            if current is None or current.centre is None:
+                check_first_write(name, len(items))
         encoder = self.encoders(pool.encoder)
         vectors, kept, errors = embed_items(encoder, pool.embed, items, precomputed=pool.encoder.startswith("precomputed:"))
         if errors:

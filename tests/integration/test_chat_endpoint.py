@@ -293,3 +293,30 @@ def test_random_needs_no_query_message(server: Server) -> None:
     (seen,) = server.seen()
     assert len(report["demonstrations"]) == 4 and seen["roles"] == ["system"] + ["user", "assistant"] * 4
     assert seen["labels"] == [d["label"] for d in report["demonstrations"]]
+
+
+def test_fusion_weighs_the_query_messages_image_and_text(server: Server) -> None:
+    rows = [json.loads(line) for line in (server.media / "manifest.jsonl").read_text().splitlines()][:12]
+    assert httpx.post(f"{server.base}/v1/pools", json={"name": "captioned", "embed": "image+text"}).status_code == 201
+    items = [{"id": r["id"], "label": r["label"], "text": r["text"],
+              "image": base64.b64encode((server.media / r["image"]).read_bytes()).decode()} for r in rows]
+    assert httpx.post(f"{server.base}/v1/pools/captioned/items", json={"items": items}, timeout=60).status_code == 201
+    image = server.image(rows[0]["image"])
+    query = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
+                                         {"type": "text", "text": "a cross imaged at site-c"}]}
+    for fusion in ({"text": 1}, {"image": 1}, {"image": 0.5}):
+        resp = server.client().chat.completions.create(
+            model="fake", messages=[query],
+            extra_body={"exemplar": {"pool": "captioned", "strategy": "topk", "k": 5, "fusion": fusion}})
+        selected = httpx.post(f"{server.base}/v1/pools/captioned/select", json={
+            "query": {"image": image.split(",", 1)[1], "text": "a cross imaged at site-c"}, "strategy": "topk",
+            "k": 5, "fusion": fusion}).json()
+        # The message's image and text, weighted as select weighs them.
+        assert [d["id"] for d in _exemplar(resp)["demonstrations"]] == [d["id"] for d in selected["demonstrations"]]
+    by_text = httpx.post(f"{server.base}/v1/pools/captioned/select", json={
+        "query": {"image": image.split(",", 1)[1], "text": "a cross imaged at site-c"}, "k": 5,
+        "fusion": {"text": 1}}).json()
+    by_image = httpx.post(f"{server.base}/v1/pools/captioned/select", json={
+        "query": {"image": image.split(",", 1)[1], "text": "a cross imaged at site-c"}, "k": 5,
+        "fusion": {"image": 1}}).json()
+    assert [d["id"] for d in by_text["demonstrations"]] != [d["id"] for d in by_image["demonstrations"]]

@@ -418,8 +418,8 @@ class ModelCallOut(_Response):
     text: Optional[str]
     error: Optional[QueryFailureOut]
     timing_ms: Dict[str, float]
-    shuffle_seed: Optional[int]
-    demonstrations: List[InferDemonstrationOut]  # the set as this call showed it: its order, its shown labels
+    shuffle_seed: Optional[int] = None
+    demonstrations: List[InferDemonstrationOut] = []  # the set as this call showed it: its order, its shown labels
 
 
 class BatchInferResponse(_Response):

@@ -59,9 +59,10 @@ def infer(pool: str, body: InferRequest, service: InferDep, obs: ObsDep) -> Infe
     )
     with vector_errors([body.query]):
         result = service.infer(pool, body.query.to_query(), body.strategy, select, options)
-    chosen = next((r for r in result.rounds if r.round == result.chosen_round), None)
-    _observe(obs, result.pool, result.strategy, result.timing_ms["encode"],
-             sum(r.timing_ms["select"] for r in result.rounds), chosen.demonstrations if chosen else [])
+    if not options.zero_shot:  # a zero-shot call selects nothing
+        chosen = next((r for r in result.rounds if r.round == result.chosen_round), None)
+        _observe(obs, result.pool, result.strategy, result.timing_ms["encode"],
+                 sum(r.timing_ms["select"] for r in result.rounds), chosen.demonstrations if chosen else [])
     return InferResponse(
         pool=result.pool, version=result.version, encoder=result.encoder, strategy=result.strategy, mllm=result.mllm,
         answer=result.answer, confidence=result.confidence, stopped=result.stopped, chosen_round=result.chosen_round,

@@ -223,11 +223,13 @@ class ModelCallOut(BaseModel):
     text: str | None = Field(description="The model's whole answer; null when the endpoint failed the call.")
     error: QueryFailureOut | None
     timing_ms: dict[str, float] = Field(description="prompt (assembly) and model (the call, retries included).")
-    shuffle_seed: int | None = Field(description="The seed this call's order was shuffled with (the request's "
+    # Always sent, but not required by the document: clients built on it also read servers from before them.
+    shuffle_seed: int | None = Field(None, description="The seed this call's order was shuffled with (the request's "
                                      "shuffle_seed, or this call's own under reshuffle; send it as shuffle_seed to "
                                      "show that order again); null when the set was not shuffled by one.")
-    demonstrations: list[InferDemonstrationOut] = Field(description="The set as this call showed it: in its order, "
-                                                        "with the label the model saw (shown_label).")
+    demonstrations: list[InferDemonstrationOut] = Field(
+        default_factory=list, description="The set as this call showed it: in its order, with the label the model "
+        "saw (shown_label).")
 
 
 class BatchInferResponse(BaseModel):

@@ -214,14 +214,19 @@ class FusionIn(StrictModel):
     text: float = Field(None, ge=0, le=1, description="Weight of cos(query text, item text); default 1 - image.",
                         **_NO_DEFAULT)  # type: ignore[arg-type, assignment]
 
-    def weights(self) -> tuple[float, float]:
-        """``(image, text)`` scaled to sum to 1."""
+    @model_validator(mode="after")
+    def _some_weight(self) -> "FusionIn":
+        # Here, not where the weights are used, so the error names the field wherever it sits (exemplar.fusion).
         if self.image is None and self.text is None:
-            raise InvalidRequest("fusion needs an 'image' weight, a 'text' weight or both", param="fusion")
+            raise ValueError("fusion needs an 'image' weight, a 'text' weight or both")
+        if self.image == 0 and self.text == 0:
+            raise ValueError("fusion's weights are both 0: give one above 0")
+        return self
+
+    def weights(self) -> tuple[float, float]:
+        """``(image, text)`` scaled to sum to 1 (a missing weight is 1 minus the other)."""
         image = 1.0 - self.text if self.image is None else self.image
         text = 1.0 - self.image if self.text is None else self.text
-        if image + text <= 0:
-            raise InvalidRequest("fusion's weights are both 0: give one above 0", param="fusion")
         return image / (image + text), text / (image + text)
 
 

@@ -149,7 +149,9 @@ def evaluate_with_model(
     def ask(call: _Call) -> tuple[bool, str | None]:
         try:
             # As infer shows them (most similar first by default), or in the arm's order.
-            picks = arrange(call.picks, call.order, snap, seed)
+            # A shuffle arm draws a layout per query (its seed and the query's position): one seed
+            # for all would show every query the same permutation.
+            picks = arrange(call.picks, call.order, snap, seed + call.query)
             labels = shown_labels([snap.label_of(p.row) for p in picks], call.labels, label_space=label_space,
                                   seed=seed + call.query)
             demos = [_demo(snap, p.row, label, images) for p, label in zip(picks, labels)]

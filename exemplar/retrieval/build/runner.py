@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ from exemplar.retrieval.build.sources import (
 )
 
 __all__ = ["BuildReport", "BuildService", "BuildSpec", "LocalShardEncoder", "ShardEncoder", "build_pool"]
+
+log = logging.getLogger(__name__)
 
 BuildMode = Literal["replace", "upsert"]
 MAX_REPORTED_ERRORS = 1000
@@ -329,11 +332,11 @@ class BuildRunner:
         for k in range(shards):
             vectors_path, rows_path = _shard_paths(self.workdir, k)
             rows.extend(_shard_item_rows(json.loads(rows_path.read_text())))
-            parts.append(np.load(vectors_path, allow_pickle=False))
+            parts.append(np.load(vectors_path, mmap_mode="r", allow_pickle=False))
         version = None
         index_stats: dict[str, Any] = {}
         if rows or spec.mode == "replace":
-            matrix = np.concatenate(parts) if parts else empty_vectors(encoder.dim, pool.embed, precomputed=precomputed)
+            matrix = _stacked(parts, empty_vectors(encoder.dim, pool.embed, precomputed=precomputed))
             version = self.store.write(pool, rows, matrix, bases=self.snapshots, source=str(source),
                                        replace_all=spec.mode == "replace",
                                        index_spec=spec.index)
@@ -374,6 +377,24 @@ class BuildRunner:
             self.store.store_media(pool, items[i])
         shard_errors.sort(key=lambda e: e.line)
         return vectors, _shard_columns([item_row(items[i]) for i in kept]), shard_errors
+
+
+def _stacked(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    """The shards' vectors in one array, copied from their memory-mapped files into it (one copy in
+    memory, not the loaded shards and their concatenation). A build resumed across the release that
+    began keeping both modalities has shards of both shapes: its pool gets the fused rows only."""
+    if not parts:
+        return empty
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        log.warning("a resumed build's shards differ in shape %s: writing the fused vectors only", sorted(shapes))
+        parts = [p[:, 0] if p.ndim == 3 else p for p in parts]
+    out = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), np.float32)
+    start = 0
+    for part in parts:
+        out[start : start + len(part)] = part
+        start += len(part)
+    return out
 
 
 def _column_shard(block: ColumnBlock, seen: set[str],

@@ -13,14 +13,14 @@ are per request, so no index is built for them); the view scales the queries ins
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exemplar.errors import Incompatible, InvalidRequest
+from exemplar.errors import EmptyPool, Incompatible, InvalidRequest
 from exemplar.retrieval.index.vectors import TUNED, Effort, normalize
 
 if TYPE_CHECKING:
@@ -76,24 +76,31 @@ class ScaledSearch:
 
 
 class ScaledClasses:
-    """Per-class search (what ``balanced`` uses) over the stored rows, with scaled queries."""
+    """Per-class search (what ``balanced`` uses) over the stored rows, with scaled queries; the class
+    lists are built on first use (``topk`` and ``random`` never need them)."""
 
-    def __init__(self, classes: Any, scale: np.ndarray) -> None:  # noqa: ANN401 - a SegmentedClasses
-        self.classes = classes
+    def __init__(self, classes: Callable[[], Any], scale: np.ndarray) -> None:  # returns a SegmentedClasses
+        self._classes = classes
         self.scale = scale
-        self.rows = classes.rows
-        self.stats = classes.stats
         self.approximate: list[int] = []
+
+    @property
+    def rows(self) -> list[np.ndarray]:
+        return self._classes().rows
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self._classes().stats
 
     def search(self, code: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                effort: Effort = TUNED) -> tuple[np.ndarray, np.ndarray]:
-        return self.classes.search(code, np.asarray(queries, np.float32) * self.scale, k, allowed, effort)
+        return self._classes().search(code, np.asarray(queries, np.float32) * self.scale, k, allowed, effort)
 
     def search_many(self, codes: Sequence[int], queries: np.ndarray, k: int,
                     allowed: Mapping[int, np.ndarray] | None = None, *, needed: int | None = None,
                     effort: Effort = TUNED) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        return self.classes.search_many(codes, np.asarray(queries, np.float32) * self.scale, k, allowed,
-                                        needed=needed, effort=effort)
+        return self._classes().search_many(codes, np.asarray(queries, np.float32) * self.scale, k, allowed,
+                                           needed=needed, effort=effort)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -106,17 +113,26 @@ class ModalityVectors:
     dim: int  # the width of one modality
     make_classes: Callable[[], Any]
 
-    @functools.cached_property
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+    _classes: Any = dataclasses.field(default=None, repr=False)
+
+    @property
     def classes(self) -> Any:  # noqa: ANN401 - a SegmentedClasses
-        return self.make_classes()
+        with self._lock:  # built once, even when two first requests come together
+            if self._classes is None:
+                object.__setattr__(self, "_classes", self.make_classes())
+            return self._classes
 
     def weighted(self, weights: tuple[float, float]) -> tuple[ScaledRows, ScaledSearch, ScaledClasses]:
         """The view's vectors, index and class search for these weights (they sum to 1)."""
         scale = block_scale(self.dim, weights)
-        return ScaledRows(self.vectors, scale), ScaledSearch(self.index, scale), ScaledClasses(self.classes, scale)
+        return (ScaledRows(self.vectors, scale), ScaledSearch(self.index, scale),
+                ScaledClasses(lambda: self.classes, scale))
 
 
 def check_fusion(snap: Snapshot) -> None:
+    if snap.modalities is None and snap.size == 0:
+        raise EmptyPool(f"version {snap.version} of pool {snap.pool!r} holds no items", param="pool")
     if snap.modalities is None:
         raise Incompatible(
             f"version {snap.version} of pool {snap.pool!r} keeps one vector per item: fusion weighs the image and "
@@ -128,10 +144,10 @@ def check_fusion(snap: Snapshot) -> None:
 
 def fused_queries(snap: Snapshot, self_rows: Sequence[int | None], image_at: Sequence[int],
                   image_vectors: np.ndarray | None, text_at: Sequence[int], text_vectors: np.ndarray | None,
-                  fusion: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
+                  fusion: tuple[float, float], param: Callable[[int], str]) -> tuple[np.ndarray, tuple[float, float]]:
     """The queries in the fused view and the weights used: ``fusion`` where the queries have both
     modalities (an image with a text, or a stored item), all on one modality where they have one.
-    ``image_at`` / ``text_at``: which queries the encoded vectors belong to."""
+    ``image_at`` / ``text_at``: which queries the encoded vectors belong to; ``param`` names a query."""
     modalities = snap.modalities
     assert modalities is not None  # check_fusion ran first
     n, dim = len(self_rows), modalities.dim
@@ -147,10 +163,12 @@ def fused_queries(snap: Snapshot, self_rows: Sequence[int | None], image_at: Seq
         at = [i for i, _ in items]
         image[at], text[at] = stored[:, :dim], stored[:, dim:]
         has_image[at] = has_text[at] = True
-    kinds = set(zip(has_image.tolist(), has_text.tolist()))
-    if len(kinds) > 1:
-        raise InvalidRequest("fusion weighs every query of a batch alike: give them all the same modalities (an "
-                             "image with a text or an item_id; an image alone; a text alone)", param="fusion")
-    ((with_image, with_text),) = kinds
+    kinds = list(zip(has_image.tolist(), has_text.tolist()))
+    differs = next((i for i, kind in enumerate(kinds) if kind != kinds[0]), None)
+    if differs is not None:
+        raise InvalidRequest("fusion weighs every query of a batch alike: give them all the same modalities as the "
+                             "first (an image with a text or an item_id; an image alone; a text alone)",
+                             param=param(differs))
+    with_image, with_text = kinds[0]
     weights = fusion if with_image and with_text else (1.0, 0.0) if with_image else (0.0, 1.0)
     return np.hstack([normalize(image), normalize(text)]) * block_scale(dim, weights), weights

@@ -191,7 +191,7 @@ class SelectionService:
                     param="k_per_class",
                 )
         allowed = self._allowed(snap, options)
-        if options.fusion is not None:
+        if options.fusion is not None and not all(q.empty for q in queries):  # random needs no query
             check_fusion(snap)
         vectors, self_rows, weights = self._embed(snap, queries, strategy.needs_query, param_prefix, options.fusion)
         if weights is not None:
@@ -350,7 +350,7 @@ class SelectionService:
                 raise
         if fusion is not None:
             fused, weights = fused_queries(snap, self_rows, [i for i, _ in images], image_vectors,
-                                           [i for i, _ in texts], text_vectors, fusion)
+                                           [i for i, _ in texts], text_vectors, fusion, param)
             return fused, self_rows, weights
         if image_vectors is not None:
             vectors[[i for i, _ in images]] += image_vectors

@@ -20,20 +20,25 @@ import numpy as np
 from exemplar.errors import Incompatible
 from exemplar.retrieval.index.vectors import normalize
 
-__all__ = ["CENTRE", "MIN_CENTRE_ROWS", "centred", "first_centre"]
+__all__ = ["CENTRE", "MIN_CENTRE_ROWS", "centred", "check_first_write", "first_centre"]
 
 CENTRE = "centre.npy"
 MIN_CENTRE_ROWS = 32
 
 
-def first_centre(vectors: np.ndarray, pool: str) -> np.ndarray:
-    """The mean a lineage of versions is centred by, from the unit vectors of its first write."""
-    if len(vectors) < MIN_CENTRE_ROWS:
+def check_first_write(pool: str, rows: int) -> None:
+    """A write that fixes a centred pool's mean must bring enough rows for one."""
+    if rows < MIN_CENTRE_ROWS:
         raise Incompatible(
             f"pool {pool!r} is centred, and its first write fixes the mean its vectors are centred by: write at "
-            f"least {MIN_CENTRE_ROWS} items at once (this write has {len(vectors)}), e.g. with a build",
+            f"least {MIN_CENTRE_ROWS} items at once (this write has {rows}), e.g. with a build",
             param="items",
         )
+
+
+def first_centre(vectors: np.ndarray, pool: str) -> np.ndarray:
+    """The mean a lineage of versions is centred by, from the unit vectors of its first write."""
+    check_first_write(pool, len(vectors))
     return np.asarray(vectors, np.float64).mean(axis=0).astype(np.float32)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fsync_dir", "publish_dir", "staged_dir", "write_bytes_atomic", "write_npy_atomic"]
+__all__ = ["fsync_dir", "publish_dir", "save_rows", "staged_dir", "write_bytes_atomic", "write_npy_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,6 +39,18 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_rows(path: Path, rows: np.ndarray, *, chunk: int = 16_384) -> None:
+    """Rows as a 2-D float32 ``.npy`` file (each row flattened), copied a chunk at a time: a strided
+    view (``np.save`` would write it an element at a time) is saved without a copy of it all."""
+    width = int(np.prod(rows.shape[1:], dtype=np.int64))
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (len(rows), width)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for start in range(0, len(rows), chunk):
+            fh.write(np.ascontiguousarray(rows[start : start + chunk], np.float32).tobytes())
 
 
 def publish_dir(staging: Path, final: Path) -> None:

@@ -40,12 +40,12 @@ def empty_vectors(dim: int, embed: str, *, precomputed: bool = False) -> np.ndar
 
 
 def split_vectors(vectors: np.ndarray, dim: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows to search by, ``(n, dim)``, and the modality vectors side by side, ``(n, 2 * dim)``
-    (None where the vectors carry one space only: one modality, or precomputed vectors)."""
+    """The rows to search by, ``(n, dim)``, and the modality vectors, ``(n, 2, dim)`` (image, text; a
+    view of ``vectors``, not a copy: ``files.save_rows`` writes it as ``(n, 2 * dim)``); None where the
+    vectors carry one space only (one modality, or precomputed vectors)."""
     array = np.asarray(vectors, dtype=np.float32)
     if array.ndim == 3:
         if array.shape[1:] != (len(MODALITIES) + 1, dim):
             raise ValueError(f"stacked vectors of shape {array.shape} for width {dim}")
-        fused = np.ascontiguousarray(array[:, 0])
-        return fused, np.ascontiguousarray(array[:, 1:].reshape(len(array), len(MODALITIES) * dim))
+        return np.ascontiguousarray(array[:, 0]), array[:, 1:]
     return np.ascontiguousarray(array).reshape(n, dim), None

@@ -49,7 +49,7 @@ from exemplar.retrieval.index.classes import META as CLASS_META
 from exemplar.retrieval.index.classes import ClassIndexes, ClassSearch
 from exemplar.retrieval.index.partitioned import KIND as PARTITIONED
 from exemplar.retrieval.index.partitioned import PartitionedClasses, build_partitioned, partitionable
-from exemplar.retrieval.store.files import staged_dir, write_npy_atomic
+from exemplar.retrieval.store.files import save_rows, staged_dir, write_npy_atomic
 from exemplar.retrieval.index.vectors import AUTO, VectorIndex
 
 __all__ = [
@@ -133,7 +133,7 @@ def write_segment(
     with staged_dir(folder) as staging:
         np.save(staging / VECTORS, vectors, allow_pickle=False)
         if modalities is not None:
-            np.save(staging / MODALITY_VECTORS, np.ascontiguousarray(modalities, dtype=np.float32), allow_pickle=False)
+            save_rows(staging / MODALITY_VECTORS, modalities)
         if centre is not None:
             np.save(staging / CENTRE, np.asarray(centre, dtype=np.float32), allow_pickle=False)
         uids = np.fromiter((r.uid for r in rows), np.int64, len(rows))

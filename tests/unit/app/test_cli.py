@@ -185,6 +185,11 @@ def test_eval_with_fusion_weighs_the_modalities(runner: CliRunner, tmp_path: Pat
     assert precision("--fusion", "0") > precision("--fusion", "1")
     bad = runner.invoke(main, ["eval", "it", "--data-dir", data, "--fusion", "1.5"])
     assert bad.exit_code == 2
+    defaults = runner.invoke(main, ["eval", "it", "--data-dir", data, "--json", "--resamples", "20", "--fusion", "0.5"])
+    assert defaults.exit_code == 0, defaults.output
+    assert set(json.loads(defaults.stdout)["metrics"]) == {"random", "topk", "balanced"}  # invariant left out
+    invariant = runner.invoke(main, ["eval", "it", "--data-dir", data, "--fusion", "0.5", "--strategies", "invariant:topk"])
+    assert invariant.exit_code == 2 and "adapter" in invariant.output
     plain = runner.invoke(main, ["build", "img", manifest, "--encoder", "open_clip:exemplar-tiny", "--data-dir", data])
     assert plain.exit_code == 0, plain.output
     refused = runner.invoke(main, ["eval", "img", "--data-dir", data, "--fusion", "0.5", "--strategies", "topk"])

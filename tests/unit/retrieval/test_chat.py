@@ -35,6 +35,10 @@ def test_query_is_the_last_user_messages_image_else_its_text() -> None:
     at, query = query_of([{"role": "user", "content": [_image("https://example.com/a.png"),
                                                        {"type": "text", "text": "a cat"}]}])
     assert query.text == "a cat" and query.image is None
+    # With fusion the image and the text are both the query (weighted by the request).
+    at, query = query_of(messages, both=True)
+    assert at == 3 and query.image == PNG and query.text == "which?"
+    assert query_of(messages[:3], both=True)[1].text == "first"
 
 
 @pytest.mark.parametrize(("messages", "param", "words"), [

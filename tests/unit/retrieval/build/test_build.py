@@ -225,3 +225,15 @@ def test_webdataset_shards(pools: PoolService, tmp_path: Path) -> None:
     assert snap.label_of(row) == "red" and snap.domain_of(row) == "site-0"
     assert snap.texts[row] == "a red square" and snap.metadata_of(row) == {"n": 0}
     assert (pools.store.files.media_dir(pools.get("w").id) / snap.images[row]).is_file()
+
+
+def test_shards_of_both_shapes_stack_to_the_fused_rows() -> None:
+    from exemplar.retrieval.build.runner import _stacked
+    from exemplar.retrieval.store.modalities import empty_vectors
+
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(3, 4)).astype(np.float32)  # a shard written before both modalities were kept
+    new = rng.normal(size=(2, 3, 4)).astype(np.float32)  # fused, image, text
+    np.testing.assert_array_equal(_stacked([old, new], empty_vectors(4, "image+text")), np.vstack([old, new[:, 0]]))
+    np.testing.assert_array_equal(_stacked([new, new], empty_vectors(4, "image+text")), np.concatenate([new, new]))
+    assert _stacked([], empty_vectors(4, "image+text")).shape == (0, 3, 4)

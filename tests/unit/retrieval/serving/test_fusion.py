@@ -175,7 +175,7 @@ def test_refusals(pools: PoolService, selection: SelectionService, fused_pool: s
     with pytest.raises(InvalidRequest) as refused:
         selection.select_batch(fused_pool, [Query(image=image), Query(text="specimen 1")], "topk",
                                SelectionOptions(k=4, fusion=(0.5, 0.5)))
-    assert refused.value.param == "fusion"
+    assert refused.value.param == "queries[1]"
     pools.create(name="images", encoder=TINY)
     pools.add_items("images", items_of(root, rows[:6]))
     with pytest.raises(Incompatible) as conflict:

@@ -13,7 +13,7 @@ from exemplar.retrieval.index.vectors import normalize
 from exemplar.retrieval.store.centring import MIN_CENTRE_ROWS
 from exemplar.retrieval.store.compaction import CompactionPolicy
 from exemplar.retrieval.store.maintenance import CompactionService
-from tests.helpers import oracle_topk
+from tests.helpers import oracle_topk, png_bytes
 
 DIM = 16
 
@@ -79,6 +79,13 @@ def test_a_small_first_write_is_refused_and_leaves_no_version(pools: PoolService
         pools.add_items("c", items(V, labels))
     assert str(MIN_CENTRE_ROWS) in refused.value.message
     assert pools.stats("c").versions == [] and pools.get("c").current_version is None
+    # Refused before anything is encoded or stored: no uploaded image is left in the media folder.
+    pools.create(name="images", encoder="open_clip:exemplar-tiny", centre=True)
+    uploads = [NewItem(id=f"u{i}", label="a", image_bytes=png_bytes((10 * i, 20, 30))) for i in range(3)]
+    with pytest.raises(Incompatible):
+        pools.add_items("images", uploads)
+    media = pools.store.files.media_dir(pools.get("images").id)
+    assert not media.exists() or not any(p.is_file() for p in media.rglob("*"))
 
 
 def test_a_replacing_write_takes_a_new_mean_and_compaction_keeps_it(pools: PoolService,

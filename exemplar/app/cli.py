@@ -452,9 +452,6 @@ def evaluate(pool: str, data_dir: Path | None, k: int, strategies: str | None, m
     try:
         snap = services.snapshots.snapshot(pool)
         if fusion is not None:
-            from exemplar.retrieval.serving.fusion import check_fusion
-
-            check_fusion(snap)
             snap = snap.in_fused_space((fusion, 1.0 - fusion))
         if mllm is None:
             report = evaluate_lodo(

@@ -35,7 +35,7 @@ from exemplar.retrieval.prompting import (
     query_content,
     render,
 )
-from exemplar.retrieval.serving.manyicl import SharedMode, check_fixed, draw_shuffle_seed
+from exemplar.retrieval.serving.manyicl import SharedMode, check_fixed, check_shuffle, draw_shuffle_seed
 from exemplar.retrieval.serving.selection import Demonstration, Query, SelectionService
 from exemplar.retrieval.serving.strategies import SelectionOptions
 from exemplar.retrieval.serving.strategies.ordering import shuffled
@@ -159,18 +159,13 @@ def _check(selection: SelectionService, queries: Sequence[Query], strategy: str,
     checks = [
         (1 <= options.queries_per_call <= MAX_QUERIES_PER_CALL, "queries_per_call",
          f"queries_per_call must be between 1 and {MAX_QUERIES_PER_CALL}"),
-        (options.shuffle_seed is None or options.shared == "fixed", "shuffle_seed",
-         "shuffle_seed orders the fixed set: give shared 'fixed'"),
-        (not options.reshuffle or options.shared == "fixed", "reshuffle",
-         "reshuffle orders the fixed set: give shared 'fixed'"),
-        (not options.reshuffle or options.shuffle_seed is None, "reshuffle",
-         "give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both"),
         (options.demo_labels in ("true", "shuffled", "random") or isinstance(options.demo_labels, Noise),
          "demo_labels", "demo_labels is 'true', 'shuffled', 'random' or a label noise"),
     ]
     for ok, param, message in checks:
         if not ok:
             raise InvalidRequest(message, param=param)
+    check_shuffle(options.shared, options.shuffle_seed, options.reshuffle)
     check_generation(options.max_tokens, options.temperature)
     options.template.check()
     if not queries:

@@ -21,12 +21,11 @@ from exemplar.app.schemas.select import (
     DemonstrationOut,
     QueryIn,
     SelectionFieldsIn,
-    check_shuffle_fields,
 )
 from exemplar.errors import InvalidRequest
 from exemplar.retrieval.infer import MAX_ROUNDS
 from exemplar.retrieval.many_query import MAX_QUERIES_PER_CALL
-from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED
+from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED, check_shuffle
 from exemplar.retrieval.serving.stages import list_stages
 from exemplar.retrieval.prompting import FIELDS
 
@@ -199,7 +198,7 @@ class BatchInferRequest(SelectionFieldsIn):
         if self.shared == "fixed" and self.strategy != FIXED_STRATEGY:
             raise InvalidRequest("shared 'fixed' is a seeded class-balanced sample: give strategy 'random', or "
                                  "shared 'mean'", param="strategy")
-        check_shuffle_fields(self.shared, self.shuffle_seed, self.reshuffle)
+        check_shuffle(self.shared, self.shuffle_seed, self.reshuffle)
         return self
 
 

@@ -33,7 +33,7 @@ from exemplar.app.schemas.common import (
 )
 from exemplar.errors import ExemplarError, InvalidRequest
 from exemplar.retrieval import Effort, Query, SelectionOptions
-from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED
+from exemplar.retrieval.serving.manyicl import FIXED_STRATEGY, MAX_SHUFFLE_SEED, check_shuffle
 from exemplar.retrieval.serving.stages import list_stages
 from exemplar.retrieval.serving.strategies import get_strategy, list_strategies
 
@@ -319,17 +319,6 @@ class SelectRequest(SelectOptionsIn):
                            description="One of image, text, embedding, embedding_b64 or item_id.")
 
 
-def check_shuffle_fields(shared: object, shuffle_seed: int | None, reshuffle: bool) -> None:
-    """``shuffle_seed`` and ``reshuffle`` order the fixed set (select/batch, infer/batch): only with
-    shared 'fixed', and one of them."""
-    for name, value in (("shuffle_seed", shuffle_seed), ("reshuffle", reshuffle)):
-        if value not in (None, False) and shared != "fixed":
-            raise InvalidRequest(f"{name} orders the fixed set: give shared 'fixed'", param=name)
-    if shuffle_seed is not None and reshuffle:
-        raise InvalidRequest("give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both",
-                             param="reshuffle")
-
-
 # shared 'fixed' is the random strategy's class-balanced sample, and runs no pipeline stages.
 _FIXED = {"properties": {"shared": {"const": "fixed"}}, "required": ["shared"]}
 FIXED_RULES = (
@@ -392,7 +381,7 @@ class BatchSelectRequest(SelectOptionsIn):
                 if getattr(self, stage.name) is not None:
                     raise InvalidRequest("shared 'fixed' runs no pipeline stages: the set does not depend on the "
                                          "queries", param=stage.name)
-        check_shuffle_fields(self.shared, self.shuffle_seed, self.reshuffle)
+        check_shuffle(self.shared, self.shuffle_seed, self.reshuffle)
         return self
 
     @property

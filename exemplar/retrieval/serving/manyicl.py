@@ -24,14 +24,25 @@ from exemplar.retrieval.serving.strategies.base import SelectionOptions, Window
 from exemplar.retrieval.serving.strategies.quotas import class_window
 from exemplar.retrieval.serving.strategies.random import class_rankings
 
-__all__ = ["FIXED_STRATEGY", "MAX_SHUFFLE_SEED", "SHARED_MODES", "SharedMode", "check_fixed", "draw_shuffle_seed",
-           "fixed_window"]
+__all__ = ["FIXED_STRATEGY", "MAX_SHUFFLE_SEED", "SHARED_MODES", "SharedMode", "check_fixed", "check_shuffle",
+           "draw_shuffle_seed", "fixed_window"]
 
 SharedMode = Literal["mean", "fixed"]
 SHARED_MODES: tuple[str, ...] = ("mean", "fixed")
 # The fixed set is the class-balanced seeded sample of ``random``: the strategy a request names.
 FIXED_STRATEGY = "random"
 MAX_SHUFFLE_SEED = 2**31 - 1
+
+
+def check_shuffle(shared: object, shuffle_seed: int | None, reshuffle: bool = False) -> None:
+    """``shuffle_seed`` and ``reshuffle`` order the fixed set (select/batch, infer/batch): only with
+    shared 'fixed', and one of them."""
+    for name, value in (("shuffle_seed", shuffle_seed), ("reshuffle", reshuffle)):
+        if value not in (None, False) and shared != "fixed":
+            raise InvalidRequest(f"{name} orders the fixed set: give shared 'fixed'", param=name)
+    if shuffle_seed is not None and reshuffle:
+        raise InvalidRequest("give shuffle_seed (an order to repeat) or reshuffle (a fresh one), not both",
+                             param="reshuffle")
 
 
 def draw_shuffle_seed() -> int:

@@ -19,7 +19,14 @@ from exemplar.retrieval.ports import EncoderProvider
 from exemplar.retrieval.serving.cache import SnapshotCache
 from exemplar.retrieval.serving.composite import ItemColumn
 from exemplar.retrieval.serving.fusion import check_fusion, fused_queries
-from exemplar.retrieval.serving.manyicl import MAX_SHUFFLE_SEED, SHARED_MODES, SharedMode, check_fixed, fixed_window
+from exemplar.retrieval.serving.manyicl import (
+    MAX_SHUFFLE_SEED,
+    SHARED_MODES,
+    SharedMode,
+    check_fixed,
+    check_shuffle,
+    fixed_window,
+)
 from exemplar.retrieval.store.store import PoolStore
 from exemplar.retrieval.serving.snapshot import Snapshot
 from exemplar.retrieval.serving.pipeline import run_stages
@@ -135,8 +142,7 @@ class SelectionService:
             raise InvalidRequest("shared is true, false, 'mean' or 'fixed'", param="shared")
         if shuffle_seed is not None and not 0 <= shuffle_seed <= MAX_SHUFFLE_SEED:
             raise InvalidRequest(f"shuffle_seed must be between 0 and {MAX_SHUFFLE_SEED}", param="shuffle_seed")
-        if shuffle_seed is not None and mode != "fixed":
-            raise InvalidRequest("shuffle_seed orders the fixed set: give shared 'fixed'", param="shuffle_seed")
+        check_shuffle(mode, shuffle_seed)
         if mode == "fixed":
             check_fixed(strategy_name, options)
         prepared = self.prepare(pool, queries, strategy_name, options, param_prefix=param_prefix)

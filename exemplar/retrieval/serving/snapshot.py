@@ -12,10 +12,10 @@ import numpy as np
 
 from exemplar.errors import Conflict
 from exemplar.retrieval.adapt.adapters import AdapterView
+from exemplar.retrieval.serving.fusion import ModalityVectors, check_fusion
 
 if TYPE_CHECKING:
     from exemplar.retrieval.serving.composite import RowSpace
-    from exemplar.retrieval.serving.fusion import ModalityVectors
     from exemplar.retrieval.store.manifest import Manifest
 
 __all__ = ["Snapshot", "label_codes_of"]
@@ -81,9 +81,9 @@ class Snapshot:
 
     def in_fused_space(self, weights: tuple[float, float]) -> "Snapshot":
         """The same items seen by ``weights[0] * cos(image) + weights[1] * cos(text)`` (``fusion.py``);
-        the caller checks that the version keeps both modalities."""
-        if self.modalities is None:
-            raise Conflict(f"version {self.version} of pool {self.pool!r} keeps no per-modality vectors")
+        409 where the version keeps one vector per item."""
+        check_fusion(self)
+        assert self.modalities is not None
         vectors, index, classes = self.modalities.weighted(weights)
         return dataclasses.replace(self, vectors=vectors, index=index, classes=classes, adapter=None)
 

@@ -24,9 +24,33 @@ def encoders() -> EncoderRegistry:
     return EncoderRegistry(device="cpu", batch_size=16)
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (tests/postgres.py). CI sets
+    EXEMPLAR_TEST_REQUIRE_POSTGRES=1: there a missing server fails instead of skipping."""
+    from tests.postgres import available, throwaway_postgres
+
+    if not available():
+        if os.environ.get("EXEMPLAR_TEST_REQUIRE_POSTGRES"):
+            raise AssertionError("PostgreSQL is required here (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest) -> str | None:
+    """Every test of the store runs against both catalogs: SQLite (None) and PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    from tests.postgres import schema_url
+
+    return schema_url(request.getfixturevalue("postgres_server"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[PoolStore]:
-    opened = PoolStore(tmp_path / "data")
+def store(tmp_path: Path, catalog_url: str | None) -> Iterator[PoolStore]:
+    opened = PoolStore(tmp_path / "data", catalog_url=catalog_url)
     yield opened
     opened.close()
 

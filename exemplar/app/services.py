@@ -84,7 +84,9 @@ def build_services(settings: Settings) -> Services:
         device=settings.device, batch_size=settings.encode_batch_size, max_pixels=settings.max_image_pixels
     )
     store = PoolStore(settings.data_dir, keep_versions=settings.keep_versions,
-                      index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes))
+                      index_policy=AutoIndexPolicy(memory_budget_bytes=settings.index_memory_budget_bytes),
+                      catalog_url=settings.catalog_url, lease_s=settings.lease_s,
+                      retention_grace_s=settings.retention_grace_s)
     # Listens to the store's changes from here on; the app starts its refresher (other processes' changes).
     snapshots = SnapshotCache(store, refresh_s=settings.refresh_s, on_swap=release_freed_memory)
     pools = PoolService(store, snapshots, encoders)
@@ -99,8 +101,9 @@ def build_services(settings: Settings) -> Services:
     builds = BuildService(store, snapshots, encoders, jobs, stage=shard_stage(settings))
     compaction = CompactionService(store, jobs, CompactionPolicy(merge_factor=settings.compaction_merge_factor),
                                    segments=snapshots.segments, automatic=settings.compaction)
-    # Builds left running by a process that died resume here from their last completed shard.
-    jobs.recover({BuildService.KIND: builds.work})
+    # Builds left running by a replica that died resume here from their last completed shard, now
+    # and whenever the keeper finds another one whose lease ran out.
+    jobs.start({BuildService.KIND: builds.work})
     services = Services(settings=settings, encoders=encoders, store=store, snapshots=snapshots, pools=pools,
                         selection=selection, jobs=jobs,
                         adapters=adapters, mllms=mllms, infer=InferService(selection, mllms),

@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("exemplar-data"), description="Catalog, versions and media live here.")
+    catalog_url: str | None = Field(
+        None, description="The catalog's database: unset for SQLite in the data directory (one host), or "
+        "postgresql://user:password@host:5432/db shared by replicas on several hosts, whose data directory is then "
+        "one shared file system (see docs/deployment.md).")
+    lease_s: float = Field(10.0, ge=0.5, le=3600.0, description="How long a replica's claim on its jobs and builds "
+                           "outlives its last heartbeat (heartbeats every lease_s / 4); another replica takes over "
+                           "after that.")
+    retention_grace_s: float | None = Field(
+        None, ge=0.0, description="How long a file no kept version lists waits before it is removed; unset: 0 with "
+        "SQLite, 60 s with PostgreSQL (and never while a live replica serves it).")
     host: str = Field("127.0.0.1", description="Address `exemplar serve` binds to.")
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from exemplar.errors import Conflict, InvalidRequest, NotFound
-from exemplar.retrieval.store.catalog import ItemRow, PoolRecord
+from exemplar.retrieval.store.catalog import Fence, ItemRow, PoolRecord
 from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.store.modalities import empty_vectors
 from exemplar.retrieval.store.items import (
@@ -163,6 +163,8 @@ class LocalShardEncoder:
 
 
 class _Context(Protocol):
+    fence: Fence | None  # the job's claim, checked by the version commit (None: no job)
+
     def check(self) -> None: ...
 
     def progress(self, *, force: bool = False, **values: Any) -> None: ...
@@ -170,6 +172,8 @@ class _Context(Protocol):
 
 class _Inline:
     """The context of a build run without a job (``build_pool``)."""
+
+    fence = None
 
     def __init__(self, on_progress: Callable[[dict[str, Any]], None] | None) -> None:
         self.on_progress = on_progress
@@ -339,7 +343,7 @@ class BuildRunner:
             matrix = _stacked(parts, empty_vectors(encoder.dim, pool.embed, precomputed=precomputed))
             version = self.store.write(pool, rows, matrix, bases=self.snapshots, source=str(source),
                                        replace_all=spec.mode == "replace",
-                                       index_spec=spec.index)
+                                       index_spec=spec.index, fence=ctx.fence)
             index_stats = self.store.version(pool.id, version).stats.get("index", {})
         return BuildReport(pool=spec.pool, version=version, added=len(rows), skipped=counts["skipped"], errors=errors,
                            seconds=round(time.monotonic() - started, 3), shards=shards, resumed_shards=resumed,
@@ -492,6 +496,10 @@ class BuildService:
 
         def run(ctx: JobContext) -> dict[str, Any]:
             workdir = self.root / ctx.job_id
+            committed = ctx.committed_version()
+            if committed is not None:  # an earlier attempt committed, then its replica died
+                shutil.rmtree(workdir, ignore_errors=True)
+                return {"pool": spec.pool, "version": committed, "committed_by_earlier_attempt": True}
             try:
                 report = BuildRunner(self.store, self.snapshots, self.encoders, spec, workdir, self.stage).run(ctx)
             except JobCancelled:

@@ -3,7 +3,9 @@
 A request reads the cached snapshot and nothing else. Changes made through this process's store
 drop the cached snapshot at once (the next request loads the new version); changes made by other
 processes are found by a background refresher that reads every pool's revision in one catalog
-query each ``refresh_s`` and loads the pools that changed.
+query each ``refresh_s`` (at once when a PostgreSQL catalog notifies a change) and loads the pools
+that changed. The segments it has loaded go out with the store's heartbeat, so that retention on a
+shared catalog never removes a file this process serves.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class SnapshotCache:
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
         store.on_change(self.invalidate)
+        store.report_serving(self.segments.names)
 
     # the request path ----------------------------------------------------------------------------
 
@@ -171,7 +174,10 @@ class SnapshotCache:
 
     def _refresh_until_stopped(self) -> None:
         pause = max(self.refresh_s, MIN_REFRESH_S)
-        while not self._stop.wait(pause):
+        while not self._stop.is_set():
+            self.store.wait_for_change(pause, self._stop)
+            if self._stop.is_set():
+                break
             try:
                 self.refresh()
             except Exception:  # noqa: BLE001 - e.g. the catalog busy or closing: try again next round

@@ -48,6 +48,14 @@ class SegmentCache:
                 segment = self._segments.setdefault(key, segment)
         return segment
 
+    def names(self) -> dict[int, list[str]]:
+        """The segments loaded, by pool id (what this process serves)."""
+        out: dict[int, list[str]] = {}
+        with self._lock:
+            for pool_id, name in self._segments:
+                out.setdefault(pool_id, []).append(name)
+        return {pool_id: sorted(names) for pool_id, names in out.items()}
+
     def keep_only(self, pool_id: int, names: Iterable[str]) -> None:
         wanted = set(names)
         with self._lock:

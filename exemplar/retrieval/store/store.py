@@ -4,7 +4,10 @@ change them (committed writes with their retries, media, retention, after-write 
 from __future__ import annotations
 
 import logging
+import random
 import shutil
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +15,30 @@ from typing import Any
 from exemplar.errors import Conflict
 from exemplar.retrieval.index.auto import AutoIndexPolicy
 from exemplar.retrieval.ports import CurrentVersions
-from exemplar.retrieval.store.catalog import AdapterRecord, Catalog, ItemRow, PoolRecord, StaleBase, VersionRecord
+from exemplar.retrieval.store.catalog import (
+    DEFAULT_LEASE_S,
+    AdapterRecord,
+    Catalog,
+    Fence,
+    ItemRow,
+    PoolRecord,
+    StaleBase,
+    VersionRecord,
+)
 from exemplar.retrieval.store.files import write_bytes_atomic
 from exemplar.retrieval.store.items import NewItem, media_name
 from exemplar.retrieval.store.locks import FairLock
 from exemplar.retrieval.store.manifest import Manifest
-from exemplar.retrieval.store.retention import collect_garbage
+from exemplar.retrieval.store.retention import RetentionPolicy, collect_garbage
 from exemplar.retrieval.store.versions import VersionFiles, manifest_of, write_version
 
 __all__ = ["WRITE_ATTEMPTS", "PoolStore"]
 
 log = logging.getLogger(__name__)
 
-WRITE_ATTEMPTS = 5
+WRITE_ATTEMPTS = 20
+"""Tries of a write whose base another writer replaced meanwhile (with replicas writing one pool
+at once, each try may lose the race to another replica's; they back off with jitter)."""
 
 PoolCallback = Callable[[str], object]
 
@@ -40,19 +54,81 @@ class PoolStore:
     """
 
     def __init__(self, data_dir: Path, *, index_policy: AutoIndexPolicy = AutoIndexPolicy(),
-                 keep_versions: int = 0) -> None:
+                 keep_versions: int = 0, catalog_url: str | None = None, lease_s: float = DEFAULT_LEASE_S,
+                 retention_grace_s: float | None = None) -> None:
         self.data_dir = data_dir
         self.index_policy = index_policy
         self.keep_versions = keep_versions
-        self.catalog = Catalog(data_dir / "catalog.sqlite3")
+        self.catalog = Catalog(catalog_url, data_dir=data_dir, lease_s=lease_s)
+        # One host (SQLite): POSIX keeps a removed file readable while mapped, so nothing waits.
+        # Shared (PostgreSQL, a network file system): another host's mapping is not protected.
+        self.retention = RetentionPolicy.for_catalog(self.catalog, grace_s=retention_grace_s)
         self.files = VersionFiles(data_dir)
         self._write_lock = FairLock()  # writes and activations in arrival order
         self._after_write: list[PoolCallback] = []
         self._on_change: list[PoolCallback] = []
+        self._serving: Callable[[], dict[int, list[str]]] | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # set by the change listener (PostgreSQL's NOTIFY)
+        self._listener: threading.Thread | None = None
         self._cleanup()
+        self._heart = threading.Thread(target=self._beat, name="exemplar-replica-heartbeat", daemon=True)
+        self._heart.start()
 
     def close(self) -> None:
+        self._stop.set()
+        self._heart.join(5.0)
+        if self._listener is not None:
+            self._listener.join(5.0)
         self.catalog.close()
+
+    # presence ------------------------------------------------------------------------------------
+
+    def report_serving(self, serving: Callable[[], dict[int, list[str]]]) -> None:
+        """Tell the store what this process serves (pool id -> segment names), for its heartbeat:
+        retention on a shared catalog keeps every file a live replica serves."""
+        self._serving = serving
+
+    def wait_for_change(self, timeout_s: float, stop: threading.Event) -> bool:
+        """Wait up to ``timeout_s`` for another process to commit a change (a hint: True when
+        notified; the caller polls the revisions either way), or until ``stop``."""
+        if self.catalog.shared and self._listener is None:
+            self._listener = threading.Thread(target=self.catalog.db.listen, args=(self._stop, self._wake),
+                                              name="exemplar-catalog-listen", daemon=True)
+            self._listener.start()
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(left, 0.1)):
+                self._wake.clear()
+                return True
+        return False
+
+    def _beat(self) -> None:
+        """Renew this replica's lease every ``lease_s / 4``; now and then, sweep what dead
+        replicas left (builds they held, files past the retention grace)."""
+        pause = max(self.catalog.lease_s / 4, 0.1)
+        rounds = 0
+        while not self._stop.wait(pause):
+            rounds += 1
+            try:
+                self.catalog.heartbeat(self._serving() if self._serving is not None else None)
+                if rounds % 8 == 0:
+                    self.sweep()
+            except Exception:  # noqa: BLE001 - e.g. the database restarting: the next beat tries again
+                log.warning("replica heartbeat failed; trying again in %.2f s", pause, exc_info=True)
+
+    def sweep(self) -> None:
+        """Fail builds and adapters whose replica's lease ran out, and remove retired files whose
+        grace has passed (on a shared catalog nothing else would remove them after the last write)."""
+        for pool_id, version in self.catalog.abandon_dead_builds():
+            log.warning("pool %s: version %s was left half-built by a replica that stopped; marked failed",
+                        pool_id, version)
+        if self.retention.grace_s > 0:
+            for pool in self.catalog.pools():
+                collect_garbage(self.catalog, self.files, pool.id, self.retention)
 
     # reads ---------------------------------------------------------------------------------------
 
@@ -145,12 +221,15 @@ class PoolStore:
 
     def write(self, pool: PoolRecord, rows: Sequence[ItemRow], vectors: Any, *, bases: CurrentVersions,
               source: str, replace_all: bool, index_spec: str | None = None,
-              remove_ids: frozenset[str] = frozenset()) -> int:
+              remove_ids: frozenset[str] = frozenset(), fence: Fence | None = None) -> int:
         """Write ``rows`` as a new current version: on top of the current one (less ``remove_ids``),
         or (``replace_all``) alone. ``bases`` gives the current version read fresh from the catalog.
         Another process may make a version current meanwhile; the change is then redone on top of
-        that one, so neither writer's items go missing from the current version."""
-        for _ in range(WRITE_ATTEMPTS):
+        that one, so neither writer's items go missing from the current version. ``fence``: the
+        job this write completes (refused once another replica took the job over)."""
+        for attempt in range(WRITE_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
             with self._write_lock:
                 pool = self.catalog.pool(pool.name)
                 base = None if replace_all else bases.current(pool.name, fresh=True)
@@ -158,7 +237,7 @@ class PoolStore:
                     version = write_version(
                         self.catalog, self.files, pool, base=base, new_rows=rows, new_vectors=vectors,
                         source=source, index_spec=index_spec, index_policy=self.index_policy, replace_all=replace_all,
-                        remove_ids=remove_ids,
+                        remove_ids=remove_ids, fence=fence,
                     )
                 except StaleBase:
                     log.info("pool %s: the current version changed during a write; writing again on top of it", pool.name)
@@ -205,7 +284,7 @@ class PoolStore:
     # retention -----------------------------------------------------------------------------------
 
     def collect_garbage(self, pool_id: int) -> list[str]:
-        return collect_garbage(self.catalog, self.files, pool_id)
+        return collect_garbage(self.catalog, self.files, pool_id, self.retention)
 
     def _prune(self, pool_id: int) -> None:
         """Mark ready versions beyond the newest ``keep_versions`` (never the current one) pruned
@@ -213,13 +292,14 @@ class PoolStore:
         deletion files that no kept version uses any more."""
         if self.keep_versions:
             self.catalog.prune_versions(pool_id, keep=self.keep_versions)
-        collect_garbage(self.catalog, self.files, pool_id)
+        collect_garbage(self.catalog, self.files, pool_id, self.retention)
 
     def _cleanup(self) -> None:
         """Fail builds whose process died and remove files no kept version uses (staging folders
         of writes that died, segments of failed or pruned versions, pools that were deleted)."""
         for pool_id, version in self.catalog.abandon_dead_builds():
             log.warning("pool %s: version %s was left half-built by a dead process; marked failed", pool_id, version)
+        self.catalog.forget_dead_replicas()
         known = {p.id for p in self.catalog.pools()}
         if not self.files.root.is_dir():
             return
@@ -227,4 +307,4 @@ class PoolStore:
             if not pool_dir.name.isdigit() or int(pool_dir.name) not in known:
                 shutil.rmtree(pool_dir, ignore_errors=True)
         for pool_id in known:
-            collect_garbage(self.catalog, self.files, pool_id)
+            collect_garbage(self.catalog, self.files, pool_id, self.retention)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from exemplar.retrieval.index.auto import AutoIndexPolicy
-from exemplar.retrieval.store.catalog import Catalog, ItemRow, PoolRecord, StaleBase
+from exemplar.retrieval.store.catalog import Catalog, Fence, ItemRow, PoolRecord, StaleBase
+from exemplar.retrieval.store.database import CommitOutcomeUnknown
 from exemplar.retrieval.store.centring import centred, first_centre
 from exemplar.retrieval.store.files import write_npy_atomic
 from exemplar.retrieval.store.manifest import Manifest, SegmentEntry, legacy_manifest
@@ -104,13 +105,15 @@ def write_version(
     activate: bool = True,
     replace_all: bool = False,
     remove_ids: frozenset[str] = frozenset(),
+    fence: Fence | None = None,
 ) -> int:
     """Write ``base`` less the items that ``new_rows`` replace and those in ``remove_ids``, plus
     ``new_rows``, as a new version: one new segment for ``new_rows`` and deletion files for the
     rows removed from ``base``'s segments. ``new_rows`` carry placeholder uids; real ones are
     reserved here. Nothing is visible to readers until the files are durable and the catalog
     transaction commits; a failure leaves the serving version untouched and the reserved version
-    marked failed.
+    marked failed. A commit whose outcome is unknown (the catalog's connection failed during
+    COMMIT) keeps its files: the version may have landed, and retention decides from the catalog.
     """
     vectors, modalities = split_vectors(new_vectors, pool.dim, len(new_rows))
     centre = None
@@ -162,7 +165,10 @@ def write_version(
             based_on_revision=base.revision if on_top and base is not None and activate else None,
             # A replacement stands on its own; an addition is only right on top of what it read.
             based_on=(base.version if base is not None else None) if activate and not replace_all else "any",
+            fence=fence,
         )
+    except CommitOutcomeUnknown:
+        raise
     except BaseException:
         for path in written:
             if path.is_dir():

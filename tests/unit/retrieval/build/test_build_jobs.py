@@ -147,6 +147,8 @@ def test_recovery_resumes_builds_of_dead_processes(pools: PoolService, jobs: Job
 
 
 class _Quiet:
+    fence = None  # no job
+
     def check(self) -> None:
         return None
 

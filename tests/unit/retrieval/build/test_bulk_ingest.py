@@ -123,6 +123,8 @@ def assert_same_build(a: BuildReport, b: BuildReport, pools: PoolService, name_a
 
 
 class Quiet:
+    fence = None  # no job
+
     def __init__(self, crash_after: int | None = None) -> None:
         self.checks = 0
         self.crash_after = crash_after

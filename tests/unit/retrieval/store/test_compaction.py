@@ -22,6 +22,8 @@ from tests.helpers import close_pools, clustered_vectors, open_pools, oracle_bal
 
 LEGACY = Path(__file__).parents[3] / "fixtures" / "legacy-v1"
 
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", [None], ids=["sqlite"])
+
 
 def entries(*rows: int, deleted: dict[int, int] | None = None) -> Manifest:
     deleted = deleted or {}
@@ -274,6 +276,9 @@ def test_what_index_a_segment_gets(spec: str, rows: int, build: bool, want: str 
     assert segment_factory(spec, rows, 512, AutoIndexPolicy(), build_requested=build) == want
 
 
+# A second process opens the data directory's own SQLite catalog by path; replicas over
+# PostgreSQL are tested in tests/unit/retrieval/store/test_postgres_catalog.py.
+@SQLITE_ONLY
 def test_a_killed_compactions_staging_folder_is_collected(pools: PoolService) -> None:
     pools.create(name="p", encoder="precomputed:4")
     pools.add_items("p", [NewItem(id="a", label="x", embedding=np.ones(4, np.float32))])

@@ -12,6 +12,7 @@ import pytest
 
 from exemplar.encoders import EncoderRegistry
 from exemplar.retrieval import NewItem, PoolService, Query, SelectionOptions, SelectionService
+from exemplar.retrieval.store.migrations import SCHEMA_VERSION
 from tests.helpers import close_pools, open_pools, oracle_topk
 
 FIXTURE = Path(__file__).parents[3] / "fixtures" / "legacy-v1"
@@ -40,7 +41,9 @@ def test_an_old_data_directory_serves_as_it_was(legacy: Path) -> None:
     finally:
         close_pools(pools)
     with sqlite3.connect(legacy / "catalog.sqlite3") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4
+        # the leases that came with schema 4: a replica table, job attempts
+        assert {r[1] for r in conn.execute("PRAGMA table_info(jobs)")} >= {"owner", "attempt", "lease_until"}
         # pools from before centring existed are not centred
         assert [r[0] for r in conn.execute("SELECT centre FROM pools")] == [0]
 

@@ -14,6 +14,8 @@ from exemplar.errors import Conflict, EmptyPool, InvalidImage, InvalidRequest, N
 from exemplar.retrieval import NewItem, PoolService, Query, SelectionOptions, SelectionService
 from tests.helpers import close_pools, open_pools, png_bytes
 
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", [None], ids=["sqlite"])
+
 
 def vec_items(n: int, dim: int = 8, start: int = 0, seed: int = 0, label: str = "a") -> list[NewItem]:
     rng = np.random.default_rng(seed)
@@ -131,6 +133,9 @@ def test_empty_pool_is_refused(pools: PoolService) -> None:
         SelectionService(pools.store, pools.snapshots, pools.encoders).select("empty", Query(embedding=[1.0] * 8), "topk", SelectionOptions())
 
 
+# A second process opens the data directory's own SQLite catalog by path; replicas over
+# PostgreSQL are tested in tests/unit/retrieval/store/test_postgres_catalog.py.
+@SQLITE_ONLY
 def test_version_files_are_complete_and_reloadable(pools: PoolService, encoders, tmp_path: Path) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(20))
@@ -185,6 +190,9 @@ pools.add_items("p", [NewItem(id="late", embedding=np.ones(8))])
 """
 
 
+# A second process opens the data directory's own SQLite catalog by path; replicas over
+# PostgreSQL are tested in tests/unit/retrieval/store/test_postgres_catalog.py.
+@SQLITE_ONLY
 def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, encoders) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(3))
@@ -204,6 +212,9 @@ def test_process_killed_mid_write_is_cleaned_up_on_open(pools: PoolService, enco
         close_pools(reopened)
 
 
+# A second process opens the data directory's own SQLite catalog by path; replicas over
+# PostgreSQL are tested in tests/unit/retrieval/store/test_postgres_catalog.py.
+@SQLITE_ONLY
 def test_versions_written_elsewhere_are_picked_up_without_a_restart(pools: PoolService, encoders) -> None:
     pools.create(name="p", encoder="precomputed:8")
     pools.add_items("p", vec_items(2))
@@ -226,6 +237,9 @@ def test_versions_written_elsewhere_are_picked_up_without_a_restart(pools: PoolS
         close_pools(reader)
 
 
+# A second process opens the data directory's own SQLite catalog by path; replicas over
+# PostgreSQL are tested in tests/unit/retrieval/store/test_postgres_catalog.py.
+@SQLITE_ONLY
 def test_a_write_racing_another_process_is_redone_on_top_of_it(pools: PoolService, monkeypatch) -> None:
     """Two PoolServices on one data directory stand for two processes: the second commits while
     the first is between reading its base and committing; neither's items go missing."""

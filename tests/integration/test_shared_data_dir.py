@@ -1,5 +1,5 @@
 """Several server processes over one data directory: a write through any of them is served by all,
-and jobs run once."""
+and jobs run once; on the SQLite catalog (one host) and on a PostgreSQL one (replicas)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,16 @@ def eventually(check, timeout_s: float = 20.0):  # noqa: ANN001, ANN201 - a call
         time.sleep(0.05)
 
 
-def test_two_processes_see_each_others_writes(tmp_path: Path) -> None:
+@pytest.fixture
+def catalog_env(catalog_url: str | None) -> dict[str, str]:
+    """The replicas' catalog (the store tests' parametrised ``catalog_url``: SQLite, then PostgreSQL)."""
+    return {"EXEMPLAR_CATALOG_URL": catalog_url, "EXEMPLAR_LEASE_S": "2"} if catalog_url else {}
+
+
+def test_two_processes_see_each_others_writes(tmp_path: Path, catalog_env: dict[str, str]) -> None:
     data = tmp_path / "data"
     a_port, b_port = free_port(), free_port()
-    env = {**REFRESH, "EXEMPLAR_DATA_DIR": str(data)}
+    env = {**REFRESH, **catalog_env, "EXEMPLAR_DATA_DIR": str(data)}
     a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
     with running(["-m", "exemplar", "serve", "--port", str(a_port)], f"{a}/readyz", tmp_path / "a.log", env=env), \
             running(["-m", "exemplar", "serve", "--port", str(b_port)], f"{b}/readyz", tmp_path / "b.log", env=env), \
@@ -77,3 +83,36 @@ def test_serve_with_several_workers(tmp_path: Path) -> None:
         assert http.post("/v1/pools/p/select", json={"query": {"item_id": "i0"}, "k": 4}).status_code == 200
     log = (tmp_path / "workers.log").read_text()
     assert "Traceback" not in log, log
+
+
+def test_a_replica_killed_under_select_load_leaves_the_other_answering(tmp_path: Path,
+                                                                      catalog_env: dict[str, str]) -> None:
+    """A client that retries on the other replica sees no failed request when one is SIGKILLed."""
+    env = {**REFRESH, **catalog_env, "EXEMPLAR_DATA_DIR": str(tmp_path / "data")}
+    a_port, b_port = free_port(), free_port()
+    a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
+    with running(["-m", "exemplar", "serve", "--port", str(a_port)], f"{a}/readyz", tmp_path / "a.log", env=env) \
+            as proc_a, \
+            running(["-m", "exemplar", "serve", "--port", str(b_port)], f"{b}/readyz", tmp_path / "b.log", env=env), \
+            httpx.Client(timeout=10) as http:
+        assert http.post(f"{a}/v1/pools", json={"name": "p", "encoder": "precomputed:4"}).status_code == 201
+        items = [{"id": f"i{n}", "label": "xy"[n % 2], "embedding": [1.0, float(n), 0.5, 1.0]} for n in range(20)]
+        assert http.post(f"{a}/v1/pools/p/items", json={"items": items}).status_code == 201
+        eventually(lambda: http.get(f"{b}/v1/pools/p").json()["size"] == 20)
+        failed, answered = 0, 0
+        for n in range(200):  # bounded: 200 requests, alternating replicas, a killed halfway
+            if n == 100:
+                proc_a.kill()
+                proc_a.wait(10)
+            body = {"query": {"embedding": [1, n % 20, 0.5, 1]}, "k": 4}
+            for base in ((a, b) if n % 2 else (b, a)):
+                try:
+                    r = http.post(f"{base}/v1/pools/p/select", json=body)
+                except httpx.TransportError:
+                    continue  # the client retries on the other replica
+                if r.status_code == 200 and len(r.json()["demonstrations"]) == 4:
+                    answered += 1
+                    break
+            else:
+                failed += 1
+        assert (failed, answered) == (0, 200)

@@ -26,6 +26,8 @@ from exemplar.retrieval import (
 from exemplar.samples import domain_dominant_embeddings
 from tests.helpers import close_pools, open_pools
 
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", [None], ids=["sqlite"])
+
 
 def test_numpy_adapter_equals_the_torch_head() -> None:
     torch.manual_seed(0)
@@ -64,6 +66,7 @@ def adapters(pools: PoolService):
     jobs.close()
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_training_job_stores_the_adapter_with_its_version(pools, adapters, shifted_pool, encoders) -> None:
     job = adapters.jobs.wait(adapters.start(shifted_pool, {"epochs": 30}).id)
     assert job.state == "succeeded", job.errors

@@ -9,6 +9,8 @@ from exemplar.retrieval import NewItem, PoolService
 from exemplar.retrieval.index.auto import AutoIndexPolicy, build_index, choose_factory, reaches
 from tests.helpers import close_pools, clustered_vectors, open_pools
 
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", [None], ids=["sqlite"])
+
 
 @pytest.mark.parametrize(("n", "dim", "budget", "expected"), [
     (1_000, 512, 8 * 1024**3, "Flat"),
@@ -51,6 +53,7 @@ def test_a_recall_reaches_its_target_only_with_confidence() -> None:
     assert reaches(0.953, 200_000, 0.95) and not reaches(0.953, 2_000, 0.95)
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_version_stats_carry_the_index_and_reload_its_parameters(pools: PoolService) -> None:
     V, labels, _ = clustered_vectors(n=3_000, dim=16, n_labels=30, n_domains=2, seed=2)
     pools.create(name="ivf", encoder="precomputed:16", index="IVF64,Flat")

@@ -18,6 +18,8 @@ from tests.helpers import close_pools, open_pools
 
 WAIT_S = 30.0  # generous: the machine is shared; only the bound matters, never the speed
 
+SQLITE_ONLY = pytest.mark.parametrize("catalog_url", [None], ids=["sqlite"])
+
 
 def wait_until(predicate: Callable[[], bool], *, timeout_s: float = WAIT_S, step_s: float = 0.02) -> bool:
     """Poll ``predicate`` until it holds or ``timeout_s`` passes (bounded in rounds and in time)."""
@@ -49,6 +51,7 @@ def served_version(snapshots: SnapshotCache, name: str) -> int | None:
     return snap.version if snap is not None else None
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_the_refresher_picks_up_a_version_another_process_committed(pools: PoolService, snapshots: SnapshotCache,
                                                                     other: PoolService) -> None:
     pools.create(name="p", encoder="precomputed:4")
@@ -63,6 +66,7 @@ def test_the_refresher_picks_up_a_version_another_process_committed(pools: PoolS
     assert wait_until(lambda: served_version(snapshots, "p") == 1)
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_a_request_for_a_cached_pool_does_not_touch_the_catalog(pools: PoolService, store: PoolStore,
                                                                 snapshots: SnapshotCache) -> None:
     pools.create(name="p", encoder="precomputed:4")
@@ -75,6 +79,7 @@ def test_a_request_for_a_cached_pool_does_not_touch_the_catalog(pools: PoolServi
         snapshots.current("p", fresh=True)  # the write path's read does go to the catalog
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_a_pool_that_is_not_cached_is_loaded_on_the_request(pools: PoolService, snapshots: SnapshotCache,
                                                             other: PoolService) -> None:
     other.create(name="late", encoder="precomputed:4")
@@ -82,6 +87,7 @@ def test_a_pool_that_is_not_cached_is_loaded_on_the_request(pools: PoolService, 
     assert snapshots.snapshot("late").version == 1  # no refresher running: the request loads it
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_the_refresher_survives_a_load_error_and_a_deleted_pool(pools: PoolService, snapshots: SnapshotCache,
                                                                 other: PoolService, monkeypatch: pytest.MonkeyPatch,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
@@ -154,6 +160,7 @@ def test_a_load_overtaken_by_a_change_is_not_cached(pools: PoolService, snapshot
     assert loads == [1, 1]  # and the second one was
 
 
+@SQLITE_ONLY  # a second store opens the data directory's SQLite catalog by path
 def test_the_after_swap_hook_runs_once_per_version_swapped_in(store: PoolStore, encoders, other: PoolService) -> None:  # noqa: ANN001
     swaps: list[int] = []
     snapshots = SnapshotCache(store, refresh_s=0.0, on_swap=lambda: swaps.append(1))

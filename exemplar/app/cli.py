@@ -75,10 +75,55 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Server processes sharing the port, the catalog and the memory-mapped segments "
               "[env EXEMPLAR_SERVE_WORKERS].")
-def serve(data_dir: Path | None, host: str | None, port: int | None, log_level: str | None, workers: int) -> None:
+@click.option("--ray-serve", is_flag=True, default=False,
+              help="Deploy the app on Ray Serve instead (a local Ray, or --ray-address): its proxy owns the port.")
+@click.option("--replicas", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Ray Serve replicas (with --ray-serve).")
+@click.option("--autoscaling-config", default=None,
+              help="Ray Serve autoscaling, as JSON or a JSON file, instead of --replicas "
+              '(e.g. \'{"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}\').')
+@click.option("--ray-address", default=None, help="Ray cluster to deploy on (with --ray-serve) [env EXEMPLAR_RAY_ADDRESS; "
+              "default: a local Ray started by this command].")
+@click.option("--replica-cpus", type=click.FloatRange(0, 512), default=1.0, show_default=True,
+              help="CPUs each Ray Serve replica reserves on the cluster.")
+def serve(data_dir: Path | None, host: str | None, port: int | None, log_level: str | None, workers: int,
+          ray_serve: bool, replicas: int, autoscaling_config: str | None, ray_address: str | None,
+          replica_cpus: float) -> None:
     """Serve the HTTP API over the pools in the data directory."""
-    settings = _settings(data_dir=data_dir, host=host, port=port, log_level=log_level)
-    _serve(settings, workers=workers)
+    settings = _settings(data_dir=data_dir, host=host, port=port, log_level=log_level, ray_address=ray_address)
+    if not ray_serve:
+        for name, given in (("--replicas", replicas != 1), ("--autoscaling-config", autoscaling_config),
+                            ("--ray-address", ray_address), ("--replica-cpus", replica_cpus != 1.0)):
+            if given:
+                raise click.UsageError(f"{name} applies to --ray-serve only (several plain processes: --workers)")
+        _serve(settings, workers=workers)
+        return
+    if workers != 1:
+        raise click.UsageError("--workers and --ray-serve do not mix: Ray Serve runs --replicas")
+    _serve_on_ray(settings, replicas=replicas, autoscaling=autoscaling_config, replica_cpus=replica_cpus)
+
+
+def _serve_on_ray(settings: Settings, *, replicas: int, autoscaling: str | None, replica_cpus: float) -> None:
+    from exemplar.app import ray_serve
+
+    _refuse_open_port_without_keys(settings)
+    try:
+        options = ray_serve.RayServeOptions(
+            replicas=replicas, replica_cpus=replica_cpus,
+            autoscaling=ray_serve.autoscaling_config(autoscaling) if autoscaling else None)
+        configure_logging(settings.log_level, settings.log_format)
+        ray_serve.run(settings, options, on_ready=lambda address: click.echo(f"exemplar ready on Ray Serve at {address}"))
+    except ExemplarError as exc:
+        _fail(exc)
+
+
+def _refuse_open_port_without_keys(settings: Settings) -> None:
+    if not _is_loopback(settings.host) and not settings.api_keys:
+        raise click.ClickException(
+            f"refusing to listen on {settings.host}: no API keys are configured, so anyone who can reach the "
+            "port could read and change every pool. Set EXEMPLAR_API_KEYS (see `exemplar hash-key`) or serve "
+            "on 127.0.0.1."
+        )
 
 
 def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) -> None:
@@ -86,12 +131,7 @@ def _serve(settings: Settings, on_ready: str | None = None, workers: int = 1) ->
 
     from exemplar.app.main import create_app
 
-    if not _is_loopback(settings.host) and not settings.api_keys:
-        raise click.ClickException(
-            f"refusing to listen on {settings.host}: no API keys are configured, so anyone who can reach the "
-            "port could read and change every pool. Set EXEMPLAR_API_KEYS (see `exemplar hash-key`) or serve "
-            "on 127.0.0.1."
-        )
+    _refuse_open_port_without_keys(settings)
     configure_logging(settings.log_level, settings.log_format)
     from exemplar.app.memory import tune_allocator
 

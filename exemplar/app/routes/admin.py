@@ -43,6 +43,23 @@ class OverviewOut(BaseModel):
     mllm_endpoints: list[str]
 
 
+class ReplicaOut(BaseModel):
+    id: str = Field(description="host:pid:nonce, unique per process start.")
+    host: str
+    pid: int
+    started_at: float = Field(description="Unix seconds.")
+    heartbeat_at: float
+    lease_until: float = Field(description="Its lease in the catalog's clock; past it, its jobs are taken over.")
+    alive: bool = Field(description="Its lease has not run out.")
+    serving: dict[str, int] = Field(description="Per pool it serves: the number of segments it has loaded.")
+
+
+class ReplicasOut(BaseModel):
+    answered_by: str = Field(description="The id of the replica that answered this request.")
+    catalog: str = Field(description="The catalog's engine: sqlite (one host) or postgresql (replicas).")
+    replicas: list[ReplicaOut]
+
+
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[ADMIN],
             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 def metrics(obs: ObsDep) -> Response:
@@ -88,3 +105,18 @@ def item_image(pool: str, item_id: str, snapshots: SnapshotsDep) -> Response:
     headers: dict[str, Any] = {"cache-control": "private, max-age=3600", "x-content-type-options": "nosniff"}
     return Response(data, media_type=media_type if media_type.startswith("image/") else "application/octet-stream",
                     headers=headers)
+
+
+@router.get("/v1/admin/replicas", summary="The server processes sharing this catalog, with their leases",
+            dependencies=[ADMIN])
+def replicas(services: ServicesDep) -> ReplicasOut:
+    store = services.store
+    names = {str(p.id): p.name for p in services.pools.list()}
+    now = store.now()
+    return ReplicasOut(
+        answered_by=store.replica_id, catalog=store.catalog_dialect,
+        replicas=[ReplicaOut(id=r.id, host=r.host, pid=r.pid, started_at=r.started_at, heartbeat_at=r.heartbeat_at,
+                             lease_until=r.lease_until, alive=r.lease_until > now,
+                             serving={names[pid]: len(segments) for pid, segments in r.serving.items() if pid in names})
+                  for r in store.replicas()],
+    )

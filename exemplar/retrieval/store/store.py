@@ -22,6 +22,7 @@ from exemplar.retrieval.store.catalog import (
     Fence,
     ItemRow,
     PoolRecord,
+    ReplicaRecord,
     StaleBase,
     VersionRecord,
 )
@@ -138,6 +139,23 @@ class PoolStore:
     def pools(self) -> list[PoolRecord]:
         """Every pool, with its current version and revision, in one catalog query."""
         return self.catalog.pools()
+
+    def replicas(self) -> list[ReplicaRecord]:
+        """The processes registered in the catalog (this one included), oldest first; a replica whose
+        lease ran out is listed until the sweep forgets it."""
+        return self.catalog.replicas()
+
+    @property
+    def replica_id(self) -> str:
+        return self.catalog.replica_id
+
+    @property
+    def catalog_dialect(self) -> str:
+        return self.catalog.db.dialect
+
+    def now(self) -> float:
+        """The catalog's clock (the database's, on a shared catalog): leases are read against it."""
+        return self.catalog.now()
 
     def versions(self, pool_id: int) -> list[VersionRecord]:
         return self.catalog.versions(pool_id)

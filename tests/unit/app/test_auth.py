@@ -63,6 +63,7 @@ def test_requests_need_a_valid_key(secured: TestClient) -> None:
     ("GET", "/metrics", None),
     ("GET", "/v1/admin/stats", None),
     ("GET", "/v1/admin/overview", None),
+    ("GET", "/v1/admin/replicas", None),
 ])
 def test_writes_jobs_and_admin_data_need_the_admin_scope(secured: TestClient, method, path, body) -> None:
     r = secured.request(method, path, json=body, headers=bearer(QUERY_KEY))

@@ -63,6 +63,20 @@ def test_recent_stats_for_the_dashboard(client: TestClient) -> None:
     assert "/v1/admin/stats" in spec["paths"] and "/metrics" in spec["paths"]
 
 
+def test_replicas_lists_this_process_with_its_lease_and_what_it_serves(client: TestClient) -> None:
+    import os
+
+    client.post("/v1/pools", json={"name": "p", "encoder": "precomputed:2"})
+    for i in range(2):  # two writes: two segments served
+        client.post("/v1/pools/p/items", json={"items": [{"id": f"i{i}", "embedding": [1, i]}]})
+    assert client.post("/v1/pools/p/select", json={"query": {"item_id": "i1"}, "k": 1}).status_code == 200
+    out = client.get("/v1/admin/replicas").json()
+    assert out["catalog"] == "sqlite" and len(out["replicas"]) == 1
+    me = out["replicas"][0]
+    assert me["id"] == out["answered_by"] and me["pid"] == os.getpid() and me["alive"] is True
+    assert me["lease_until"] > me["heartbeat_at"] >= me["started_at"]
+
+
 def test_item_images_for_thumbnails(client: TestClient) -> None:
     client.post("/v1/pools", json={"name": "img", "encoder": "open_clip:exemplar-tiny"})
     client.post("/v1/pools/img/items", json={"items": [{"id": "red", "label": "r", "image": png_b64()}]})

@@ -1,27 +1,36 @@
 # syntax=docker/dockerfile:1
 # Exemplar server image. CPU by default; `--build-arg VARIANT=cuda` installs CUDA builds of torch
 # and faiss-gpu instead (run with `--gpus all`).
-ARG PYTHON_VERSION=3.11
+#
+# BASE_IMAGE: any Debian-like image with Python 3.10+ and its venv module (the public python:slim by
+# default; tests/integration/test_container.py builds over a debootstrapped Debian, as a site whose
+# registry is private would). TORCH_INDEX_URL: where the CPU torch comes from (empty: pip's own
+# index). TORCH_SPEC: which torch. PIP_OPTIONS: extra options for every pip install (a private
+# index, --find-links to a wheel mirror).
+ARG BASE_IMAGE=python:3.11-slim
 ARG VARIANT=cpu
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 ARG VARIANT
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_SPEC="torch torchvision"
+ARG PIP_OPTIONS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exemplar ./exemplar
 # torch first, from the index that matches the variant, so `pip install .` keeps it.
-RUN if [ "$VARIANT" = "cuda" ]; then \
-        pip install torch torchvision; \
+RUN if [ "$VARIANT" = "cuda" ] || [ -z "$TORCH_INDEX_URL" ]; then \
+        pip install $PIP_OPTIONS $TORCH_SPEC; \
     else \
-        pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision; \
+        pip install $PIP_OPTIONS --index-url "$TORCH_INDEX_URL" $TORCH_SPEC; \
     fi \
- && pip install . \
- && if [ "$VARIANT" = "cuda" ]; then pip uninstall -y faiss-cpu && pip install faiss-gpu-cu12; fi
+ && pip install $PIP_OPTIONS . \
+ && if [ "$VARIANT" = "cuda" ]; then pip uninstall -y faiss-cpu && pip install $PIP_OPTIONS faiss-gpu-cu12; fi
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 RUN groupadd --system exemplar && useradd --system --gid exemplar --home-dir /data --shell /usr/sbin/nologin exemplar \
  && mkdir -p /data && chown exemplar:exemplar /data
 COPY --from=build /opt/venv /opt/venv
@@ -36,6 +45,6 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"
+    CMD python -c "import os,sys,urllib.request; port = os.environ.get('EXEMPLAR_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["exemplar"]
 CMD ["serve"]

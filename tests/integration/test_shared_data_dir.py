@@ -116,3 +116,43 @@ def test_a_replica_killed_under_select_load_leaves_the_other_answering(tmp_path:
             else:
                 failed += 1
         assert (failed, answered) == (0, 200)
+
+
+def test_a_build_whose_replica_is_sigkilled_is_finished_by_the_other_exactly_once(
+        tmp_path: Path, catalog_env: dict[str, str]) -> None:
+    import json
+
+    import numpy as np
+
+    rows = 30_000
+    manifest = tmp_path / "build.jsonl"
+    rng = np.random.default_rng(0)
+    with manifest.open("w") as f:
+        for i in range(rows):
+            f.write(json.dumps({"id": f"b{i}", "label": f"c{i % 5}", "embedding": rng.normal(size=8).round(4).tolist()}) + "\n")
+    env = {**REFRESH, **catalog_env, "EXEMPLAR_DATA_DIR": str(tmp_path / "data"),
+           "EXEMPLAR_SOURCE_ROOTS": json.dumps([str(tmp_path)])}
+    a_port, b_port = free_port(), free_port()
+    a, b = f"http://127.0.0.1:{a_port}", f"http://127.0.0.1:{b_port}"
+    with running(["-m", "exemplar", "serve", "--port", str(a_port)], f"{a}/readyz", tmp_path / "a.log", env=env) \
+            as proc_a, \
+            running(["-m", "exemplar", "serve", "--port", str(b_port)], f"{b}/readyz", tmp_path / "b.log", env=env), \
+            httpx.Client(timeout=30) as http:
+        assert http.post(f"{a}/v1/pools", json={"name": "big", "encoder": "precomputed:8"}).status_code == 201
+        job = http.post(f"{a}/v1/pools/big/builds", json={"source": str(manifest), "shard_size": 1000}).json()
+        started = eventually(lambda: http.get(f"{a}/v1/jobs/{job['id']}").json()
+                             if http.get(f"{a}/v1/jobs/{job['id']}").json()["progress"].get("shards_done", 0) >= 2
+                             else None)
+        assert started["state"] == "running" and started["attempt"] == 1, "killed mid-build, not after"
+        proc_a.kill()
+        proc_a.wait(10)
+        done = eventually(lambda: (r := http.get(f"{b}/v1/jobs/{job['id']}").json())["state"]
+                          in ("succeeded", "failed", "cancelled") and r, timeout_s=120)
+        assert done["state"] == "succeeded" and done["attempt"] == 2 and done["owner"] != started["owner"]
+        assert done["result"]["resumed_shards"] >= 2, "the other replica went on from the checkpointed shards"
+        pool = http.get(f"{b}/v1/pools/big").json()
+        assert pool["size"] == rows
+        built = [v for v in pool["versions"] if v.get("source") not in (None, "api")]
+        assert len(built) == 1, f"one version committed by the build: {pool['versions']}"
+        page = http.get(f"{b}/v1/pools/big/items", params={"limit": 1000}).json()
+        assert page["matching"] == rows

@@ -45,6 +45,8 @@ class JobOut(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    attempt: int = Field(1, description="Claims of the job: above 1 once a replica took it over from one that stopped.")
+    owner: str | None = Field(None, description="The replica (host:pid:nonce) that holds or last held it.")
 
 
 class JobList(BaseModel):

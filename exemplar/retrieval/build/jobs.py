@@ -51,6 +51,8 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    attempt: int = 1  # claims of the job: above 1 after a replica that held it stopped
+    owner: str | None = None  # the replica that holds (or last held) it
 
 
 def _record(row: Any) -> JobRecord:  # noqa: ANN401 - sqlite3.Row
@@ -58,7 +60,7 @@ def _record(row: Any) -> JobRecord:  # noqa: ANN401 - sqlite3.Row
         id=row["id"], kind=row["kind"], pool=row["pool"], state=row["state"], params=json.loads(row["params"]),
         progress=json.loads(row["progress"]), result=json.loads(row["result"]) if row["result"] else None,
         errors=json.loads(row["errors"]), created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], attempt=max(1, int(row["attempt"] or 0)), owner=row["owner"],
     )
 
 

@@ -106,7 +106,12 @@ def image() -> Iterator[str]:
                         f"--build-arg=TORCH_SPEC={torch_spec}", f"--build-arg=PIP_OPTIONS={' '.join(options)}",
                         "-t", IMAGE, str(context), timeout=BUILD_TIMEOUT_S, check=False)
         assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    yield IMAGE
+    try:
+        yield IMAGE
+    finally:
+        # The image holds torch twice over (build stage, runtime stage): some GB a build. Keep the base.
+        _podman("rmi", "-f", IMAGE, check=False)
+        _podman("image", "prune", "-f", timeout=600, check=False)
 
 
 def _wait_ready(url: str, container: str, timeout_s: float = 120) -> None:

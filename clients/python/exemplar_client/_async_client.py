@@ -34,6 +34,7 @@ from exemplar_client.models import (
     JobOut,
     ModelOut,
     OverviewOut,
+    ReplicasOut,
     PoolCreate,
     PoolOut,
     PoolStatsOut,
@@ -212,6 +213,9 @@ class AsyncExemplar:
 
     async def admin_overview(self) -> OverviewOut:
         return await self._run(ops.admin_overview())
+
+    async def admin_replicas(self) -> ReplicasOut:
+        return await self._run(ops.admin_replicas())
 
     async def admin_stats(self, *, window_s: Optional[float] = None,
                           bucket_s: Optional[float] = None) -> RecentStatsOut:

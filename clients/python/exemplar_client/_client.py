@@ -32,6 +32,7 @@ from exemplar_client.models import (
     JobOut,
     ModelOut,
     OverviewOut,
+    ReplicasOut,
     PoolCreate,
     PoolOut,
     PoolStatsOut,
@@ -274,6 +275,10 @@ class Exemplar:
     def admin_overview(self) -> OverviewOut:
         """The dashboard's counts: pools, items, running and failed jobs, model endpoints."""
         return self._run(ops.admin_overview())
+
+    def admin_replicas(self) -> ReplicasOut:
+        """The server processes sharing the catalog, their leases, and which one answered."""
+        return self._run(ops.admin_replicas())
 
     def admin_stats(self, *, window_s: Optional[float] = None, bucket_s: Optional[float] = None) -> RecentStatsOut:
         """Recent selection latency (p50/p95 per bucket), strategy mix, labels returned."""

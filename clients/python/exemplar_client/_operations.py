@@ -36,6 +36,7 @@ from exemplar_client.models import (
     ModelList,
     ModelOut,
     OverviewOut,
+    ReplicasOut,
     PoolCreate,
     PoolList,
     PoolOut,
@@ -282,6 +283,10 @@ def admin_overview() -> Call[OverviewOut]:
     return Call("GET", "/v1/admin/overview", _model(OverviewOut))
 
 
+def admin_replicas() -> Call[ReplicasOut]:
+    return Call("GET", "/v1/admin/replicas", _model(ReplicasOut))
+
+
 def admin_stats(window_s: Optional[float], bucket_s: Optional[float]) -> Call[RecentStatsOut]:
     params: List[Tuple[str, Union[str, int, float]]] = []
     if window_s is not None:
@@ -303,6 +308,6 @@ COVERED_ROUTES: Dict[str, Tuple[str, ...]] = {
     "/v1/pools/{pool}/infer": ("post",), "/v1/pools/{pool}/infer/batch": ("post",), "/v1/pools/{pool}/builds": ("post",),
     "/v1/pools/{pool}/adapters": ("post",), "/v1/pools/{pool}/compact": ("post",),
     "/v1/jobs": ("get",), "/v1/jobs/{job_id}": ("get",), "/v1/jobs/{job_id}/cancel": ("post",),
-    "/v1/admin/overview": ("get",), "/v1/admin/stats": ("get",),
+    "/v1/admin/overview": ("get",), "/v1/admin/stats": ("get",), "/v1/admin/replicas": ("get",),
     "/v1/chat/completions": ("post",), "/v1/models": ("get",), "/v1/strategies": ("get",),
 }

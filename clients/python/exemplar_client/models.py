@@ -62,6 +62,8 @@ __all__ = [
     "ModelList",
     "ModelOut",
     "OverviewOut",
+    "ReplicaOut",
+    "ReplicasOut",
     "PoolCreate",
     "PoolList",
     "PoolOut",
@@ -483,6 +485,8 @@ class JobOut(_Response):
     created_at: float
     started_at: Optional[float]
     finished_at: Optional[float]
+    attempt: int = 1  # above 1 once a replica took the job over from one that stopped
+    owner: Optional[str] = None  # the replica (host:pid:nonce) that holds or last held it
 
     @property
     def finished(self) -> bool:
@@ -509,6 +513,23 @@ class RecentStatsOut(_Response):
     latency: List[LatencyPoint]
     strategies: Dict[str, int]
     labels_returned: Dict[str, Dict[str, int]]
+
+
+class ReplicaOut(_Response):
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    lease_until: float
+    alive: bool
+    serving: Dict[str, int]
+
+
+class ReplicasOut(_Response):
+    answered_by: str
+    catalog: str
+    replicas: List[ReplicaOut]
 
 
 class OverviewOut(_Response):
@@ -701,6 +722,8 @@ SERVER_SCHEMAS: Dict[type, str] = {
     LatencyPoint: "LatencyPoint",
     RecentStatsOut: "RecentStatsOut",
     OverviewOut: "OverviewOut",
+    ReplicaOut: "ReplicaOut",
+    ReplicasOut: "ReplicasOut",
     DemoPromptIn: "DemoPromptIn",
     IterativeIn: "IterativeIn",
     ChatExemplarIn: "ChatExemplarIn",

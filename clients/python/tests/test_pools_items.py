@@ -94,3 +94,5 @@ def test_admin_overview_and_stats(client: Exemplar, vector_pool: tuple[str, list
     assert overview.pools >= 1 and overview.items >= 60
     stats = client.admin_stats(window_s=600, bucket_s=60)
     assert stats.window_s == 600 and stats.requests >= 1 and stats.strategies.get("topk", 0) >= 1
+    replicas = client.admin_replicas()
+    assert replicas.answered_by in {r.id for r in replicas.replicas if r.alive}

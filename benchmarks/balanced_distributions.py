@@ -5,8 +5,8 @@ classes, a CLIP-like cone), builds the index ``index: auto`` builds for a labell
 class-partitioned IVF, tuned for ``topk`` and for ``balanced`` as the store tunes it), then answers
 held-out queries (drawn from the same distribution, never in the pool) one at a time on one thread:
 ``topk`` (k=10) and ``balanced`` (a window of 10 over all classes, one item from each of the ten
-classes nearest the query). Reports p50/p95 ms of the index search itself (HTTP adds about 2 ms,
-``hotpath.py``), the held-out recall of each against exact search (for ``balanced`` the window
+classes nearest the query). Reports p50/p95 ms of the index search itself (over HTTP:
+``hotpath.py --distribution``), the held-out recall of each against exact search (for ``balanced`` the window
 against the exact window), the tuning's chosen parameters as the version's stats record them, and
 an upper bound of the share of the pool a ``balanced`` query scans.
 

@@ -1,7 +1,8 @@
 """Hot-path benchmark: every strategy over HTTP on a large pool, against exact search and peers.
 
 Builds a pool of ``--items`` seeded clustered 512-d vectors (``--classes`` classes, each a mixture
-of sub-clusters, as real embeddings are; ``--domains`` domains) with ``index: auto``, serves it with
+of sub-clusters, as real embeddings are, or another ``--distribution`` of ``distributions.py``;
+``--domains`` domains) with ``index: auto``, serves it with
 `exemplar serve --workers N` on a loopback port, and drives it from a separate load-generator
 process (a lean asyncio HTTP/1.1 client) at concurrency 1 and ``--concurrency``, strategy by
 strategy: ``topk``, ``balanced``, ``invariant`` over ``balanced`` and over ``topk`` (after training
@@ -36,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from common import free_port, milvus_ivf_collection, wait_ready, write_json  # noqa: E402
+from distributions import DISTRIBUTIONS, generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,18 +94,10 @@ asyncio.run(main())
 """
 
 
-def clustered(n: int, dim: int, classes: int, seed: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, dim)).astype(np.float32)
-    subs = rng.normal(size=(classes, 50, dim)).astype(np.float32)
-    V = np.empty((n, dim), np.float32)
-    labels = rng.integers(0, classes, n)
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        c = labels[s:e]
-        block = centres[c] + 0.8 * subs[c, rng.integers(0, 50, e - s)] + 0.6 * rng.normal(size=(e - s, dim)).astype(np.float32)
-        V[s:e] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return V, labels
+def clustered(n: int, dim: int, classes: int, seed: int, distribution: str = "mixture") -> tuple[np.ndarray, np.ndarray]:
+    """Seeded labelled vectors (``distributions.py``; ``mixture``, the default, is what this
+    benchmark always generated)."""
+    return generate(distribution, n, dim, classes, seed)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -280,6 +274,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--index", default="auto")
+    parser.add_argument("--distribution", choices=list(DISTRIBUTIONS), default="mixture",
+                        help="How the pool's vectors are clustered (benchmarks/distributions.py).")
     parser.add_argument("--workers", type=int, default=1, help="Server processes (`exemplar serve --workers`).")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help=f"Comma-separated, of: {', '.join(STRATEGIES)} (invariant* train an adapter first).")
@@ -302,9 +298,10 @@ def main() -> None:
 
     root = args.reuse or Path(tempfile.mkdtemp(prefix="exemplar-hotpath-"))
     # One mixture: the pool and, held out from it, the queries (never in the pool).
-    V, labels = clustered(args.items + args.queries, args.dim, args.classes, seed=0)
+    V, labels = clustered(args.items + args.queries, args.dim, args.classes, seed=0, distribution=args.distribution)
     Q, V, labels = V[args.items :].copy(), V[: args.items], labels[: args.items]
-    report: dict = {"items": args.items, "dim": args.dim, "classes": args.classes, "k": args.k, "cpus": os.cpu_count(),
+    report: dict = {"distribution": args.distribution,
+                    "items": args.items, "dim": args.dim, "classes": args.classes, "k": args.k, "cpus": os.cpu_count(),
                     "server_processes": args.workers, "vectors_as": args.vectors, "concurrency": args.concurrency}
     store = PoolStore(root / "data")
     snapshots = SnapshotCache(store)
